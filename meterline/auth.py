@@ -1,0 +1,47 @@
+"""Org API keys and end-user tokens, signed with one server secret (HMAC-SHA256).
+
+An org key opens every balance of that org; a user token opens one user's own
+balance. Neither opens another org. Comparisons are constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from pathlib import Path
+
+from meterline.settings import Settings
+
+ORG_PREFIX = "mlk_"
+USER_PREFIX = "mlu_"
+
+
+def _sign(secret: str, message: str) -> str:
+    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def org_key(secret: str, org_id: str) -> str:
+    return ORG_PREFIX + _sign(secret, f"org:{org_id}")
+
+
+def user_token(secret: str, org_id: str, user_id: str) -> str:
+    return USER_PREFIX + _sign(secret, f"user:{org_id}/{user_id}")
+
+
+def may_read_balance(secret: str, presented: str, org_id: str, user_id: str) -> bool:
+    return hmac.compare_digest(presented, org_key(secret, org_id)) or hmac.compare_digest(
+        presented, user_token(secret, org_id, user_id)
+    )
+
+
+def resolve_secret(settings: Settings) -> str:
+    """METERLINE_API_SECRET, or a random secret kept (mode 0600) in the data directory."""
+    if settings.api_secret is not None:
+        return settings.api_secret.get_secret_value()
+    path: Path = settings.home / "api_secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    return path.read_text().strip()

@@ -1,0 +1,99 @@
+"""The `meterline` command."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from rich.console import Console
+
+from meterline.exceptions import MeterlineError
+from meterline.settings import Settings, load_settings
+
+console = Console(stderr=True)
+
+
+def _stack(settings: Settings, args: argparse.Namespace) -> int:
+    from meterline.stack import broker_status, fetch_jars, stack_down, stack_up
+
+    if args.action == "fetch":
+        console.print(f"Kafka {settings.kafka_version} jars in {fetch_jars(settings)}")
+    elif args.action == "up":
+        status = stack_up(settings)
+        console.print(f"Kafka answering on {status.bootstrap} (pid {status.pid}), data in {settings.kafka_data_dir}")
+    elif args.action == "down":
+        console.print("Kafka stopped" if stack_down(settings) else "Kafka was not running")
+    else:
+        status = broker_status(settings)
+        console.print(f"Kafka on {status.bootstrap}: {'running' if status.running else 'stopped'}"
+                      f"{f' (pid {status.pid})' if status.pid else ''}, {'answering' if status.answering else 'not answering'}")
+        return 0 if status.answering else 3
+    return 0
+
+
+def _sink(settings: Settings, _args: argparse.Namespace) -> int:
+    from meterline.sinks import ClickHouseSink, Warehouse
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    ClickHouseSink(settings, Warehouse(settings)).run(stop)
+    return 0
+
+
+def _worker(_settings: Settings, args: argparse.Namespace) -> int:
+    from meterline.processors.worker import run_worker
+
+    run_worker(args.loglevel)
+    return 0
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from meterline.demo import run_demo
+
+    return run_demo(settings, events=args.events, users=args.users)
+
+
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from meterline.auth import org_key, resolve_secret, user_token
+
+    secret = resolve_secret(settings)
+    print(org_key(secret, args.org) if args.user is None else user_token(secret, args.org, args.user))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meterline", description="Per-user metering for AI products.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    stack = commands.add_parser("stack", help="run the local single-node Kafka broker")
+    stack.add_argument("action", choices=["up", "down", "status", "fetch"])
+    stack.set_defaults(run=_stack)
+    worker = commands.add_parser("worker", help="run the Faust processor (dedupe, roll-up, balance API)")
+    worker.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"])
+    worker.set_defaults(run=_worker)
+    commands.add_parser("sink", help="run the Kafka -> ClickHouse sink").set_defaults(run=_sink)
+    demo = commands.add_parser("demo", help="run the whole pipeline on simulated traffic and check it")
+    demo.add_argument("--events", type=int, default=20_000)
+    demo.add_argument("--users", type=int, default=300)
+    demo.set_defaults(run=_demo)
+    keys = commands.add_parser("keys", help="print an org API key, or a user token with --user")
+    keys.add_argument("org")
+    keys.add_argument("--user")
+    keys.set_defaults(run=_keys)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        return int(args.run(settings, args))
+    except MeterlineError as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""A small client for the worker's balance API."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+import urllib.request
+from decimal import Decimal
+from typing import Any
+
+
+def get_balance(base_url: str, token: str, org_id: str, user_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    """GET the user's balance; `credits_used` comes back as a Decimal."""
+    path = f"/v1/orgs/{urllib.parse.quote(org_id, safe='')}/users/{urllib.parse.quote(user_id, safe='')}/balance"
+    request = urllib.request.Request(base_url + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        body = json.loads(response.read())
+    body["credits_used"] = Decimal(body["credits_used"])
+    return body

@@ -1,0 +1,81 @@
+"""Every METERLINE_ environment variable, in one typed, frozen object.
+
+Secrets are `SecretStr`, so printing the settings never shows them.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path.home() / ".meterline"
+
+
+def _default_cache() -> Path:
+    return Path.home() / ".cache" / "meterline"
+
+
+class Settings(BaseSettings):
+    """Configuration for the CLI, the worker, the sink and the SDK.
+
+    Each field is read from ``METERLINE_<FIELD>`` (e.g. ``METERLINE_KAFKA_PORT``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="METERLINE_", frozen=True, extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="Data directory: broker data, chDB, logs.")
+    cache_dir: Path = Field(default_factory=_default_cache, description="Kafka jars fetched by Maven.")
+
+    # Kafka. With `bootstrap` unset we talk to the local broker that `meterline stack` runs.
+    bootstrap: str | None = None
+    kafka_host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_version: str = "4.4.0"
+    kafka_heap: str = "512m"
+    usage_topic: str = "meterline.usage.v1"
+    dead_letter_topic: str = "meterline.usage.dlq.v1"
+    partitions: int = 8
+
+    # Processor (Faust worker).
+    app_id: str = "meterline-processor"
+    worker_host: str = "127.0.0.1"
+    worker_port: int = 6066
+    dedupe_window_seconds: int = 7 * 24 * 3600
+
+    # Sink and warehouse. With `clickhouse_url` unset, clickhouse-connect runs chDB on `chdb_path`.
+    sink_group: str = "meterline-sink"
+    sink_batch_size: int = 5000
+    sink_batch_seconds: float = 0.5
+    clickhouse_url: SecretStr | None = None
+    clickhouse_database: str = "meterline"
+    chdb_path: Path | None = None
+
+    # Signs org API keys and end-user tokens. Unset: a random secret kept in `home` (mode 0600).
+    api_secret: SecretStr | None = None
+
+    @cached_property
+    def kafka_bootstrap(self) -> str:
+        return self.bootstrap or f"{self.kafka_host}:{self.kafka_port}"
+
+    @cached_property
+    def chdb_dir(self) -> Path:
+        return self.chdb_path or self.home / "chdb"
+
+    @cached_property
+    def kafka_data_dir(self) -> Path:
+        return self.home / "kafka"
+
+    @cached_property
+    def worker_url(self) -> str:
+        return f"http://{self.worker_host}:{self.worker_port}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment, with explicit keyword overrides winning."""
+    return Settings(**overrides)  # type: ignore[arg-type]  # pydantic validates the values

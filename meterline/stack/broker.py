@@ -1,0 +1,199 @@
+"""Fetch, format, start, probe and stop the local Kafka broker.
+
+The broker runs detached (its own session) so it outlives the command that
+started it; its pid and log live in the data directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from meterline.exceptions import ConfigurationError, MeterlineError
+from meterline.settings import Settings
+
+READY_MARKER = ".complete"
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    running: bool
+    pid: int | None
+    bootstrap: str
+    answering: bool
+
+
+def _require(tool: str, hint: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise ConfigurationError(f"`{tool}` was not found on PATH: {hint}")
+    return path
+
+
+def jars_dir(settings: Settings) -> Path:
+    return settings.cache_dir / f"kafka-{settings.kafka_version}"
+
+
+def fetch_jars(settings: Settings) -> Path:
+    """Copy the broker's jars from Maven Central into the cache (once per version)."""
+    target = jars_dir(settings)
+    if (target / READY_MARKER).exists():
+        return target
+    mvn = _require("mvn", "install Apache Maven (e.g. `apt-get install maven`) to fetch the Kafka jars")
+    target.mkdir(parents=True, exist_ok=True)
+    with resources.as_file(resources.files("meterline.stack") / "pom.xml") as pom:
+        command = [
+            mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+            f"-DoutputDirectory={target}", f"-Dkafka.version={settings.kafka_version}", "-DincludeScope=runtime",
+        ]
+        result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise MeterlineError(f"Maven could not fetch Kafka {settings.kafka_version}:\n{result.stdout[-2000:]}")
+    (target / READY_MARKER).touch()
+    return target
+
+
+def _server_properties(settings: Settings) -> str:
+    host, port, controller = settings.kafka_host, settings.kafka_port, settings.kafka_controller_port
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@{host}:{controller}",
+            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller}",
+            f"advertised.listeners=PLAINTEXT://{host}:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={settings.kafka_data_dir / 'logs'}",
+            f"num.partitions={settings.partitions}",
+            # One node: internal topics cannot have more than one replica.
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "",
+        ]
+    )
+
+
+def _pid_file(settings: Settings) -> Path:
+    return settings.kafka_data_dir / "broker.pid"
+
+
+def _read_pid(settings: Settings) -> int | None:
+    try:
+        pid = int(_pid_file(settings).read_text())
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+
+
+def _answers(settings: Settings, timeout: float = 2.0) -> bool:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 0})
+    try:
+        return bool(admin.list_topics(timeout=timeout).brokers)
+    except KafkaException:
+        return False
+
+
+def broker_status(settings: Settings) -> BrokerStatus:
+    pid = _read_pid(settings)
+    return BrokerStatus(pid is not None, pid, settings.kafka_bootstrap, _answers(settings, 1.0))
+
+
+def stack_up(settings: Settings, wait_seconds: float = 90.0) -> BrokerStatus:
+    """Start the broker if it is not running, wait until it answers, create our topics."""
+    if settings.bootstrap is None and _read_pid(settings) is None:
+        _start_broker(settings)
+    deadline = time.monotonic() + wait_seconds
+    while not _answers(settings):
+        if time.monotonic() > deadline:
+            log = settings.kafka_data_dir / "broker.log"
+            raise MeterlineError(f"Kafka did not answer on {settings.kafka_bootstrap} within {wait_seconds}s; see {log}")
+        time.sleep(0.5)
+    ensure_topics(settings)
+    return broker_status(settings)
+
+
+def _start_broker(settings: Settings) -> None:
+    java = _require("java", "install a JDK >= 17 (e.g. `apt-get install openjdk-17-jre-headless`)")
+    jars = fetch_jars(settings)
+    data = settings.kafka_data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    properties = data / "server.properties"
+    properties.write_text(_server_properties(settings))
+    classpath = f"{jars}/*"
+    if not (data / "logs" / "meta.properties").exists():
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        subprocess.run(
+            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
+            check=True, capture_output=True,
+        )
+    with open(data / "broker.log", "ab") as log:
+        process = subprocess.Popen(
+            [java, f"-Xmx{settings.kafka_heap}", "-XX:+UseG1GC", "-cp", classpath, "kafka.Kafka", str(properties)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    _pid_file(settings).write_text(str(process.pid))
+
+
+def stack_down(settings: Settings, wait_seconds: float = 30.0) -> bool:
+    """Stop the broker cleanly (SIGTERM, then SIGKILL after `wait_seconds`). True if one was running."""
+    pid = _read_pid(settings)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        _reap(pid)
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    _pid_file(settings).unlink(missing_ok=True)
+    return True
+
+
+def _reap(pid: int) -> None:
+    # When this process started the broker it is our child: collect it so it does not linger as a zombie.
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def ensure_topics(settings: Settings) -> None:
+    """Create the usage and dead-letter topics if missing (idempotent)."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    existing = admin.list_topics(timeout=10).topics
+    wanted = [
+        NewTopic(name, num_partitions=settings.partitions, replication_factor=1)
+        for name in (settings.usage_topic, settings.dead_letter_topic)
+        if name not in existing
+    ]
+    if not wanted:
+        return
+    for name, future in admin.create_topics(wanted).items():
+        try:
+            future.result(timeout=30)
+        except KafkaException as error:
+            if error.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: another process won the race
+                raise

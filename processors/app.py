@@ -1,0 +1,47 @@
+"""The Faust app, its topics and tables, built from Settings.
+
+`faust -A meterline.processors.app worker` (or `meterline worker`) runs it.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from meterline.settings import Settings, load_settings
+
+
+def create_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        # Tables live in memory and are rebuilt from their compacted changelog topics on start.
+        store="memory://",
+        topic_partitions=settings.partitions,
+        web_host=settings.worker_host,
+        web_port=settings.worker_port,
+        web_in_thread=False,
+        producer_acks=-1,
+        # Commit often: fewer events to replay after a crash (replays are harmless, see ledger.py).
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        datadir=str(settings.home / "faust"),
+    )
+
+
+settings = load_settings()
+app = create_app(settings)
+
+usage_topic = app.topic(settings.usage_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+dead_letter_topic = app.topic(settings.dead_letter_topic, key_serializer="raw", value_serializer="json")
+
+# org/user -> Balance.to_json()
+balances = app.Table("balances", default=None, partitions=settings.partitions)
+# org/request id -> SeenRequest.to_json(), pruned after the dedupe window.
+seen_requests = app.Table("seen-requests", default=None, partitions=settings.partitions)
+# Keys are raw bytes (Faust derives JSON from key_type otherwise), so the router hashes a
+# key exactly like the producer did. Set before the changelog topics are created lazily.
+for _table in (balances, seen_requests):
+    _table.key_serializer = "raw"
+
+# Register agents and views on import of the app module, as `faust -A` expects.
+from meterline.processors import agents, views  # noqa: E402,F401

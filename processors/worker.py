@@ -1,0 +1,57 @@
+"""Start the Faust worker, in this process or as a child process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from meterline.exceptions import MeterlineError
+from meterline.settings import Settings
+
+
+def run_worker(loglevel: str = "warn") -> None:
+    """Run the worker in this process until SIGTERM/SIGINT (Faust handles both cleanly)."""
+    from meterline.processors.app import app
+
+    sys.argv = ["meterline-worker", "worker", "--loglevel", loglevel]
+    app.main()
+
+
+def spawn_worker(settings: Settings, env: dict[str, str] | None = None, log_path: str | None = None) -> subprocess.Popen[bytes]:
+    """Start a worker as a child process with these settings; return once its web server answers."""
+    child_env = {**os.environ, **(env or {}), **settings_env(settings)}
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [sys.executable, "-m", "meterline.processors"], env=child_env, stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    wait_until_healthy(settings, process)
+    return process
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The METERLINE_ variables that reproduce `settings` in a child process."""
+    values = settings.model_dump(exclude_none=True)
+    env = {}
+    for name, value in values.items():
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"METERLINE_{name.upper()}"] = str(value)
+    return env
+
+
+def wait_until_healthy(settings: Settings, process: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise MeterlineError(f"the worker exited with code {process.returncode} while starting")
+        try:
+            with urllib.request.urlopen(f"{settings.worker_url}/healthz", timeout=1):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.3)
+    raise MeterlineError(f"the worker did not answer on {settings.worker_url} within {timeout}s")

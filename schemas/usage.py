@@ -1,0 +1,128 @@
+"""UsageEvent: one AI call, as a CloudEvents 1.0 structured-mode JSON document.
+
+The envelope's `id` is the caller's request id: it is what makes a re-sent event
+harmless downstream. `subject` is the end user. Unknown fields are tolerated so a
+newer producer never breaks an older processor.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from meterline.schemas.errors import FieldProblem, InvalidEventError
+
+SCHEMA_VERSION = 1
+EVENT_TYPE = f"dev.meterline.usage.v{SCHEMA_VERSION}"
+MAX_METADATA_BYTES = 8 * 1024
+# Clocks drift; an event a little ahead of ours is fine, one from tomorrow is a bug.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+Identifier = Field(min_length=1, max_length=256, pattern=r"^[^/\s]+$")
+
+
+class UsageData(BaseModel):
+    """The `data` of a usage event: who used which model, and how much."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    org_id: str = Identifier
+    user_id: str = Identifier
+    model: str = Field(min_length=1, max_length=256)
+    input_tokens: StrictInt = Field(ge=0)
+    output_tokens: StrictInt = Field(ge=0)
+    cached_input_tokens: StrictInt = Field(default=0, ge=0)
+    latency_ms: StrictInt = Field(default=0, ge=0)
+    cost_usd: Decimal | None = Field(default=None, ge=0)
+    action: str | None = Field(default=None, min_length=1, max_length=64)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("cost_usd", mode="before")
+    @classmethod
+    def _finite_cost(cls, value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        if isinstance(value, float):
+            return Decimal(repr(value))  # 0.1 stays 0.1, not 0.1000000000000000055...
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in value.items())
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes, got {size}")
+        return value
+
+
+class UsageEvent(BaseModel):
+    """The CloudEvents envelope around `UsageData`."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(min_length=1, max_length=128, description="The request id; reuse it on retry.")
+    source: str = Field(min_length=1, max_length=512)
+    type: Literal["dev.meterline.usage.v1"] = EVENT_TYPE
+    subject: str = Field(min_length=1, max_length=256, description="The end user's id.")
+    time: AwareDatetime
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: UsageData
+
+    @field_validator("time")
+    @classmethod
+    def _not_in_future(cls, value: datetime, info: ValidationInfo) -> datetime:
+        now = (info.context or {}).get("now") or datetime.now(timezone.utc)
+        if value - now > MAX_CLOCK_SKEW:
+            raise ValueError(f"is more than {MAX_CLOCK_SKEW} in the future")
+        return value.astimezone(timezone.utc)
+
+    @model_validator(mode="after")
+    def _subject_is_user(self) -> UsageEvent:
+        if self.subject != self.data.user_id:
+            raise ValueError("subject must equal data.user_id")
+        return self
+
+    @property
+    def request_id(self) -> str:
+        return self.id
+
+    @property
+    def user_key(self) -> str:
+        """Kafka key and balance key: one user's events stay in order on one partition."""
+        return f"{self.data.org_id}/{self.data.user_id}"
+
+    @property
+    def dedupe_key(self) -> str:
+        """Request ids are unique per org; two orgs may pick the same id."""
+        return f"{self.data.org_id}/{self.id}"
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+def parse_event(raw: bytes | str | dict[str, Any], now: datetime | None = None) -> UsageEvent:
+    """Validate one event from JSON or a dict; raise InvalidEventError naming every bad field."""
+    context = {"now": now} if now else None
+    try:
+        if isinstance(raw, dict):
+            return UsageEvent.model_validate(raw, context=context)
+        return UsageEvent.model_validate_json(raw, context=context)
+    except ValidationError as error:
+        raise InvalidEventError.from_validation_error(error) from None
+    except (UnicodeDecodeError, TypeError) as error:
+        raise InvalidEventError([FieldProblem("event", f"not a JSON object: {error}")]) from None

@@ -1,0 +1,69 @@
+"""The one place that talks to ClickHouse, through clickhouse-connect.
+
+With no METERLINE_CLICKHOUSE_URL the same client runs chDB (the ClickHouse engine
+in-process) on a data directory. chDB locks its directory to one process, so the
+process that owns a Warehouse is the one that writes and answers queries.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from meterline.settings import Settings
+from meterline.sinks import queries
+from meterline.sinks.queries import Query
+
+EVENT_COLUMNS = [
+    "org_id", "user_id", "request_id", "event_time", "model", "action", "input_tokens", "output_tokens",
+    "cached_input_tokens", "latency_ms", "cost_usd", "credits", "source", "metadata",
+    "kafka_partition", "kafka_offset", "version",
+]
+
+# chDB allows one open data directory per process: share the client among threads.
+_chdb_clients: dict[str, Client] = {}
+_chdb_lock = threading.Lock()
+
+
+def _connect(settings: Settings) -> Client:
+    if settings.clickhouse_url is not None:
+        return clickhouse_connect.get_client(dsn=settings.clickhouse_url.get_secret_value())
+    path = str(settings.chdb_dir.resolve())
+    with _chdb_lock:
+        if path not in _chdb_clients:
+            settings.chdb_dir.mkdir(parents=True, exist_ok=True)
+            _chdb_clients[path] = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+        return _chdb_clients[path]
+
+
+class Warehouse:
+    """Create the schema, insert event batches, run read queries."""
+
+    def __init__(self, settings: Settings):
+        self.database = settings.clickhouse_database
+        self._client = _connect(settings)
+        self._lock = threading.Lock()  # the chDB client is not safe to use from two threads at once
+        self.command(queries.create_database(self.database))
+        self.command(queries.create_usage_events(self.database))
+        self._client.database = self.database  # unqualified table names in queries.py resolve here
+
+    def command(self, sql: str) -> Any:
+        with self._lock:
+            return self._client.command(sql)
+
+    def insert_events(self, rows: Sequence[Sequence[Any]], dedupe_token: str) -> None:
+        """Insert a batch; a retry with the same token is dropped by ClickHouse, not doubled."""
+        with self._lock:
+            self._client.insert(
+                queries.USAGE_EVENTS, rows, column_names=EVENT_COLUMNS, database=self.database,
+                settings={"insert_deduplication_token": dedupe_token},
+            )
+
+    def query(self, query: Query) -> list[tuple[Any, ...]]:
+        sql, parameters = query
+        with self._lock:
+            return list(self._client.query(sql, parameters=parameters).result_rows)
