@@ -5,7 +5,6 @@ Secrets are `SecretStr`, so printing the settings never shows them.
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -59,19 +58,19 @@ class Settings(BaseSettings):
     # Signs org API keys and end-user tokens. Unset: a random secret kept in `home` (mode 0600).
     api_secret: SecretStr | None = None
 
-    @cached_property
+    @property
     def kafka_bootstrap(self) -> str:
         return self.bootstrap or f"{self.kafka_host}:{self.kafka_port}"
 
-    @cached_property
+    @property
     def chdb_dir(self) -> Path:
         return self.chdb_path or self.home / "chdb"
 
-    @cached_property
+    @property
     def kafka_data_dir(self) -> Path:
         return self.home / "kafka"
 
-    @cached_property
+    @property
     def worker_url(self) -> str:
         return f"http://{self.worker_host}:{self.worker_port}"
 

@@ -34,14 +34,12 @@ app = create_app(settings)
 usage_topic = app.topic(settings.usage_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
 dead_letter_topic = app.topic(settings.dead_letter_topic, key_serializer="raw", value_serializer="json")
 
+# Keys are raw bytes (key_type=bytes selects the raw codec), so Faust's router hashes a key
+# exactly like the producer did when it chose the user's partition.
 # org/user -> Balance.to_json()
-balances = app.Table("balances", default=None, partitions=settings.partitions)
+balances = app.Table("balances", default=None, key_type=bytes, partitions=settings.partitions)
 # org/request id -> SeenRequest.to_json(), pruned after the dedupe window.
-seen_requests = app.Table("seen-requests", default=None, partitions=settings.partitions)
-# Keys are raw bytes (Faust derives JSON from key_type otherwise), so the router hashes a
-# key exactly like the producer did. Set before the changelog topics are created lazily.
-for _table in (balances, seen_requests):
-    _table.key_serializer = "raw"
+seen_requests = app.Table("seen-requests", default=None, key_type=bytes, partitions=settings.partitions)
 
 # Register agents and views on import of the app module, as `faust -A` expects.
 from meterline.processors import agents, views  # noqa: E402,F401

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from faust.exceptions import SameNode
+from faust.web.exceptions import ServiceUnavailable
 from faust.web import Request, Response, View
 
 from meterline.auth import may_read_balance, resolve_secret
@@ -26,7 +27,10 @@ class BalanceView(View):
         try:
             return await app.router.route_req(balances.name, key, self.web, request)
         except SameNode:
-            pass
+            pass  # this worker owns the user's partition: answer from the local table
+        except (KeyError, TypeError, ServiceUnavailable):
+            # No assignment yet (starting or rebalancing): the owner is unknown for a moment.
+            return self.json({"error": "rebalancing, retry shortly"}, status=503, headers={"Retry-After": "1"})
         balance = Balance.from_json(balances.get(key))
         return self.json(
             {

@@ -189,11 +189,24 @@ def ensure_topics(settings: Settings) -> None:
         for name in (settings.usage_topic, settings.dead_letter_topic)
         if name not in existing
     ]
-    if not wanted:
-        return
-    for name, future in admin.create_topics(wanted).items():
+    for future in (admin.create_topics(wanted).values() if wanted else []):
         try:
             future.result(timeout=30)
         except KafkaException as error:
             if error.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: another process won the race
                 raise
+    _wait_for_leaders(admin, [settings.usage_topic, settings.dead_letter_topic])
+
+
+def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float = 30.0) -> None:
+    # A new topic exists before its partitions have leaders; producing then fails.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metadata = admin.list_topics(timeout=10).topics
+        if all(
+            name in metadata and metadata[name].partitions and all(p.leader >= 0 for p in metadata[name].partitions.values())
+            for name in topics
+        ):
+            return
+        time.sleep(0.2)
+    raise MeterlineError(f"topics {topics} have no leader after {timeout}s")

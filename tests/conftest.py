@@ -1,0 +1,67 @@
+"""Shared fixtures: one real Kafka broker and one chDB directory per test session.
+
+Each test that needs the pipeline gets its own topics, consumer groups and worker
+port (factory fixtures), so tests never see each other's events.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from meterline.settings import Settings
+from meterline.stack import stack_down, stack_up
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("meterline-home")
+
+
+@pytest.fixture(scope="session")
+def broker_settings(session_home: Path) -> Iterator[Settings]:
+    """A real single-node KRaft broker on free loopback ports, for the whole session."""
+    settings = Settings(
+        home=session_home,
+        kafka_port=free_port(),
+        kafka_controller_port=free_port(),
+        partitions=4,
+        api_secret="test-secret-not-for-production",  # type: ignore[arg-type]
+    )
+    stack_up(settings)
+    yield settings
+    stack_down(settings)
+
+
+@pytest.fixture
+def make_settings(broker_settings: Settings) -> Callable[..., Settings]:
+    """Settings with unique topics, groups and worker port; chDB shared by the session."""
+
+    def build(**overrides: object) -> Settings:
+        run = uuid.uuid4().hex[:10]
+        values: dict[str, object] = {
+            "usage_topic": f"usage-{run}",
+            "dead_letter_topic": f"dlq-{run}",
+            "app_id": f"processor-{run}",
+            "sink_group": f"sink-{run}",
+            "worker_port": free_port(),
+            "home": broker_settings.home / run,
+            "chdb_path": broker_settings.home / "chdb",
+            "sink_batch_seconds": 0.2,
+        }
+        values.update(overrides)
+        settings = broker_settings.model_copy(update=values)
+        settings.home.mkdir(parents=True, exist_ok=True)
+        return settings
+
+    return build

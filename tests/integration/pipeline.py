@@ -1,0 +1,111 @@
+"""Helpers for tests that run the real worker and sink."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from meterline.auth import org_key
+from meterline.client import get_balance
+from meterline.processors.worker import spawn_worker
+from meterline.settings import Settings
+from meterline.sinks import ClickHouseSink, Warehouse
+from meterline.stack import ensure_topics
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    warehouse: Warehouse
+    worker: subprocess.Popen[bytes]
+
+    def start_worker(self) -> None:
+        self.worker = spawn_worker(self.settings, log_path=str(self.settings.home / "worker.log"))
+
+    def kill_worker(self) -> None:
+        self.worker.send_signal(signal.SIGKILL)
+        self.worker.wait(timeout=30)
+
+    def balance(self, org_id: str, user_id: str) -> dict:
+        token = org_key(self.settings.api_secret.get_secret_value(), org_id)  # type: ignore[union-attr]
+        return get_balance(self.settings.worker_url, token, org_id, user_id)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 90.0, interval: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def counted(pipeline: Pipeline, org_id: str, users: set[str]) -> int:
+    """Events the worker has counted for these users, or -1 while it cannot answer."""
+    try:
+        return sum(pipeline.balance(org_id, user)["events"] for user in users)
+    except urllib.error.URLError:
+        return -1
+
+
+def balances_match(pipeline: Pipeline, org_id: str, expected: dict[str, Decimal]) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return all(pipeline.balance(org_id, user)["credits_used"] == credits for user, credits in expected.items())
+        except urllib.error.URLError:  # 503 while the worker rebalances, or not listening yet
+            return False
+
+    return check
+
+
+@contextmanager
+def running_pipeline(settings: Settings, with_sink: bool = True) -> Iterator[Pipeline]:
+    """A worker child process plus a sink thread in this process (it owns chDB)."""
+    ensure_topics(settings)
+    warehouse = Warehouse(settings)
+    stop = threading.Event()
+    sink_thread = None
+    if with_sink:
+        sink_thread = threading.Thread(target=ClickHouseSink(settings, warehouse).run, args=(stop,), daemon=True)
+        sink_thread.start()
+    pipeline = Pipeline(settings, warehouse, spawn_worker(settings, log_path=str(settings.home / "worker.log")))
+    try:
+        yield pipeline
+    finally:
+        stop.set()
+        if pipeline.worker.poll() is None:
+            pipeline.worker.send_signal(signal.SIGTERM)
+            try:
+                pipeline.worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pipeline.worker.kill()
+        if sink_thread is not None:
+            sink_thread.join(timeout=30)
+
+
+def topic_size(settings: Settings, topic: str, attempts: int = 50) -> int:
+    """Messages ever written to `topic` (sum of high watermarks), retrying while leaders settle."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "size-probe"})
+    try:
+        for attempt in range(attempts):
+            try:
+                return sum(
+                    consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+                    for partition in range(settings.partitions)
+                )
+            except KafkaException:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
+    finally:
+        consumer.close()
