@@ -24,7 +24,7 @@ demo: install jars
 	$(BIN)/meterline demo
 
 bench: install jars
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m meterline.benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
