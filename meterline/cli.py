@@ -35,7 +35,9 @@ def _stack(settings: Settings, args: argparse.Namespace) -> int:
 
 def _sink(settings: Settings, _args: argparse.Namespace) -> int:
     from meterline.sinks import ClickHouseSink, Warehouse
+    from meterline.stack import ensure_topics
 
+    ensure_topics(settings)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -43,9 +45,11 @@ def _sink(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker(_settings: Settings, args: argparse.Namespace) -> int:
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from meterline.processors.worker import run_worker
+    from meterline.stack import ensure_topics
 
+    ensure_topics(settings)  # with our partition count, before Faust would auto-create them
     run_worker(args.loglevel)
     return 0
 
