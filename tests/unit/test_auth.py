@@ -1,0 +1,21 @@
+from meterline.auth import may_read_balance, org_key, user_token
+
+SECRET = "s3cret"
+
+
+def test_an_org_key_reads_its_own_users_only():
+    key = org_key(SECRET, "acme")
+    assert may_read_balance(SECRET, key, "acme", "u1")
+    assert not may_read_balance(SECRET, key, "globex", "u1")
+
+
+def test_a_user_token_reads_only_that_user():
+    token = user_token(SECRET, "acme", "u1")
+    assert may_read_balance(SECRET, token, "acme", "u1")
+    assert not may_read_balance(SECRET, token, "acme", "u2")
+    assert not may_read_balance(SECRET, token, "acme2", "u1")
+
+
+def test_keys_depend_on_the_secret_and_empty_is_refused():
+    assert not may_read_balance("other", org_key(SECRET, "acme"), "acme", "u1")
+    assert not may_read_balance(SECRET, "", "acme", "u1")

@@ -1,0 +1,33 @@
+"""When the worker counts an event: the replay and duplicate rules, as a table."""
+
+from decimal import Decimal
+
+import pytest
+
+from meterline.processors.ledger import Balance, Decision, SeenRequest, decide
+
+FRESH = Balance()
+AT_10 = Balance(Decimal("3.5"), 4, partition=2, last_offset=10)
+
+
+@pytest.mark.parametrize(
+    ("balance", "seen", "partition", "offset", "expected"),
+    [
+        (FRESH, None, 2, 0, Decision.APPLY),  # first event of a user
+        (AT_10, None, 2, 11, Decision.APPLY),  # next event
+        (AT_10, SeenRequest(2, 5, 0.0), 2, 11, Decision.DUPLICATE),  # re-sent request id
+        (AT_10, None, 2, 10, Decision.REPLAYED),  # crash after the table write, before the commit
+        (AT_10, SeenRequest(2, 9, 0.0), 2, 9, Decision.REPLAYED),
+        (AT_10, SeenRequest(2, 11, 0.0), 2, 11, Decision.APPLY),  # seen written, balance not: apply once
+        (AT_10, None, 3, 1, Decision.APPLY),  # offsets of another partition are not comparable
+    ],
+)
+def test_decide(balance, seen, partition, offset, expected):
+    assert decide(balance, seen, partition, offset) is expected
+
+
+def test_balance_round_trips_through_json_exactly():
+    balance = Balance().apply(Decimal("0.001"), 1, 7).apply(Decimal("1.999"), 1, 8)
+    assert Balance.from_json(balance.to_json()) == balance
+    assert balance.credits_used == Decimal("2.000")
+    assert balance.events == 2
