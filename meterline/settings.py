@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     clickhouse_database: str = "meterline"
     chdb_path: Path | None = None
 
+    # Pricing: price book and plan catalogue files. Unset: the defaults shipped in meterline.pricing.
+    prices: Path | None = None
+    plans: Path | None = None
+
     # Signs org API keys and end-user tokens. Unset: a random secret kept in `home` (mode 0600).
     api_secret: SecretStr | None = None
 
