@@ -214,7 +214,7 @@ def _print_invoice(invoice: Invoice) -> int:
         table.add_column(column, justify="left" if column == "line" else "right")
     for line in invoice.lines:
         quantity = "" if line.kind == "base_fee" else f"{line.quantity}"
-        unit = "" if line.unit_price is None else f"${line.unit_price}"
+        unit = "" if line.unit_price is None or line.kind == "base_fee" else f"${line.unit_price}"
         table.add_row(line.description, quantity, unit, f"${line.amount:.2f}" if line.amount or line.unit_price is not None else "")
     table.add_row("[bold]total[/bold] (rounded once, half up)", "", "", f"[bold]${invoice.total}[/bold]")
     console = _console()
@@ -250,7 +250,8 @@ def register(commands: Any) -> None:
     quote.add_argument("--action", help="action tier (e.g. simple, complex)")
     quote.add_argument("--cost-usd", type=_decimal, help="a provider cost reported by the caller (overrides the price book)")
     quote.add_argument("--credit-price", type=_decimal, help="also show the margin at this revenue per credit")
-    _files(quote), _format(quote)
+    _files(quote)
+    _format(quote)
     quote.set_defaults(run=_quote)
     render = pricing.add_parser("render", help="write the public pricing page from the plans file")
     render.add_argument("--format", choices=["json", "html"], default="json")
@@ -262,7 +263,8 @@ def register(commands: Any) -> None:
     check = plans.add_parser("check", help="credit-to-cost ratio per model x tier; exit 1 if any is below target")
     check.add_argument("--credit-price", type=_decimal, help="revenue per credit (default: lowest of the paying plans)")
     check.add_argument("--plan", help="use this plan's revenue per credit")
-    _files(check), _format(check)
+    _files(check)
+    _format(check)
     check.set_defaults(run=_check)
 
     billing = commands.add_parser("billing", help="billing cycles and invoice previews").add_subparsers(dest="action", required=True)
@@ -282,5 +284,6 @@ def register(commands: Any) -> None:
     preview.add_argument("--at", help="an instant in the cycle to preview (default: now)")
     preview.add_argument("--from-plan", help="prorate: the plan in force before --changed-at")
     preview.add_argument("--changed-at", help="prorate: when the plan changed, inside the cycle")
-    _files(preview), _format(preview)
+    _files(preview)
+    _format(preview)
     preview.set_defaults(run=_preview)

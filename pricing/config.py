@@ -89,7 +89,7 @@ def problems_from(error: ValidationError, prefix: Sequence[int | str] = ()) -> l
     """Every pydantic error as a `ConfigProblem` with the dotted path of its key."""
     problems = []
     for item in error.errors():
-        # Tagged unions add the tag name to the location; it is not a key the user wrote.
+        # Validator wrappers (`function-after[...]`) can appear in a location; no user wrote that key.
         loc = [part for part in item["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
         problems.append(ConfigProblem(dotted([*prefix, *loc]), _reason(item)))
     return problems
