@@ -6,6 +6,7 @@ Secrets are `SecretStr`, so printing the settings never shows them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,6 +60,14 @@ class Settings(BaseSettings):
     prices: Path | None = None
     plans: Path | None = None
 
+    # Producer SDK (producers/README.md). With `spool_dir` unset the outage spool is `home`/spool.
+    spool_dir: Path | None = None
+    spool_max_bytes: int = Field(default=1 << 30, gt=0, description="Bound on the outage spool; past it emit raises.")
+    spool_fsync: Literal["always", "interval", "never"] = "interval"
+    spool_fsync_interval: float = Field(default=1.0, gt=0)
+    delivery_timeout_ms: int = Field(default=30_000, gt=0, description="Unacknowledged this long: to the spool.")
+    record_failures: bool = False  # measure(): a failed call records a zero-usage event
+
     # Signs org API keys and end-user tokens. Unset: a random secret kept in `home` (mode 0600).
     api_secret: SecretStr | None = None
 
@@ -69,6 +78,10 @@ class Settings(BaseSettings):
     @property
     def chdb_dir(self) -> Path:
         return self.chdb_path or self.home / "chdb"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_dir or self.home / "spool"
 
     @property
     def kafka_data_dir(self) -> Path:

@@ -1,148 +1,137 @@
-"""Meter: emit usage events through an idempotent Kafka producer.
+"""Meter: emit usage events to Kafka from synchronous code.
 
-A retry must reuse the caller's request id: the id is what makes a duplicate
-harmless downstream. Producer idempotence only covers librdkafka's own retries
-within one producer session; the processors dedupe everything else.
+    from meterline.producers import Meter
+
+    meter = Meter()  # METERLINE_ environment; or Meter(bootstrap="kafka:9092", usage_topic=...)
+    meter.emit("acme", "user-42", "gpt-4o", input_tokens=1200, output_tokens=340)
+
+The request id is what makes a duplicate harmless: the processors count each (org, request id)
+once. `emit` generates a time-ordered one when you give none; a retry of the same AI call must
+pass the id of its first attempt (`request_id=`), or re-`send` the event from `build`.
+Producer idempotence only covers librdkafka's own retries within one producer session.
 """
 
 from __future__ import annotations
 
-import socket
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
-from uuid6 import uuid7
+from meterline.producers.base import MeterBase
+from meterline.producers.events import EventEncoder, build_event, new_request_id
+from meterline.producers.exceptions import DeliveryError
+from meterline.producers.measure import Measurement
+from meterline.producers.stats import MeterStats
+from meterline.schemas import UsageEvent
 
-from meterline.exceptions import MeterlineError
-from meterline.schemas import UsageEvent, parse_event
-from meterline.settings import Settings, load_settings
-
-
-class DeliveryError(MeterlineError):
-    """Kafka did not acknowledge some events; `errors` holds librdkafka's reasons."""
-
-    def __init__(self, errors: list[KafkaError]):
-        self.errors = errors
-        super().__init__(f"{len(errors)} event(s) not delivered: {errors[0]}")
+__all__ = ["DeliveryError", "Meter", "build_event", "new_request_id"]
 
 
-def new_request_id() -> str:
-    # uuid7 is time-ordered, so request ids sort by creation time in ClickHouse.
-    return str(uuid7())
+class Meter(MeterBase):
+    """Emit usage events to Kafka; one line to start: ``meter = Meter()``.
 
-
-def build_event(
-    org_id: str,
-    user_id: str,
-    model: str,
-    input_tokens: int,
-    output_tokens: int,
-    *,
-    latency_ms: int = 0,
-    request_id: str | None = None,
-    action: str | None = None,
-    cost_usd: Decimal | float | str | None = None,
-    cached_input_tokens: int = 0,
-    metadata: dict[str, str] | None = None,
-    timestamp: datetime | None = None,
-    source: str | None = None,
-) -> UsageEvent:
-    """Validate the arguments into a UsageEvent; raise InvalidEventError naming each bad field."""
-    data: dict[str, Any] = {
-        "org_id": org_id,
-        "user_id": user_id,
-        "model": model,
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "cached_input_tokens": cached_input_tokens,
-        "latency_ms": latency_ms,
-        "metadata": metadata or {},
-    }
-    if action is not None:
-        data["action"] = action
-    if cost_usd is not None:
-        data["cost_usd"] = cost_usd
-    return parse_event(
-        {
-            "id": request_id or new_request_id(),
-            "source": source or f"meterline-sdk://{socket.gethostname()}",
-            "subject": user_id,
-            "time": timestamp if timestamp is not None else datetime.now(timezone.utc),
-            "data": data,
-        }
-    )
-
-
-class Meter:
-    """Emit usage events to Kafka. One line to start: ``meter = Meter()``.
+    Delivery is asynchronous: `emit` validates, queues and returns the request id. Each event
+    then reaches Kafka or, while Kafka is unreachable, the local outage spool, replayed in
+    order when Kafka is back (also by the next process on the same spool directory).
+    `stats()` and `on_delivery` show what happened; nothing is dropped silently.
 
     Args:
-        settings: where the broker and topic are; defaults to the METERLINE_ environment.
+        settings: broker, topic and spool settings; default: read from METERLINE_* variables.
         producer_config: extra librdkafka settings, applied over ours.
+        on_delivery: called with a DeliveryReport per event outcome, on the SDK's poll thread.
+        spool: False disables the outage spool (failed events then raise DeliveryError at flush).
+        record_failures: `measure()` records a zero-usage event for a failed call
+            (default: METERLINE_RECORD_FAILURES, false).
+        source: the CloudEvents `source` (default ``meterline-sdk://<hostname>``).
+        **overrides: any Settings field, e.g. ``bootstrap="kafka:9092"``, ``usage_topic=...``,
+            ``spool_dir=...`` (METERLINE_SPOOL_DIR, default ~/.meterline/spool),
+            ``spool_max_bytes`` (1 GiB), ``spool_fsync`` ("always" | "interval" | "never",
+            default "interval"), ``spool_fsync_interval`` (1.0 s), ``delivery_timeout_ms``
+            (30000: unacknowledged this long, an event moves to the spool).
     """
 
-    def __init__(self, settings: Settings | None = None, producer_config: dict[str, Any] | None = None):
-        self.settings = settings or load_settings()
-        self._config = {
-            "bootstrap.servers": self.settings.kafka_bootstrap,
-            "enable.idempotence": True,  # off by default in librdkafka
-            "acks": "all",
-            "linger.ms": 5,
-            "compression.type": "lz4",
-            # Java-compatible key hashing, so Faust (aiokafka) finds the same partition for a user.
-            "partitioner": "murmur2_random",
-            **(producer_config or {}),
-        }
-        self._producer: Producer | None = None
-        self._errors: list[KafkaError] = []
+    def emit(
+        self,
+        org_id: str,
+        user_id: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        latency_ms: int = 0,
+        request_id: str | None = None,
+        action: str | None = None,
+        cost_usd: Decimal | float | str | None = None,
+        cached_input_tokens: int = 0,
+        metadata: dict[str, str] | None = None,
+        timestamp: datetime | None = None,
+    ) -> str:
+        """Validate and queue one event; return its request id.
 
-    @property
-    def producer(self) -> Producer:
-        if self._producer is None:  # created lazily so building a Meter never touches the network
-            self._producer = Producer(self._config)
-        return self._producer
+        Args:
+            org_id, user_id: who; 1-256 characters, no "/" or whitespace.
+            model: the model called.
+            input_tokens: all input tokens, cached ones included (int >= 0).
+            output_tokens: output tokens, reasoning included (int >= 0).
+            latency_ms: the call's latency (int >= 0, default 0).
+            request_id: the id of this AI call; default a new UUIDv7. A RETRY MUST REUSE IT.
+            action: a credit tier such as "simple_query" (optional).
+            cost_usd: the provider cost, if known (finite, >= 0).
+            cached_input_tokens: the part of input_tokens read from a prompt cache.
+            metadata: str -> str, at most 8 KiB.
+            timestamp: when the call happened (timezone-aware, at most 5 min ahead); default now.
 
-    def emit(self, org_id: str, user_id: str, model: str, input_tokens: int, output_tokens: int, **fields: Any) -> str:
-        """Validate and send one event; return its request id. Nothing is sent if it is invalid."""
-        return self.send(self.build(org_id, user_id, model, input_tokens, output_tokens, **fields))
-
-    def build(self, org_id: str, user_id: str, model: str, input_tokens: int, output_tokens: int, **fields: Any) -> UsageEvent:
-        """Validate into an event without sending it (keep it to re-send on retry)."""
-        return build_event(org_id, user_id, model, input_tokens, output_tokens, **fields)
+        Raises:
+            InvalidEventError: naming every bad field and rule; nothing was sent.
+            SpoolFullError: Kafka is unreachable and the spool is full; the event was not accepted.
+        """
+        request, key, value = self._encoder.encode(
+            org_id, user_id, model, input_tokens, output_tokens, latency_ms, request_id, action, cost_usd,
+            cached_input_tokens, metadata, timestamp,
+        )
+        self._engine.submit(key, value)
+        return request
 
     def send(self, event: UsageEvent) -> str:
-        """Send an already-built event (e.g. a re-send with the same request id)."""
-        self._produce(event.user_key.encode(), event.to_json())
-        return event.request_id
+        """Queue an already-built event (e.g. a retry, which keeps the first request id)."""
+        request, key, value = EventEncoder.encode_event(event)
+        self._engine.submit(key, value)
+        return request
 
-    def _produce(self, key: bytes, value: bytes) -> None:
-        while True:
-            try:
-                self.producer.produce(self.settings.usage_topic, value, key, on_delivery=self._on_delivery)
-                break
-            except BufferError:  # local queue full: let librdkafka drain, then retry
-                self.producer.poll(0.1)
-        self.producer.poll(0)
+    def record_response(
+        self, org_id: str, user_id: str, response: Any, *, model: str | None = None, **fields: Any
+    ) -> str:
+        """Emit the usage of an OpenAI or Anthropic response (object or dict); return the request id.
 
-    def _on_delivery(self, error: KafkaError | None, _message: Message) -> None:
-        if error is not None:
-            self._errors.append(error)
+        Token counts map as documented in `meterline.producers.responses`; the model defaults to
+        the response's `model`. `fields` are emit's keywords (latency_ms, request_id, action, ...).
+        """
+        args, fields = self._response_fields(response, model, fields)
+        return self.emit(org_id, user_id, *args, **fields)
 
-    def flush(self, timeout: float = 30.0) -> None:
-        """Wait until every event is acknowledged; raise DeliveryError if any failed."""
-        remaining = self.producer.flush(timeout)
-        if remaining:
-            raise MeterlineError(f"{remaining} event(s) still unacknowledged after {timeout}s")
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise DeliveryError(errors)
+    def measure(
+        self, org_id: str, user_id: str, model: str, *, record_failures: bool | None = None, **fields: Any
+    ) -> Measurement:
+        """Time a provider call: ``with meter.measure(org, user, model) as m: m.record(call())``.
 
-    def close(self) -> None:
-        if self._producer is not None:
-            self.flush()
-            self._producer = None
+        `fields` are emit's keywords (request_id, action, metadata, ...). See
+        `meterline.producers.measure` for what a failed call records.
+        """
+        failures = self.record_failures if record_failures is None else record_failures
+        return Measurement(self.emit, org_id, user_id, model, fields, failures)
+
+    def flush(self, timeout: float = 30.0) -> MeterStats:
+        """Wait up to `timeout` s until every event so far is acknowledged by Kafka, spool included.
+
+        Events that cannot reach Kafka in time stay safe in the spool (see the returned
+        `spool_pending` and `in_flight`). Raises DeliveryError only for events that could be
+        neither delivered nor spooled.
+        """
+        return self._engine.flush(timeout)
+
+    def close(self, timeout: float = 30.0) -> MeterStats:
+        """Flush, move anything still unacknowledged to the spool, and stop the SDK's thread."""
+        return self._engine.close(timeout)
 
     def __enter__(self) -> Meter:
         return self

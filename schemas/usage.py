@@ -60,6 +60,15 @@ class UsageData(BaseModel):
             return Decimal(repr(value))  # 0.1 stays 0.1, not 0.1000000000000000055...
         return value
 
+    @field_validator("cached_input_tokens")
+    @classmethod
+    def _cached_within_input(cls, value: int, info: ValidationInfo) -> int:
+        # input_tokens is the total input, cached_input_tokens the part of it served from a cache.
+        total = info.data.get("input_tokens")
+        if isinstance(total, int) and value > total:
+            raise ValueError(f"must be at most input_tokens ({total}), got {value}: input_tokens counts cached ones too")
+        return value
+
     @field_validator("metadata")
     @classmethod
     def _small_metadata(cls, value: dict[str, str]) -> dict[str, str]:
@@ -88,7 +97,9 @@ class UsageEvent(BaseModel):
     def _not_in_future(cls, value: datetime, info: ValidationInfo) -> datetime:
         now = (info.context or {}).get("now") or datetime.now(timezone.utc)
         if value - now > MAX_CLOCK_SKEW:
-            raise ValueError(f"is more than {MAX_CLOCK_SKEW} in the future")
+            ahead = value - now
+            raise ValueError(f"must be at most {MAX_CLOCK_SKEW.total_seconds() / 60:g} minutes in the future, "
+                             f"got {ahead} ahead (a timestamp from the future is a bug, not clock skew)")
         return value.astimezone(timezone.utc)
 
     @model_validator(mode="after")

@@ -1,0 +1,96 @@
+"""What Meter and AsyncMeter share: configuration, validation, stats. No I/O here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from confluent_kafka import Producer
+
+from meterline.producers.engine import DeliveryCallback, Engine
+from meterline.producers.events import EventEncoder, build_event
+from meterline.producers.responses import usage_from_response
+from meterline.producers.stats import MeterStats
+from meterline.schemas import FieldProblem, InvalidEventError, UsageEvent
+from meterline.settings import Settings, load_settings
+
+
+def resolve_settings(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
+    """`settings` (default: the METERLINE_ environment) with keyword overrides applied and validated."""
+    if settings is None:
+        return load_settings(**overrides)
+    if not overrides:
+        return settings
+    return Settings(**{**settings.model_dump(), **overrides})
+
+
+class MeterBase:
+    """Configuration shared by both meters; see `Meter` for the arguments."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        producer_config: dict[str, Any] | None = None,
+        *,
+        on_delivery: DeliveryCallback | None = None,
+        spool: bool = True,
+        record_failures: bool | None = None,
+        source: str | None = None,
+        **overrides: Any,
+    ):
+        self.settings = resolve_settings(settings, overrides)
+        self.record_failures = self.settings.record_failures if record_failures is None else record_failures
+        self._encoder = EventEncoder(source)
+        self._engine = Engine(self.settings, config=producer_config, on_delivery=on_delivery, spool=spool)
+
+    @property
+    def producer(self) -> Producer:
+        """The underlying confluent-kafka producer (created on first use)."""
+        return self._engine.producer
+
+    @property
+    def source(self) -> str:
+        return self._encoder.source
+
+    def stats(self) -> MeterStats:
+        """Counts of sent, delivered, failed, spooled, replayed and lost events (see MeterStats)."""
+        return self._engine.stats()
+
+    def build(
+        self,
+        org_id: str,
+        user_id: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        latency_ms: int = 0,
+        request_id: str | None = None,
+        action: str | None = None,
+        cost_usd: Decimal | float | str | None = None,
+        cached_input_tokens: int = 0,
+        metadata: dict[str, str] | None = None,
+        timestamp: datetime | None = None,
+    ) -> UsageEvent:
+        """Validate into an event without sending it; keep it to `send` again on retry (same id).
+
+        Raises InvalidEventError naming every bad field. Arguments as for `emit`.
+        """
+        return build_event(
+            org_id, user_id, model, input_tokens, output_tokens, latency_ms=latency_ms, request_id=request_id,
+            action=action, cost_usd=cost_usd, cached_input_tokens=cached_input_tokens, metadata=metadata,
+            timestamp=timestamp, source=self._encoder.source,
+        )
+
+    @staticmethod
+    def _response_fields(response: Any, model: str | None, fields: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """emit's arguments for a provider response: counts and model from the response."""
+        usage = usage_from_response(response)
+        chosen = model or usage.model
+        if not chosen:
+            raise InvalidEventError([FieldProblem("response.model", "is missing: pass model=...")])
+        fields = {**fields, "cached_input_tokens": usage.cached_input_tokens}
+        if usage.metadata:
+            fields["metadata"] = {**(fields.get("metadata") or {}), **usage.metadata}
+        return (chosen, usage.input_tokens, usage.output_tokens), fields

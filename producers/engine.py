@@ -1,0 +1,340 @@
+"""The delivery machinery behind Meter and AsyncMeter: producer, spool, one poll thread.
+
+Every encoded event ends in exactly one of: acknowledged by Kafka, written to the spool, or
+reported lost (only possible with the spool disabled or full - `flush()` then raises).
+
+- Normal mode: `submit` hands the event to librdkafka (idempotent, acks=all). A failed delivery
+  (broker gone past `delivery_timeout_ms`, purge at close, ...) goes to the spool.
+- Spool mode (entered on a failed delivery, when librdkafka reports all brokers down, on a queue
+  that stays full, or when the spool holds events at start): new events go straight to the spool,
+  so they are durable and keep their order behind the ones waiting there. The poll thread probes
+  Kafka and replays the spool in order, batch by batch; a batch's offset is committed only after
+  Kafka acknowledged all of it. When the spool is empty, normal mode resumes.
+
+A replayed event Kafka already had (a batch that half succeeded, an "in flight" purge, a crash
+before the commit) is written twice. That is harmless only because the processors dedupe on
+request id; producer idempotence does not cover it. Only the poll thread calls `poll()`, so
+delivery callbacks never run concurrently.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from meterline.producers.exceptions import DeliveryError, MeterClosedError, SpoolError
+from meterline.producers.replay import ReplayBatch
+from meterline.producers.spool import Spool
+from meterline.producers.stats import Counters, DeliveryReport, MeterStats, Status
+from meterline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DeliveryCallback = Callable[[DeliveryReport], None]
+Done = Callable[[Status, "KafkaError | None"], None]  # final outcome of one event, for AsyncMeter
+QUEUE_FULL_WAIT = 1.0  # seconds a full local queue may block emit before events go to the spool
+
+
+def producer_config(settings: Settings, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The SDK's librdkafka settings; `overrides` win."""
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "enable.idempotence": True,  # off by default in librdkafka
+        "acks": "all",
+        "linger.ms": 10,  # up to 10 ms of batching: fewer, larger requests
+        "batch.num.messages": 10_000,
+        "compression.type": "lz4",
+        # Java-compatible key hashing, so Faust (aiokafka) finds the same partition for a user.
+        "partitioner": "murmur2_random",
+        # After this long without an ack an event is reported failed and moves to the spool.
+        "message.timeout.ms": settings.delivery_timeout_ms,
+        **(overrides or {}),
+    }
+
+
+class Engine:
+    """Owns the producer, the spool and the poll thread of one meter (thread-safe)."""
+
+    def __init__(self, settings: Settings, *, config: dict[str, Any] | None = None,
+                 on_delivery: DeliveryCallback | None = None, spool: bool = True):
+        self.settings = settings
+        self.topic = settings.usage_topic
+        self._config = {**producer_config(settings, config), "error_cb": self._on_error}
+        self._producer: Producer | None = None
+        self._lock = threading.Lock()
+        self.counters = Counters()
+        self._on_delivery = on_delivery
+        self.spool = (Spool(settings.spool_path, settings.spool_max_bytes, settings.spool_fsync,
+                            settings.spool_fsync_interval) if spool else None)
+        self.spooling = bool(self.spool and self.spool.pending)
+        self._failed: deque[tuple[bytes, bytes, KafkaError, Done | None]] = deque()
+        self._lost: list[tuple[KafkaError, bytes]] = []
+        self._fatal: KafkaError | None = None
+        self._closed = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._exit_hook = _close_at_exit(self)
+        atexit.register(self._exit_hook)
+        if self.spooling:
+            self._start()
+
+    @property
+    def producer(self) -> Producer:
+        producer = self._producer
+        if producer is None:
+            with self._lock:  # created lazily, so building a meter never touches the network
+                if self._producer is None:
+                    self._producer = Producer(self._config)
+                producer = self._producer
+        return producer
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="meterline-poll", daemon=True)
+                self._thread.start()
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    def submit(self, key: bytes, value: bytes, *, block: bool = True, done: Done | None = None) -> bool:
+        """Hand one encoded event to Kafka or the spool.
+
+        Returns False only with ``block=False`` when the local queue is full (nothing was done).
+        Raises SpoolFullError when the event had to be spooled and the spool is full.
+        """
+        if self._closed:
+            raise MeterClosedError("this meter is closed")
+        if self._thread is None:
+            self._start()
+        if self.spooling and self._spool_new(key, value, done):
+            return True
+        callback = self._delivered if done is None else (lambda e, m: self._delivered(e, m, done))
+        deadline = 0.0
+        while True:
+            try:
+                self.counters.add(sent=1)
+                self.producer.produce(self.topic, value, key, on_delivery=callback)
+                return True
+            except BufferError:  # the local queue is full: the poll thread drains it
+                self.counters.add(sent=-1)
+                if not block:
+                    return False
+                deadline = deadline or time.monotonic() + QUEUE_FULL_WAIT
+                if time.monotonic() > deadline or self.spooling:
+                    self.enter_spooling("the local producer queue stayed full")
+                    if self._spool_new(key, value, done):
+                        return True
+                time.sleep(0.005)
+            except KafkaException as error:  # a fatal producer error: the poll thread renews it
+                self.counters.add(sent=-1)
+                self._fatal = error.args[0]
+                self.enter_spooling(f"the producer failed: {error}")
+                if self._spool_new(key, value, done):
+                    return True
+
+    def _spool_new(self, key: bytes, value: bytes, done: Done | None) -> bool:
+        """Append a new event to the spool if in spool mode; False if normal mode resumed."""
+        assert self.spool is not None
+        with self._lock:
+            if not self.spooling:
+                return False
+            self.spool.append([(key, value)])  # SpoolFullError reaches the caller: not accepted
+            self.counters.add(sent=1, spooled=1)
+        self._report(value, "spooled", None)
+        if done is not None:
+            done("spooled", None)
+        return True
+
+    def enter_spooling(self, reason: str) -> None:
+        if self.spool is not None and not self.spooling:
+            log.warning("meterline: Kafka unavailable (%s); spooling events to %s", reason, self.spool.directory)
+            self.spooling = True
+
+    # -- delivery reports (poll thread) ------------------------------------------------------
+
+    def _delivered(self, error: KafkaError | None, message: Message, done: Done | None = None) -> None:
+        if error is None:
+            self.counters.add(delivered=1)
+            if self._on_delivery is not None:
+                self._report(message.value(), "delivered", None, message)
+            if done is not None:
+                done("delivered", None)
+        else:
+            self._failed.append((message.key() or b"", message.value() or b"", error, done))
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.enter_spooling(str(error))
+        elif error.fatal():
+            self._fatal = error
+        else:
+            log.debug("meterline: producer error %s", error)
+
+    def _spool_failed(self) -> None:
+        """Move failed deliveries to the spool, in one append (one fsync)."""
+        failed = []
+        while self._failed:
+            failed.append(self._failed.popleft())
+        if not failed:
+            return
+        self.counters.add(failed=len(failed))
+        for _key, value, error, _done in failed:
+            self._report(value, "failed", error)
+        status: Status = "spooled"
+        try:
+            if self.spool is None:
+                raise SpoolError("the spool is disabled", self.settings.spool_path)
+            with self._lock:
+                self.spool.append([(key, value) for key, value, _e, _d in failed])
+                self.spooling = True
+            self.counters.add(spooled=len(failed))
+        except (SpoolError, ValueError) as spool_error:
+            log.error("meterline: %d event(s) neither delivered nor spooled: %s", len(failed), spool_error)
+            status = "lost"
+            self._lost.extend((error, value) for _k, value, error, _d in failed)
+            self.counters.add(lost=len(failed))
+        for _key, value, error, done in failed:
+            self._report(value, status, error)
+            if done is not None:
+                done(status, error)
+
+    def report_replayed(self, value: bytes) -> None:
+        if self._on_delivery is not None:
+            self._report(value, "replayed", None)
+
+    def _report(self, value: bytes, status: Status, error: KafkaError | None, message: Message | None = None) -> None:
+        if self._on_delivery is None:
+            return
+        try:
+            request_id = str(orjson.loads(value)["id"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            request_id = ""
+        report = DeliveryReport(request_id, status, error, message.partition() if message else None,
+                                message.offset() if message else None)
+        try:
+            self._on_delivery(report)
+        except Exception:  # a broken callback must not stop deliveries
+            log.exception("meterline: on_delivery callback failed")
+
+    # -- the poll thread -----------------------------------------------------------------------
+
+    def serve(self, timeout: float) -> None:
+        """Serve delivery reports for up to `timeout` seconds (poll thread only)."""
+        self.producer.poll(timeout)
+        if self._failed:
+            self._spool_failed()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._loop()
+            except Exception:  # keep serving deliveries whatever happens; say what it was
+                log.exception("meterline: poll thread error; continuing")
+                time.sleep(0.5)
+
+    def _loop(self) -> None:
+        backoff, next_replay, next_adopt = 0.5, 0.0, time.monotonic() + 10
+        while not self._stop.is_set():
+            self.serve(0.05)
+            if self._fatal is not None:
+                self._renew_producer()
+            if self.spool is None:
+                continue
+            self.spool.sync_if_due()
+            now = time.monotonic()
+            if self.spooling and now >= next_replay:
+                if ReplayBatch.run_all(self):
+                    backoff = 0.5
+                else:
+                    next_replay, backoff = now + backoff, min(backoff * 2, 5.0)
+            if now >= next_adopt:
+                next_adopt = now + 10
+                if self.spool.adopt():
+                    self.enter_spooling("found events left by an earlier process")
+
+    def resume_if_drained(self) -> bool:
+        """Leave spool mode if the spool is empty (under the lock new events are spooled with)."""
+        assert self.spool is not None
+        with self._lock:
+            if self.spool.pending == 0:
+                self.spooling = False
+        return not self.spooling
+
+    def _renew_producer(self) -> None:
+        log.error("meterline: fatal producer error %s; spooling its queue and starting a new producer", self._fatal)
+        old, self._producer, self._fatal = self._producer, None, None
+        if old is not None:
+            self._purge(old)
+
+    def _purge(self, producer: Producer) -> None:
+        # Purged events fail with _PURGE_QUEUE/_PURGE_INFLIGHT and go to the spool. An "in flight"
+        # one may already be in Kafka: its replay is a duplicate the processors drop.
+        producer.purge(in_queue=True, in_flight=True)
+        deadline = time.monotonic() + 10
+        while len(producer) and time.monotonic() < deadline:
+            producer.poll(0.05)
+        self._spool_failed()
+
+    # -- flush and close -----------------------------------------------------------------------
+
+    def stats(self) -> MeterStats:
+        return self.counters.snapshot(self.spool.pending if self.spool else 0)
+
+    def flush(self, timeout: float = 30.0) -> MeterStats:
+        """Wait up to `timeout` s until every event is in Kafka; what cannot get there stays spooled."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._thread is not None and self._thread.is_alive():
+            stats = self.stats()
+            if stats.in_flight == 0 and not self._failed and stats.spool_pending == 0:
+                break
+            time.sleep(0.01)
+        if self.spool is not None:
+            self.spool.sync()
+        if self._lost:
+            lost, self._lost = self._lost, []
+            raise DeliveryError([error for error, _v in lost], [value for _e, value in lost])
+        return self.stats()
+
+    def close(self, timeout: float = 30.0) -> MeterStats:
+        """Flush, then spool whatever Kafka has not acknowledged, and release the spool."""
+        if self._closed:
+            return self.stats()
+        try:
+            self.flush(timeout)
+        finally:
+            self._closed = True
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            if self._producer is not None:
+                self._purge(self._producer)
+            if self.spool is not None:
+                self.spool.close()
+            atexit.unregister(self._exit_hook)
+        return self.flush(0)
+
+
+def _close_at_exit(engine: Engine) -> Callable[[], None]:
+    # Events still in memory at interpreter exit go to the spool rather than vanish. A weak
+    # reference, so the hook does not keep a forgotten meter alive.
+    reference = weakref.ref(engine)
+
+    def close() -> None:
+        alive = reference()
+        if alive is not None and not alive._closed:
+            alive.close(timeout=5.0)
+
+    return close

@@ -1,0 +1,118 @@
+"""The fast encoder emit uses agrees with the schema: same accepted events, same meaning."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meterline.producers.events import EventEncoder, build_event, new_request_id
+from meterline.schemas import InvalidEventError, parse_event
+
+UTC = timezone.utc
+encoder = EventEncoder("meterline-sdk://test")
+VALID = {"org_id": "acme", "user_id": "u-1", "model": "gpt-4o", "input_tokens": 100, "output_tokens": 20}
+
+
+def both(**overrides: object) -> tuple[object, object]:
+    """(fast result or its error, schema result or its error) for the same arguments."""
+    args = {**VALID, **overrides}
+    args.setdefault("request_id", "req-1")
+    args.setdefault("timestamp", datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC))
+    try:
+        fast: object = parse_event(encoder.encode(**args)[2])  # type: ignore[arg-type]
+    except InvalidEventError as error:
+        fast = sorted(error.fields)
+    try:
+        slow: object = build_event(**args, source=encoder.source)  # type: ignore[arg-type]
+    except InvalidEventError as error:
+        slow = sorted(error.fields)
+    return fast, slow
+
+
+# Each bad-input rule of the issue, the field it must name, and a rule word in the message.
+BAD_INPUT = [
+    ("negative tokens", {"input_tokens": -1}, "data.input_tokens", "greater than or equal to 0"),
+    ("negative output", {"output_tokens": -5}, "data.output_tokens", "greater than or equal to 0"),
+    ("fractional tokens", {"input_tokens": 1.5}, "data.input_tokens", "valid integer"),
+    ("numeric string tokens", {"output_tokens": "12"}, "data.output_tokens", "valid integer"),
+    ("boolean tokens", {"input_tokens": True}, "data.input_tokens", "valid integer"),
+    ("empty user id", {"user_id": ""}, "data.user_id", "at least 1 character"),
+    ("naive timestamp", {"timestamp": datetime(2025, 1, 1, 12, 0)}, "time", "timezone"),
+    ("far-future timestamp", {"timestamp": datetime.now(UTC) + timedelta(days=2)}, "time", "in the future"),
+    ("metadata over 8 KiB", {"metadata": {"prompt": "x" * 8200}}, "data.metadata", "at most 8192 bytes"),
+    ("NaN cost", {"cost_usd": float("nan")}, "data.cost_usd", "finite"),
+    ("NaN decimal cost", {"cost_usd": Decimal("NaN")}, "data.cost_usd", "finite"),
+    ("negative cost", {"cost_usd": -0.01}, "data.cost_usd", "greater than or equal to 0"),
+    ("cached above input", {"cached_input_tokens": 101}, "data.cached_input_tokens", "at most input_tokens"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field", "rule"), [case[1:] for case in BAD_INPUT],
+                         ids=[case[0] for case in BAD_INPUT])
+def test_each_bad_input_rule_names_the_field_and_the_rule(overrides: dict, field: str, rule: str) -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        encoder.encode(**{**VALID, **overrides})
+    assert caught.value.fields == [field]  # only the bad field, named once (not also `subject`)
+    assert rule in str(caught.value) and field in str(caught.value)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        encoder.encode(**{**VALID, "input_tokens": -1, "output_tokens": 0.5, "user_id": ""})
+    assert sorted(caught.value.fields) == ["data.input_tokens", "data.output_tokens", "data.user_id"]
+
+
+def test_fast_path_json_means_what_the_schema_builds() -> None:
+    fast, slow = both(cost_usd=0.1, action="summarise", metadata={"feature": "chat"}, cached_input_tokens=40,
+                      latency_ms=250)
+    assert fast == slow
+    assert orjson.loads(encoder.encode(**VALID)[2])["type"] == "dev.meterline.usage.v1"
+
+
+def test_unusual_but_valid_arguments_go_through_the_schema() -> None:
+    fast, slow = both(cost_usd="0.25", timestamp=datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2))))
+    assert fast == slow
+    assert fast.data.cost_usd == Decimal("0.25")  # type: ignore[attr-defined]
+
+
+ids = st.one_of(st.text(min_size=0, max_size=5), st.sampled_from(["acme", "u-1", "a/b", " x", "é"]), st.none())
+counts = st.one_of(st.integers(min_value=-3, max_value=10**12), st.floats(allow_nan=True), st.booleans(),
+                   st.text(max_size=3))
+costs = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 10**9),
+                  st.decimals(allow_nan=True, allow_infinity=True), st.sampled_from(["0.5", "x", "-1"]))
+times = st.one_of(st.none(), st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-7))])),
+                  st.datetimes())
+
+
+@settings(max_examples=400, deadline=None)
+@given(org=ids, user=ids, model=ids, inp=counts, out=counts, cached=counts, cost=costs, when=times,
+       meta=st.one_of(st.none(), st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=3)))
+def test_fast_path_and_schema_agree_on_any_input(org, user, model, inp, out, cached, cost, when, meta) -> None:
+    when = when if when is None or when.year < 9999 else None
+    fast, slow = both(org_id=org, user_id=user, model=model, input_tokens=inp, output_tokens=out,
+                      cached_input_tokens=cached, cost_usd=cost, timestamp=when or datetime(2024, 5, 1, tzinfo=UTC),
+                      metadata=meta)
+    assert fast == slow
+
+
+def test_request_ids_are_uuid7_time_ordered_and_unique() -> None:
+    generated = [new_request_id() for _ in range(20_000)]
+    assert len(set(generated)) == len(generated)
+    assert generated == sorted(generated)
+    parsed = uuid.UUID(generated[0])
+    assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    ms = int(generated[0].replace("-", "")[:12], 16)
+    assert math.isclose(ms / 1000, datetime.now(UTC).timestamp(), abs_tol=5)
+
+
+def test_emit_generates_an_id_and_keeps_a_given_one() -> None:
+    generated, key, _value = encoder.encode(**VALID)
+    assert uuid.UUID(generated).version == 7 and key == b"acme/u-1"
+    assert encoder.encode(**VALID, request_id="retry-7")[0] == "retry-7"
