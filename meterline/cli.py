@@ -9,6 +9,7 @@ import threading
 
 from rich.console import Console
 
+from meterline.cli_emit import register as register_emit
 from meterline.cli_pricing import register as register_pricing
 from meterline.exceptions import MeterlineError
 from meterline.settings import Settings, load_settings
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("org")
     keys.add_argument("--user")
     keys.set_defaults(run=_keys)
+    register_emit(commands)
     register_pricing(commands)
     return parser
 

@@ -1,0 +1,65 @@
+"""`meterline emit` against the real broker: flags, JSON, and a JSON-lines file with rejects."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from meterline.cli import main
+from meterline.settings import Settings
+from meterline.stack import ensure_topics
+from tests.integration.test_producer_sdk import consume_all
+
+
+@pytest.fixture
+def cli_settings(make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    settings = make_settings()
+    ensure_topics(settings)
+    for name, value in {"BOOTSTRAP": settings.kafka_bootstrap, "USAGE_TOPIC": settings.usage_topic,
+                        "HOME": str(settings.home)}.items():
+        monkeypatch.setenv(f"METERLINE_{name}", value)
+    return settings
+
+
+def test_one_event_from_flags_and_one_from_json(cli_settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["emit", "--org", "acme", "--user", "u-1", "--model", "gpt-4o", "--input-tokens", "12",
+                 "--output-tokens", "3", "--metadata", "feature=chat", "--request-id", "cli-1"]) == 0
+    event = {"org_id": "acme", "user_id": "u-2", "model": "gpt-4o", "input_tokens": 5, "output_tokens": 1,
+             "timestamp": "2025-01-31T12:00:00+00:00", "cost_usd": "0.002"}
+    assert main(["emit", "--json", json.dumps(event)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed[0] == "cli-1"
+    events = {e["id"]: e["data"] for e in consume_all(cli_settings, 2)}
+    assert events["cli-1"]["metadata"] == {"feature": "chat"} and events["cli-1"]["input_tokens"] == 12
+    assert events[printed[1]]["cost_usd"] == "0.002"
+
+
+def test_a_bad_single_event_is_rejected_with_the_field(cli_settings: Settings,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["emit", "--json", '{"org_id": "acme", "user_id": "u", "model": "m", "input_tokens": -4, '
+                                   '"output_tokens": 1}']) == 1
+    assert "data.input_tokens" in capsys.readouterr().err
+
+
+def test_file_with_rejects_sends_the_good_lines_and_lists_the_bad(cli_settings: Settings, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    good = {"org_id": "acme", "user_id": "u-1", "model": "gpt-4o", "input_tokens": 10, "output_tokens": 2}
+    lines = [json.dumps({**good, "request_id": f"ok-{i}"}) for i in range(200)]
+    lines[10] = "{not json"
+    lines[20] = json.dumps({**good, "input_tokens": -1})
+    lines[30] = json.dumps({**good, "timestamp": "2025-01-01T00:00:00"})
+    lines[40] = json.dumps({**good, "colour": "red"})
+    lines.insert(50, "")  # blank lines are skipped, not rejected
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+
+    assert main(["emit", "--file", str(path)]) == 1
+    err = capsys.readouterr().err
+    for line_number, reason in [(11, "not JSON"), (21, "data.input_tokens"), (31, "timezone"), (41, "colour")]:
+        assert str(line_number) in err and reason in err
+    assert "196 accepted" in err
+    ids = {event["id"] for event in consume_all(cli_settings, 196)}
+    assert ids == {f"ok-{i}" for i in range(200)} - {"ok-10", "ok-20", "ok-30", "ok-40"}
