@@ -24,7 +24,7 @@ from confluent_kafka import KafkaError
 
 from meterline.producers.base import MeterBase
 from meterline.producers.engine import QUEUE_FULL_WAIT, Done
-from meterline.producers.events import EventEncoder
+from meterline.producers.encoder import EventEncoder
 from meterline.producers.exceptions import DeliveryError
 from meterline.producers.measure import AsyncMeasurement
 from meterline.producers.stats import MeterStats, Status

@@ -9,7 +9,8 @@ from typing import Any
 from confluent_kafka import Producer
 
 from meterline.producers.engine import DeliveryCallback, Engine
-from meterline.producers.events import EventEncoder, build_event
+from meterline.producers.encoder import EventEncoder
+from meterline.producers.events import build_event
 from meterline.producers.responses import usage_from_response
 from meterline.producers.stats import MeterStats
 from meterline.schemas import FieldProblem, InvalidEventError, UsageEvent

@@ -75,7 +75,9 @@ class Engine:
         self._on_delivery = on_delivery
         self.spool = (Spool(settings.spool_path, settings.spool_max_bytes, settings.spool_fsync,
                             settings.spool_fsync_interval) if spool else None)
-        self.spooling = bool(self.spool and self.spool.pending)
+        self._spooling = bool(self.spool and self.spool.pending)
+        self._fast: Callable[..., None] | None = None  # producer.produce while plain producing is allowed
+        self._delivered_cb = self._delivered
         self._failed: deque[tuple[bytes, bytes, KafkaError, Done | None]] = deque()
         self._lost: list[tuple[KafkaError, bytes]] = []
         self._fatal: KafkaError | None = None
@@ -84,8 +86,24 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._exit_hook = _close_at_exit(self)
         atexit.register(self._exit_hook)
-        if self.spooling:
+        if self._spooling:
             self._start()
+
+    @property
+    def spooling(self) -> bool:
+        """True while new events go to the spool (Kafka unreachable, or spooled events wait)."""
+        return self._spooling
+
+    def _set_spooling(self, value: bool) -> None:
+        self._spooling = value
+        self._refresh()
+
+    def _refresh(self) -> None:
+        # The hot path in `submit` checks one attribute: the produce method, or None when
+        # events must take the careful path (spooling, closed, not started, producer renewed).
+        producer = self._producer
+        ready = producer is not None and not self._spooling and not self._closed and self._thread is not None
+        self._fast = producer.produce if ready and producer is not None else None
 
     @property
     def producer(self) -> Producer:
@@ -95,6 +113,7 @@ class Engine:
                 if self._producer is None:
                     self._producer = Producer(self._config)
                 producer = self._producer
+            self._refresh()
         return producer
 
     def _start(self) -> None:
@@ -102,6 +121,8 @@ class Engine:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="meterline-poll", daemon=True)
                 self._thread.start()
+        self.producer  # noqa: B018 - create it now, so the hot path is ready
+        self._refresh()
 
     # -- submitting ----------------------------------------------------------------------------
 
@@ -111,6 +132,20 @@ class Engine:
         Returns False only with ``block=False`` when the local queue is full (nothing was done).
         Raises SpoolFullError when the event had to be spooled and the spool is full.
         """
+        fast = self._fast
+        if fast is not None and done is None:
+            counters = self.counters
+            with counters.lock:
+                counters.sent += 1
+            try:
+                fast(self.topic, value, key, on_delivery=self._delivered_cb)
+                return True
+            except (BufferError, KafkaException):
+                with counters.lock:
+                    counters.sent -= 1
+        return self._submit(key, value, block, done)
+
+    def _submit(self, key: bytes, value: bytes, block: bool, done: Done | None) -> bool:
         if self._closed:
             raise MeterClosedError("this meter is closed")
         if self._thread is None:
@@ -145,7 +180,7 @@ class Engine:
         """Append a new event to the spool if in spool mode; False if normal mode resumed."""
         assert self.spool is not None
         with self._lock:
-            if not self.spooling:
+            if not self._spooling:
                 return False
             self.spool.append([(key, value)])  # SpoolFullError reaches the caller: not accepted
             self.counters.add(sent=1, spooled=1)
@@ -157,13 +192,13 @@ class Engine:
     def enter_spooling(self, reason: str) -> None:
         if self.spool is not None and not self.spooling:
             log.warning("meterline: Kafka unavailable (%s); spooling events to %s", reason, self.spool.directory)
-            self.spooling = True
+            self._set_spooling(True)
 
     # -- delivery reports (poll thread) ------------------------------------------------------
 
     def _delivered(self, error: KafkaError | None, message: Message, done: Done | None = None) -> None:
         if error is None:
-            self.counters.add(delivered=1)
+            self.counters.delivered += 1  # only the poll thread runs callbacks: one writer, no lock
             if self._on_delivery is not None:
                 self._report(message.value(), "delivered", None, message)
             if done is not None:
@@ -195,7 +230,7 @@ class Engine:
                 raise SpoolError("the spool is disabled", self.settings.spool_path)
             with self._lock:
                 self.spool.append([(key, value) for key, value, _e, _d in failed])
-                self.spooling = True
+                self._set_spooling(True)
             self.counters.add(spooled=len(failed))
         except (SpoolError, ValueError) as spool_error:
             log.error("meterline: %d event(s) neither delivered nor spooled: %s", len(failed), spool_error)
@@ -270,12 +305,13 @@ class Engine:
         assert self.spool is not None
         with self._lock:
             if self.spool.pending == 0:
-                self.spooling = False
-        return not self.spooling
+                self._set_spooling(False)
+        return not self._spooling
 
     def _renew_producer(self) -> None:
         log.error("meterline: fatal producer error %s; spooling its queue and starting a new producer", self._fatal)
         old, self._producer, self._fatal = self._producer, None, None
+        self._refresh()
         if old is not None:
             self._purge(old)
 
@@ -316,6 +352,7 @@ class Engine:
             self.flush(timeout)
         finally:
             self._closed = True
+            self._refresh()
             self._stop.set()
             if self._thread is not None:
                 self._thread.join()

@@ -18,7 +18,8 @@ from decimal import Decimal
 from typing import Any
 
 from meterline.producers.base import MeterBase
-from meterline.producers.events import EventEncoder, build_event, new_request_id
+from meterline.producers.encoder import EventEncoder
+from meterline.producers.events import build_event, new_request_id
 from meterline.producers.exceptions import DeliveryError
 from meterline.producers.measure import Measurement
 from meterline.producers.stats import MeterStats

@@ -60,7 +60,7 @@ class Counters:
     """Thread-safe counters: delivery callbacks run on the SDK's poll thread."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # for counts that several threads write; `delivered` has one writer
         self.sent = 0
         self.delivered = 0
         self.failed = 0
@@ -68,18 +68,16 @@ class Counters:
         self.replayed = 0
         self.lost = 0
 
-    def add(self, *, sent: int = 0, delivered: int = 0, failed: int = 0, spooled: int = 0,
-            replayed: int = 0, lost: int = 0) -> None:
-        with self._lock:
+    def add(self, *, sent: int = 0, failed: int = 0, spooled: int = 0, replayed: int = 0, lost: int = 0) -> None:
+        with self.lock:
             self.sent += sent
-            self.delivered += delivered
             self.failed += failed
             self.spooled += spooled
             self.replayed += replayed
             self.lost += lost
 
     def snapshot(self, spool_pending: int) -> MeterStats:
-        with self._lock:
+        with self.lock:
             in_flight = self.sent - self.delivered - self.spooled - self.lost
             return MeterStats(self.sent, self.delivered, self.failed, self.spooled, self.replayed,
                               self.lost, in_flight, spool_pending)

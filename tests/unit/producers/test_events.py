@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterline.producers.events import EventEncoder, build_event, new_request_id
+from meterline.producers.encoder import EventEncoder
+from meterline.producers.events import build_event, new_request_id
 from meterline.schemas import InvalidEventError, parse_event
 
 UTC = timezone.utc
@@ -116,3 +117,21 @@ def test_emit_generates_an_id_and_keeps_a_given_one() -> None:
     generated, key, _value = encoder.encode(**VALID)
     assert uuid.UUID(generated).version == 7 and key == b"acme/u-1"
     assert encoder.encode(**VALID, request_id="retry-7")[0] == "retry-7"
+
+
+def test_fast_path_ids_and_times_come_from_one_clock_reading() -> None:
+    results = [encoder.encode(**VALID) for _ in range(5_000)]
+    ids = [request_id for request_id, _k, _v in results]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert {uuid.UUID(rid).version for rid in ids} == {7}
+    for request_id, _key, value in results[:: 500]:
+        event = parse_event(value)
+        id_millis = int(request_id.replace("-", "")[:12], 16)
+        assert abs(event.time.timestamp() * 1000 - id_millis) < 1  # same instant in both
+        assert abs(event.time - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+def test_strings_that_need_escaping_survive() -> None:
+    fast, slow = both(model='gpt "4o"\\\n', action="naïve ✓", metadata={"q": "line\nbreak \"quoted\""},
+                      request_id="req\t1")
+    assert fast == slow

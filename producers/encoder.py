@@ -1,0 +1,245 @@
+"""The fast path `emit` uses: validate in plain Python, write the CloudEvents JSON by template.
+
+Building the pydantic `UsageEvent` and dumping it costs ~20 us an event; this costs ~2-3 us
+(benchmarks/bench_emit.py prints both). It is conservative: whenever an argument is not one of
+the plain types it knows (int tokens, str ids, int/float/Decimal cost, aware datetime,
+dict[str, str] metadata) or breaks a rule, the whole call goes to `build_event`. So the schema
+stays the one authority on what is valid, every error message comes from it, and a valid but
+unusual argument (a cost given as "0.25") still works. tests/unit/producers/test_events.py
+checks with hypothesis that both paths accept the same events with the same meaning.
+
+Strings are JSON-escaped by orjson and cached per distinct value (orgs, users and models
+repeat); numbers are formatted from exact ints; the request id and timestamp come from one
+clock reading.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from datetime import datetime, timezone
+from decimal import Decimal
+from time import time_ns as _time_ns
+from typing import Any
+
+import orjson
+
+from meterline.producers.events import ID_RANDOM, build_event, default_source
+from meterline.schemas import EVENT_TYPE, FieldProblem, InvalidEventError, UsageEvent
+from meterline.schemas.usage import MAX_CLOCK_SKEW, MAX_METADATA_BYTES
+
+_IDENTIFIER = re.compile(r"[^/\s]+")  # the schema's `^[^/\s]+$`; Python's \s is the wider set
+_UTC = timezone.utc
+_CACHE_LIMIT = 100_000  # distinct strings kept escaped; cleared past this
+# The common call (no request id, action, cost, metadata or timestamp given) in one formatting
+# step; the id sits at a fixed offset, so it is sliced back out.
+_COMMON = (
+    '{"specversion":"1.0","id":"%%08x-%%04x-7%%03x-%%04x-%%012x","source":%s,"type":"' + EVENT_TYPE + '",'
+    '"subject":%%s,"time":"%%s.%%06dZ","datacontenttype":"application/json","data":{%%s,"input_tokens":%%d,'
+    '"output_tokens":%%d,"cached_input_tokens":%%d,"latency_ms":%%d,"metadata":{}}}'
+)
+_ID_AT = slice(27, 63)
+_TEMPLATE = (
+    '{"specversion":"1.0","id":%s,"source":%s,"type":"' + EVENT_TYPE + '","subject":%s,"time":"%s",'
+    '"datacontenttype":"application/json","data":{"org_id":%s,"user_id":%s,"model":%s,"input_tokens":%d,'
+    '"output_tokens":%d,"cached_input_tokens":%d,"latency_ms":%d%s,"metadata":%s}}'
+)
+
+
+def _json(value: str) -> str | None:
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # lone surrogates: let the schema say what is wrong
+        return None
+
+
+def _cost(value: object) -> str | None:
+    """The cost as a decimal string when it is plainly valid, else None (the schema decides)."""
+    if type(value) is int and value >= 0:
+        return str(value)
+    if type(value) is float and math.isfinite(value) and value >= 0:
+        return str(Decimal(repr(value)))  # 0.1 stays 0.1, as in the schema
+    if type(value) is Decimal and value.is_finite() and value >= 0:
+        return str(value)
+    return None
+
+
+def _metadata(metadata: object) -> str | None:
+    if metadata is None:
+        return "{}"
+    if type(metadata) is not dict:
+        return None
+    size = 0
+    for key, value in metadata.items():
+        if type(key) is not str or type(value) is not str:
+            return None
+        size += len(key.encode()) + len(value.encode())
+    if size > MAX_METADATA_BYTES:
+        return None
+    try:
+        return orjson.dumps(metadata).decode()
+    except orjson.JSONEncodeError:
+        return None
+
+
+def _second_text(second: int) -> str:
+    return datetime.fromtimestamp(second, _UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _time(timestamp: object, now: datetime) -> str | None:
+    if type(timestamp) is not datetime or timestamp.utcoffset() is None or timestamp - now > MAX_CLOCK_SKEW:
+        return None
+    text = timestamp.astimezone(_UTC).isoformat()
+    return text[:-6] + "Z"  # "+00:00" -> "Z"
+
+
+class EventEncoder:
+    """Turn `emit` arguments into (request id, Kafka key, CloudEvents JSON), validated.
+
+    Args:
+        source: the CloudEvents `source` (default ``meterline-sdk://<hostname>``).
+    """
+
+    def __init__(self, source: str | None = None):
+        self.source = source or default_source()
+        escaped = _json(self.source)
+        if not 0 < len(self.source) <= 512 or escaped is None:
+            raise InvalidEventError([FieldProblem("source", "must be 1 to 512 characters of text")])
+        self._source = escaped
+        self._common = _COMMON % escaped.replace("%", "%%")
+        self._heads: dict[tuple[str, str, str], tuple[str, str, bytes]] = {}  # (org, user, model) -> parts
+        self._identifiers: dict[str, str] = {}  # valid org/user id -> JSON string
+        self._models: dict[str, str] = {}  # valid model -> JSON string
+        self._second: tuple[int, str] = (-1, "")  # (Unix second, its "YYYY-MM-DDTHH:MM:SS")
+        self._random: random.Random = ID_RANDOM
+
+    def _identifier(self, value: object) -> str | None:
+        if type(value) is not str or not 0 < len(value) <= 256 or _IDENTIFIER.fullmatch(value) is None:
+            return None
+        escaped = _json(value)
+        if escaped is not None:
+            if len(self._identifiers) >= _CACHE_LIMIT:
+                self._identifiers.clear()
+            self._identifiers[value] = escaped
+        return escaped
+
+    def _model(self, value: object) -> str | None:
+        if type(value) is not str or not 0 < len(value) <= 256:
+            return None
+        escaped = _json(value)
+        if escaped is not None:
+            if len(self._models) >= _CACHE_LIMIT:
+                self._models.clear()
+            self._models[value] = escaped
+        return escaped
+
+    def encode(
+        self,
+        org_id: str,
+        user_id: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        latency_ms: int = 0,
+        request_id: str | None = None,
+        action: str | None = None,
+        cost_usd: Decimal | float | str | None = None,
+        cached_input_tokens: int = 0,
+        metadata: dict[str, str] | None = None,
+        timestamp: datetime | None = None,
+    ) -> tuple[str, bytes, bytes]:
+        """Validate and encode one event; raise InvalidEventError naming every bad field."""
+        if request_id is None and action is None and cost_usd is None and metadata is None and timestamp is None:
+            head = self._heads.get((org_id, user_id, model)) if type(org_id) is str and type(user_id) is str \
+                and type(model) is str else None
+            if (
+                head is not None
+                and type(input_tokens) is int and input_tokens >= 0
+                and type(output_tokens) is int and output_tokens >= 0
+                and type(latency_ms) is int and latency_ms >= 0
+                and type(cached_input_tokens) is int and 0 <= cached_input_tokens <= input_tokens
+            ):
+                millis, rest = divmod(_time_ns(), 1_000_000)
+                second, fraction = divmod(millis, 1000)
+                cached = self._second
+                if cached[0] != second:
+                    cached = self._second = (second, _second_text(second))
+                bits = self._random.getrandbits(62)
+                document = self._common % (
+                    millis >> 16, millis & 0xFFFF, rest * 4096 // 1_000_000, 0x8000 | (bits >> 48),
+                    bits & 0xFFFF_FFFF_FFFF, head[0], cached[1], fraction * 1000 + rest // 1000, head[1],
+                    input_tokens, output_tokens, cached_input_tokens, latency_ms,
+                )
+                return document[_ID_AT], head[2], document.encode()
+        org = self._identifiers.get(org_id) if type(org_id) is str else None
+        if org is None:
+            org = self._identifier(org_id)
+        user = self._identifiers.get(user_id) if type(user_id) is str else None
+        if user is None:
+            user = self._identifier(user_id)
+        name = self._models.get(model) if type(model) is str else None
+        if name is None:
+            name = self._model(model)
+        extra = ""
+        ok = (
+            org is not None and user is not None and name is not None
+            and type(input_tokens) is int and input_tokens >= 0
+            and type(output_tokens) is int and output_tokens >= 0
+            and type(latency_ms) is int and latency_ms >= 0
+            and type(cached_input_tokens) is int and 0 <= cached_input_tokens <= input_tokens
+        )
+        if ok and cost_usd is not None:
+            cost = _cost(cost_usd)
+            ok, extra = cost is not None, f',"cost_usd":"{cost}"'
+        if ok and action is not None:
+            escaped = _json(action) if type(action) is str and 0 < len(action) <= 64 else None
+            ok, extra = escaped is not None, f'{extra},"action":{escaped}'
+        meta = _metadata(metadata) if ok else None
+        ok = ok and meta is not None
+        # One clock reading gives both the id's milliseconds and the event time.
+        nanos = _time_ns()
+        millis, rest = divmod(nanos, 1_000_000)
+        if ok and timestamp is not None:
+            when = _time(timestamp, datetime.now(_UTC))
+            ok = when is not None
+        else:
+            second, fraction = divmod(millis, 1000)
+            cached = self._second
+            if cached[0] != second:
+                cached = self._second = (second, _second_text(second))
+            when = f"{cached[1]}.{fraction * 1000 + rest // 1000:06d}Z"
+        if ok and request_id is not None:
+            quoted = _json(request_id) if type(request_id) is str and 0 < len(request_id) <= 128 else None
+            ok, rid = quoted is not None, request_id
+        else:  # a UUIDv7, as `new_request_id` makes it
+            bits = self._random.getrandbits(62)
+            rid = "%08x-%04x-7%03x-%04x-%012x" % (
+                millis >> 16, millis & 0xFFFF, rest * 4096 // 1_000_000, 0x8000 | (bits >> 48), bits & 0xFFFF_FFFF_FFFF)
+            quoted = f'"{rid}"'
+        if not ok:
+            return self._through_schema(org_id, user_id, model, input_tokens, output_tokens, latency_ms, request_id,
+                                        action, cost_usd, cached_input_tokens, metadata, timestamp)
+        document = _TEMPLATE % (quoted, self._source, user, when, org, user, name, input_tokens, output_tokens,
+                                cached_input_tokens, latency_ms, extra, meta)
+        key = f"{org_id}/{user_id}".encode()
+        if len(self._heads) >= _CACHE_LIMIT:
+            self._heads.clear()
+        self._heads[(org_id, user_id, model)] = (user, f'"org_id":{org},"user_id":{user},"model":{name}', key)
+        return rid, key, document.encode()
+
+    def _through_schema(self, *args: Any) -> tuple[str, bytes, bytes]:
+        (org_id, user_id, model, input_tokens, output_tokens, latency_ms, request_id, action, cost_usd,
+         cached_input_tokens, metadata, timestamp) = args
+        event = build_event(
+            org_id, user_id, model, input_tokens, output_tokens, latency_ms=latency_ms, request_id=request_id,
+            action=action, cost_usd=cost_usd, cached_input_tokens=cached_input_tokens, metadata=metadata,
+            timestamp=timestamp, source=self.source,
+        )
+        return event.id, event.user_key.encode(), event.to_json()
+
+    @staticmethod
+    def encode_event(event: UsageEvent) -> tuple[str, bytes, bytes]:
+        """Encode an already-validated event (a re-send keeps its request id)."""
+        return event.id, event.user_key.encode(), event.to_json()
+
