@@ -34,7 +34,7 @@ from meterline.settings import Settings, load_settings
 from meterline.stack import ensure_topics, stack_up
 
 EVENTS = 100_000  # per run
-RUNS = 4  # per side, alternating
+RUNS = 5  # per side, alternating
 USERS = 1_000
 TARGET_RATE = 50_000
 TARGET_RATIO = 2.0

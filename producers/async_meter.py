@@ -23,7 +23,8 @@ from typing import Any
 from confluent_kafka import KafkaError
 
 from meterline.producers.base import MeterBase
-from meterline.producers.engine import QUEUE_FULL_WAIT, Done
+from meterline.producers.delivery import Done
+from meterline.producers.engine import QUEUE_FULL_WAIT
 from meterline.producers.encoder import EventEncoder
 from meterline.producers.exceptions import DeliveryError
 from meterline.producers.measure import AsyncMeasurement

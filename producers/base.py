@@ -8,7 +8,8 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from meterline.producers.engine import DeliveryCallback, Engine
+from meterline.producers.delivery import DeliveryCallback
+from meterline.producers.engine import Engine
 from meterline.producers.encoder import EventEncoder
 from meterline.producers.events import build_event
 from meterline.producers.responses import usage_from_response

@@ -223,9 +223,10 @@ class EventEncoder:
         document = _TEMPLATE % (quoted, self._source, user, when, org, user, name, input_tokens, output_tokens,
                                 cached_input_tokens, latency_ms, extra, meta)
         key = f"{org_id}/{user_id}".encode()
-        if len(self._heads) >= _CACHE_LIMIT:
-            self._heads.clear()
-        self._heads[(org_id, user_id, model)] = (user, f'"org_id":{org},"user_id":{user},"model":{name}', key)
+        if user is not None:  # remember the escaped parts for the common case
+            if len(self._heads) >= _CACHE_LIMIT:
+                self._heads.clear()
+            self._heads[(org_id, user_id, model)] = (user, f'"org_id":{org},"user_id":{user},"model":{name}', key)
         return rid, key, document.encode()
 
     def _through_schema(self, *args: Any) -> tuple[str, bytes, bytes]:

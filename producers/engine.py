@@ -28,19 +28,17 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
-from meterline.producers.exceptions import DeliveryError, MeterClosedError, SpoolError
+from meterline.producers.delivery import DeliveryCallback, DeliveryReports, Done
+from meterline.producers.exceptions import DeliveryError, MeterClosedError
 from meterline.producers.replay import ReplayBatch
 from meterline.producers.spool import Spool
-from meterline.producers.stats import Counters, DeliveryReport, MeterStats, Status
+from meterline.producers.stats import Counters, MeterStats
 from meterline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DeliveryCallback = Callable[[DeliveryReport], None]
-Done = Callable[[Status, "KafkaError | None"], None]  # final outcome of one event, for AsyncMeter
 QUEUE_FULL_WAIT = 1.0  # seconds a full local queue may block emit before events go to the spool
 
 
@@ -61,7 +59,7 @@ def producer_config(settings: Settings, overrides: dict[str, Any] | None = None)
     }
 
 
-class Engine:
+class Engine(DeliveryReports):
     """Owns the producer, the spool and the poll thread of one meter (thread-safe)."""
 
     def __init__(self, settings: Settings, *, config: dict[str, Any] | None = None,
@@ -193,72 +191,6 @@ class Engine:
         if self.spool is not None and not self.spooling:
             log.warning("meterline: Kafka unavailable (%s); spooling events to %s", reason, self.spool.directory)
             self._set_spooling(True)
-
-    # -- delivery reports (poll thread) ------------------------------------------------------
-
-    def _delivered(self, error: KafkaError | None, message: Message, done: Done | None = None) -> None:
-        if error is None:
-            self.counters.delivered += 1  # only the poll thread runs callbacks: one writer, no lock
-            if self._on_delivery is not None:
-                self._report(message.value(), "delivered", None, message)
-            if done is not None:
-                done("delivered", None)
-        else:
-            self._failed.append((message.key() or b"", message.value() or b"", error, done))
-
-    def _on_error(self, error: KafkaError) -> None:
-        if error.code() == KafkaError._ALL_BROKERS_DOWN:
-            self.enter_spooling(str(error))
-        elif error.fatal():
-            self._fatal = error
-        else:
-            log.debug("meterline: producer error %s", error)
-
-    def _spool_failed(self) -> None:
-        """Move failed deliveries to the spool, in one append (one fsync)."""
-        failed = []
-        while self._failed:
-            failed.append(self._failed.popleft())
-        if not failed:
-            return
-        self.counters.add(failed=len(failed))
-        for _key, value, error, _done in failed:
-            self._report(value, "failed", error)
-        status: Status = "spooled"
-        try:
-            if self.spool is None:
-                raise SpoolError("the spool is disabled", self.settings.spool_path)
-            with self._lock:
-                self.spool.append([(key, value) for key, value, _e, _d in failed])
-                self._set_spooling(True)
-            self.counters.add(spooled=len(failed))
-        except (SpoolError, ValueError) as spool_error:
-            log.error("meterline: %d event(s) neither delivered nor spooled: %s", len(failed), spool_error)
-            status = "lost"
-            self._lost.extend((error, value) for _k, value, error, _d in failed)
-            self.counters.add(lost=len(failed))
-        for _key, value, error, done in failed:
-            self._report(value, status, error)
-            if done is not None:
-                done(status, error)
-
-    def report_replayed(self, value: bytes) -> None:
-        if self._on_delivery is not None:
-            self._report(value, "replayed", None)
-
-    def _report(self, value: bytes, status: Status, error: KafkaError | None, message: Message | None = None) -> None:
-        if self._on_delivery is None:
-            return
-        try:
-            request_id = str(orjson.loads(value)["id"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            request_id = ""
-        report = DeliveryReport(request_id, status, error, message.partition() if message else None,
-                                message.offset() if message else None)
-        try:
-            self._on_delivery(report)
-        except Exception:  # a broken callback must not stop deliveries
-            log.exception("meterline: on_delivery callback failed")
 
     # -- the poll thread -----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -27,7 +27,7 @@ from pydantic import (
 from meterline.schemas.errors import FieldProblem, InvalidEventError
 
 SCHEMA_VERSION = 1
-EVENT_TYPE = f"dev.meterline.usage.v{SCHEMA_VERSION}"
+EVENT_TYPE: Final = "dev.meterline.usage.v1"  # v{SCHEMA_VERSION}; a literal, so the field type checks
 MAX_METADATA_BYTES = 8 * 1024
 # Clocks drift; an event a little ahead of ours is fine, one from tomorrow is a bug.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
