@@ -90,6 +90,14 @@ def _server_properties(settings: Settings) -> str:
     )
 
 
+def _new_cluster_id() -> str:
+    # Kafka's cluster id is a base64url UUID; one starting with "-" would be read as an option.
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _pid_file(settings: Settings) -> Path:
     return settings.kafka_data_dir / "broker.pid"
 
@@ -139,7 +147,7 @@ def _start_broker(settings: Settings) -> None:
     properties.write_text(_server_properties(settings))
     classpath = f"{jars}/*"
     if not (data / "logs" / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = _new_cluster_id()
         subprocess.run(
             [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
             check=True, capture_output=True,

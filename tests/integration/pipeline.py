@@ -30,6 +30,11 @@ class Pipeline:
 
     def start_worker(self) -> None:
         self.worker = spawn_worker(self.settings, log_path=str(self.settings.home / "worker.log"))
+        self.wait_until_serving()
+
+    def wait_until_serving(self) -> None:
+        """Wait until the worker has its partitions and answers balance requests (not 503)."""
+        assert wait_for(lambda: counted(self, "probe-org", {"probe-user"}) >= 0), "the worker never served balances"
 
     def kill_worker(self) -> None:
         self.worker.send_signal(signal.SIGKILL)
@@ -79,6 +84,7 @@ def running_pipeline(settings: Settings, with_sink: bool = True) -> Iterator[Pip
         sink_thread.start()
     pipeline = Pipeline(settings, warehouse, spawn_worker(settings, log_path=str(settings.home / "worker.log")))
     try:
+        pipeline.wait_until_serving()
         yield pipeline
     finally:
         stop.set()

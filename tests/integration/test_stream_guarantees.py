@@ -1,0 +1,119 @@
+"""Dead letters, API scoping and the sink's write-then-commit, on the real broker and chDB."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+from decimal import Decimal
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from meterline.auth import org_key, user_token
+from meterline.client import get_balance
+from meterline.producers import Meter
+from meterline.sinks import ClickHouseSink, queries
+from tests.integration.pipeline import balances_match, running_pipeline, wait_for
+
+
+def read_all(settings, topic: str, expected: int, timeout: float = 60.0) -> list:
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"reader-{topic}", "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([topic])
+    messages: list = []
+    wait_for(lambda: bool(messages.extend(m for m in consumer.consume(100, 1.0) if not m.error())) or len(messages) >= expected,
+             timeout=timeout, interval=0)
+    consumer.close()
+    return messages
+
+
+def test_malformed_events_go_to_the_dead_letter_topic_with_the_reason(make_settings):
+    settings = make_settings()
+    with running_pipeline(settings, with_sink=False) as pipeline, Meter(settings) as meter:
+        good = meter.build("org-dlq", "u1", "gpt-4o", 1000, 500)
+        raw = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+        bad_documents = [b"not json at all", json.dumps({**json.loads(good.to_json()), "id": "bad-1",
+                                                         "data": {**json.loads(good.to_json())["data"], "input_tokens": -5}}).encode()]
+        for document in bad_documents:
+            raw.produce(settings.usage_topic, document, key=b"org-dlq/u1")
+        raw.flush(10)
+        meter.send(good)
+        meter.flush()
+        assert wait_for(balances_match(pipeline, "org-dlq", {"u1": good_credits(good)}))
+        dead = read_all(settings, settings.dead_letter_topic, expected=2)
+        assert len(dead) == 2
+        reasons = [json.loads(message.value()) for message in dead]
+        assert any("data.input_tokens" in [p["field"] for p in r["problems"]] for r in reasons)
+        assert all(r["reason"] and r["raw"] for r in reasons)
+        assert pipeline.balance("org-dlq", "u1")["events"] == 1
+
+
+def good_credits(event) -> Decimal:
+    """Ground truth for events without an action: tokens / 1000."""
+    return Decimal(event.data.input_tokens + event.data.output_tokens) / 1000
+
+
+def test_balance_api_is_scoped_to_the_org_and_to_the_user(make_settings):
+    settings = make_settings()
+    secret = settings.api_secret.get_secret_value()
+    with running_pipeline(settings, with_sink=False):
+        url = settings.worker_url
+        assert get_balance(url, org_key(secret, "acme"), "acme", "u1")["events"] == 0
+        assert get_balance(url, user_token(secret, "acme", "u1"), "acme", "u1")["events"] == 0
+        for token, org, user in [
+            (org_key(secret, "globex"), "acme", "u1"),  # another org's key
+            (user_token(secret, "acme", "u2"), "acme", "u1"),  # another user's token
+            ("", "acme", "u1"),  # no credentials
+        ]:
+            with pytest.raises(urllib.error.HTTPError) as raised:
+                get_balance(url, token, org, user)
+            assert raised.value.code == 401
+
+
+class FlakyWarehouse:
+    """Our own seam: a real Warehouse that fails the first `failures` inserts."""
+
+    def __init__(self, warehouse, failures: int):
+        self.warehouse, self.failures, self.attempts = warehouse, failures, 0
+
+    def insert_events(self, rows, dedupe_token):
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise ConnectionError("ClickHouse unreachable")
+        self.warehouse.insert_events(rows, dedupe_token)
+
+
+def test_sink_crash_between_write_and_commit_counts_nothing_twice(make_settings):
+    settings = make_settings(sink_batch_size=100_000, sink_batch_seconds=3600)
+    with running_pipeline(settings, with_sink=False) as pipeline, Meter(settings) as meter:
+        events = [meter.build("org-sink", f"u{i % 7}", "gpt-4o", i, i) for i in range(500)]
+        for event in events:
+            meter.send(event)
+        meter.flush()
+        crashed = ClickHouseSink(settings, pipeline.warehouse)
+        wait_for(lambda: crashed.poll_once(timeout=0.5) >= 0 and sum(map(len, crashed._rows.values())) >= 500)
+        crashed.write()  # rows stored ...
+        # ... and the process dies before committing: its buffer is gone, nothing is committed,
+        # and (standing in for the session timeout) its group membership ends.
+        for buffer in (crashed._rows, crashed._first_offset, crashed._next_offset):
+            buffer.clear()
+        crashed.close()
+        assert pipeline.warehouse.query(queries.count_distinct_events("org-sink"))[0][0] == 500
+
+        # A new sink re-reads the same batch; ClickHouse is also down for its first two tries.
+        flaky = FlakyWarehouse(pipeline.warehouse, failures=2)
+        restarted = ClickHouseSink(settings.model_copy(update={"sink_batch_seconds": 0.5}), flaky)  # type: ignore[arg-type]
+        stop = threading.Event()
+        thread = threading.Thread(target=restarted.run, args=(stop,))
+        thread.start()
+        assert wait_for(lambda: flaky.attempts >= 3 and restarted.rows_written >= 500 and not restarted._next_offset)
+        stop.set()
+        thread.join(30)
+        assert pipeline.warehouse.query(queries.count_distinct_events("org-sink"))[0][0] == 500
+        expected = {}
+        for event in events:
+            expected[event.data.user_id] = expected.get(event.data.user_id, 0) + good_credits(event)
+        stored = {u: c for _o, u, c, _n in pipeline.warehouse.query(queries.credits_per_user("org-sink"))}
+        assert stored == expected
