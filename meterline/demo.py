@@ -19,6 +19,7 @@ from rich.table import Table
 
 from meterline.auth import org_key, resolve_secret
 from meterline.client import get_balance
+from meterline.pricing import Rater
 from meterline.processors.worker import spawn_worker
 from meterline.producers import Meter
 from meterline.schemas import UsageEvent
@@ -98,10 +99,9 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 300, seed: i
             emit_seconds = time.monotonic() - began
         distinct = sent.distinct
         expected: dict[str, Decimal] = {}
-        from meterline.rating import credits_for
-
+        rater = Rater.from_files(settings.prices, settings.plans)
         for event in distinct.values():
-            expected[event.data.user_id] = expected.get(event.data.user_id, Decimal(0)) + credits_for(event)
+            expected[event.data.user_id] = expected.get(event.data.user_id, Decimal(0)) + rater.rate(event).credits
         with console.status("waiting for the worker and ClickHouse to catch up..."):
             stored = _wait_for_rows(warehouse, org_id, len(distinct), timeout=120)
             token = org_key(resolve_secret(settings), org_id)

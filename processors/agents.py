@@ -10,14 +10,15 @@ from faust.types import EventT
 
 from meterline.processors.app import app, balances, dead_letter_topic, seen_requests, settings, usage_topic
 from meterline.processors.ledger import Balance, Decision, SeenRequest, decide
-from meterline.rating import credits_for
-from meterline.schemas import InvalidEventError, parse_event
+from meterline.pricing import PricingError, Rater, Rating
+from meterline.schemas import FieldProblem, InvalidEventError, parse_event
 
 log = logging.getLogger(__name__)
 
 # Per partition: a min-heap of (seen_at, key) over seen_requests, to drop ids older than the
 # window. Rebuilt from the recovered table the first time a partition is seen after a start.
 _expiry: dict[int, list[tuple[float, bytes]]] = {}
+rater = Rater.from_files(settings.prices, settings.plans)  # a bad price book stops the worker at start
 counters = {"counted": 0, "duplicates": 0, "replayed": 0, "dead_lettered": 0}
 
 
@@ -57,8 +58,8 @@ async def _dead_letter(raw: bytes, key: bytes | None, error: InvalidEventError, 
     )
 
 
-def handle(event: EventT) -> None:
-    """Apply one valid usage event to the tables (synchronous: no await between read and write)."""
+def handle(event: EventT, rating: Rating) -> None:
+    """Apply one valid, rated usage event to the tables (synchronous: no await between read and write)."""
     parsed = event.value
     partition, offset = event.message.partition, event.message.offset
     user_key = parsed.user_key.encode()
@@ -71,7 +72,7 @@ def handle(event: EventT) -> None:
         seen = SeenRequest(partition, offset, time.time())
         seen_requests[dedupe_key] = seen.to_json()
         heapq.heappush(_expiry_heap(partition), (seen.seen_at, dedupe_key))
-        balances[user_key] = balance.apply(credits_for(parsed), partition, offset).to_json()
+        balances[user_key] = balance.apply(rating.credits, partition, offset).to_json()
         counters["counted"] += 1
     elif decision is Decision.DUPLICATE:
         counters["duplicates"] += 1
@@ -86,7 +87,12 @@ async def process_usage(stream):  # type: ignore[no-untyped-def]  # Faust agents
         raw: bytes = event.value
         try:
             event.value = parse_event(raw)
+            rating = rater.rate(event.value)
         except InvalidEventError as error:
             await _dead_letter(raw, event.key, error, event.message.partition, event.message.offset)
             continue
-        handle(event)
+        except PricingError as error:  # e.g. a model the price book does not know: never priced at zero
+            problem = InvalidEventError([FieldProblem("data.model", str(error))])
+            await _dead_letter(raw, event.key, problem, event.message.partition, event.message.offset)
+            continue
+        handle(event, rating)

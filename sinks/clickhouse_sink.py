@@ -21,7 +21,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from meterline.rating import credits_for
+from meterline.pricing import PricingError, Rater, Rating
 from meterline.schemas import InvalidEventError, UsageEvent, parse_event
 from meterline.settings import Settings
 from meterline.sinks.warehouse import Warehouse
@@ -30,12 +30,12 @@ log = logging.getLogger(__name__)
 MAX_OFFSET = 2**64 - 1
 
 
-def event_row(event: UsageEvent, partition: int, offset: int) -> list[Any]:
+def event_row(event: UsageEvent, rating: Rating, partition: int, offset: int) -> list[Any]:
     data = event.data
     return [
         data.org_id, data.user_id, event.id, event.time, data.model, data.action or "",
         data.input_tokens, data.output_tokens, data.cached_input_tokens, data.latency_ms,
-        data.cost_usd, credits_for(event), event.source, dict(data.metadata),
+        rating.provider_cost_usd, rating.credits, event.source, dict(data.metadata),
         # A lower offset is a higher version: ReplacingMergeTree keeps the first copy seen.
         partition, offset, MAX_OFFSET - offset,
     ]
@@ -52,6 +52,7 @@ class ClickHouseSink:
     def __init__(self, settings: Settings, warehouse: Warehouse):
         self.settings = settings
         self.warehouse = warehouse
+        self.rater = Rater.from_files(settings.prices, settings.plans)  # the same rules as the worker
         self._rows: dict[int, list[list[Any]]] = defaultdict(list)
         self._first_offset: dict[int, int] = {}
         self._next_offset: dict[int, int] = {}
@@ -85,10 +86,11 @@ class ClickHouseSink:
         self._next_offset[partition] = offset + 1
         try:
             event = parse_event(message.value())
-        except InvalidEventError:
+            rating = self.rater.rate(event)
+        except (InvalidEventError, PricingError):
             self.invalid_skipped += 1  # the processor dead-letters it with the reason
             return
-        self._rows[partition].append(event_row(event, partition, offset))
+        self._rows[partition].append(event_row(event, rating, partition, offset))
 
     def _due(self) -> bool:
         buffered = sum(len(rows) for rows in self._rows.values())

@@ -34,18 +34,21 @@ def test_malformed_events_go_to_the_dead_letter_topic_with_the_reason(make_setti
     with running_pipeline(settings, with_sink=False) as pipeline, Meter(settings) as meter:
         good = meter.build("org-dlq", "u1", "gpt-4o", 1000, 500)
         raw = Producer({"bootstrap.servers": settings.kafka_bootstrap})
-        bad_documents = [b"not json at all", json.dumps({**json.loads(good.to_json()), "id": "bad-1",
-                                                         "data": {**json.loads(good.to_json())["data"], "input_tokens": -5}}).encode()]
+        document = json.loads(good.to_json())
+        negative = {**document, "id": "bad-1", "data": {**document["data"], "input_tokens": -5}}
+        unknown_model = {**document, "id": "bad-2", "data": {**document["data"], "model": "no-such-model"}}
+        bad_documents = [b"not json at all", json.dumps(negative).encode(), json.dumps(unknown_model).encode()]
         for document in bad_documents:
             raw.produce(settings.usage_topic, document, key=b"org-dlq/u1")
         raw.flush(10)
         meter.send(good)
         meter.flush()
         assert wait_for(balances_match(pipeline, "org-dlq", {"u1": good_credits(good)}))
-        dead = read_all(settings, settings.dead_letter_topic, expected=2)
-        assert len(dead) == 2
+        dead = read_all(settings, settings.dead_letter_topic, expected=3)
+        assert len(dead) == 3
         reasons = [json.loads(message.value()) for message in dead]
         assert any("data.input_tokens" in [p["field"] for p in r["problems"]] for r in reasons)
+        assert any("no-such-model" in r["reason"] and r["problems"][0]["field"] == "data.model" for r in reasons)
         assert all(r["reason"] and r["raw"] for r in reasons)
         assert pipeline.balance("org-dlq", "u1")["events"] == 1
 
