@@ -1,7 +1,8 @@
 """Org API keys and end-user tokens, signed with one server secret (HMAC-SHA256).
 
 An org key opens every balance of that org; a user token opens one user's own
-balance. Neither opens another org. Comparisons are constant-time.
+balance. Neither opens another org. The operator key opens only the worker's
+own counters. Comparisons are constant-time.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ def org_key(secret: str, org_id: str) -> str:
 
 def user_token(secret: str, org_id: str, user_id: str) -> str:
     return USER_PREFIX + _sign(secret, f"user:{org_id}/{user_id}")
+
+
+def operator_key(secret: str) -> str:
+    """Opens the worker's own counters (no org's data)."""
+    return "mlo_" + _sign(secret, "operator")
 
 
 def may_read_balance(secret: str, presented: str, org_id: str, user_id: str) -> bool:

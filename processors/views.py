@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from faust.exceptions import SameNode
-from faust.web.exceptions import ServiceUnavailable
-from faust.web import Request, Response, View
+import hmac
 
-from meterline.auth import may_read_balance, resolve_secret
+from faust.exceptions import SameNode
+from faust.web import Request, Response, View
+from faust.web.exceptions import ServiceUnavailable
+
+from meterline.auth import may_read_balance, operator_key, resolve_secret
+from meterline.processors.agents import counters
 from meterline.processors.app import app, balances, settings
 from meterline.processors.ledger import Balance
 
@@ -40,6 +43,16 @@ class BalanceView(View):
                 "events": balance.events,
             }
         )
+
+
+@app.page("/v1/worker/stats")
+class WorkerStatsView(View):
+    """This worker's event counters (counted, duplicates, replayed, dead-lettered), for operators."""
+
+    async def get(self, request: Request) -> Response:
+        if not hmac.compare_digest(_bearer(request), operator_key(_secret)):
+            return self.json({"error": "the operator key is required"}, status=401)
+        return self.json(counters)
 
 
 @app.page("/healthz")

@@ -126,7 +126,8 @@ def broker_status(settings: Settings) -> BrokerStatus:
 
 def stack_up(settings: Settings, wait_seconds: float = 90.0) -> BrokerStatus:
     """Start the broker if it is not running, wait until it answers, create our topics."""
-    if settings.bootstrap is None and _read_pid(settings) is None:
+    # A broker already answering on the port (ours from another home, or a user's) is used as is.
+    if settings.bootstrap is None and _read_pid(settings) is None and not _answers(settings, 1.0):
         _start_broker(settings)
     deadline = time.monotonic() + wait_seconds
     while not _answers(settings):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import threading
 import urllib.error
+import urllib.request
 from decimal import Decimal
 
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from meterline.auth import org_key, user_token
+from meterline.auth import operator_key, org_key, user_token
 from meterline.client import get_balance
 from meterline.producers import Meter
 from meterline.sinks import ClickHouseSink, queries
@@ -73,6 +74,14 @@ def test_balance_api_is_scoped_to_the_org_and_to_the_user(make_settings):
             with pytest.raises(urllib.error.HTTPError) as raised:
                 get_balance(url, token, org, user)
             assert raised.value.code == 401
+        # The worker's own counters open with the operator key only.
+        for token, status in ((org_key(secret, "acme"), 401), (operator_key(secret), 200)):
+            request = urllib.request.Request(f"{url}/v1/worker/stats", headers={"Authorization": f"Bearer {token}"})
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    assert status == 200 and set(json.loads(response.read())) >= {"counted", "duplicates"}
+            except urllib.error.HTTPError as error:
+                assert error.code == status
 
 
 class FlakyWarehouse:

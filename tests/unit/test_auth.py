@@ -1,4 +1,4 @@
-from meterline.auth import may_read_balance, org_key, user_token
+from meterline.auth import may_read_balance, operator_key, org_key, user_token
 
 SECRET = "s3cret"
 
@@ -19,3 +19,7 @@ def test_a_user_token_reads_only_that_user():
 def test_keys_depend_on_the_secret_and_empty_is_refused():
     assert not may_read_balance("other", org_key(SECRET, "acme"), "acme", "u1")
     assert not may_read_balance(SECRET, "", "acme", "u1")
+
+
+def test_the_operator_key_opens_no_balance():
+    assert not may_read_balance(SECRET, operator_key(SECRET), "acme", "u1")

@@ -1,0 +1,263 @@
+"""End-to-end processing rate and balance freshness, side by side in one run.
+
+The same work - parse and validate the CloudEvent, rate it, drop a request id seen before,
+add the credits to the user's balance - done three ways on the same pre-filled topic:
+
+- ceiling: a bare confluent-kafka consume loop with in-memory dicts (no durability at all);
+- meterline: the Faust worker (tables with changelogs, balance API), as deployed;
+- peer: a Quix Streams app with per-key RocksDB state and changelogs.
+
+Each contender reads with its own consumer group and fresh state; runs alternate, and the
+medians are compared as ratios, because this machine is shared and noisy. Each is timed from
+its first processed event to its last, so start-up and group joins are left out. Then freshness:
+events emitted through the SDK at a steady rate, and the time until each probe event shows in
+the balance API. Bounded: about 3 minutes in all, every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import statistics
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from rich.console import Console
+from rich.table import Table
+
+from meterline.auth import operator_key, org_key, resolve_secret
+from meterline.client import get_balance
+from meterline.pricing import Rater
+from meterline.processors.worker import spawn_worker
+from meterline.producers import Meter, build_event
+from meterline.schemas import parse_event
+from meterline.settings import Settings, load_settings
+from meterline.stack import stack_up
+from meterline.traffic import simulate
+
+EVENTS = 60_000
+USERS = 1_000
+RUNS = 3
+DEADLINE = 120.0  # seconds any one contender may take
+FRESHNESS_RATE = 5_000  # events/s
+FRESHNESS_SECONDS = 15
+console = Console()
+
+
+def fill_topic(settings: Settings, events: int) -> tuple[str, int]:
+    """A new topic holding `events` events (about 5 % re-sent); returns it and the distinct count."""
+    topic = f"bench-usage-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, settings.partitions, 1)])[topic].result(30)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "partitioner": "murmur2_random",
+                         "linger.ms": 20, "compression.type": "lz4"})
+    sent: list[tuple[bytes, bytes]] = []
+    for call in simulate(events, USERS, seed=11):
+        if call.resend and sent:
+            key, value = sent[len(sent) // 2]
+        else:
+            event = build_event("bench", call.user_id, call.model, call.input_tokens, call.output_tokens,
+                                latency_ms=call.latency_ms, action=call.action)
+            key, value = event.user_key.encode(), event.to_json()
+            sent.append((key, value))
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    producer.flush(60)
+    return topic, len(sent)
+
+
+def run_ceiling(settings: Settings, topic: str, events: int) -> float:
+    rater = Rater.from_files(settings.prices, settings.plans)
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"ceiling-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": True})
+    consumer.subscribe([topic])
+    seen: set[str] = set()
+    credits: dict[str, Decimal] = {}
+    processed, began, first = 0, time.monotonic(), 0.0
+    while processed < events and time.monotonic() - began < DEADLINE:
+        for message in consumer.consume(1000, 0.5):
+            if message.error():
+                continue
+            first = first or time.monotonic()
+            event = parse_event(message.value())
+            rating = rater.rate(event)
+            processed += 1
+            if event.dedupe_key in seen:
+                continue
+            seen.add(event.dedupe_key)
+            credits[event.user_key] = credits.get(event.user_key, Decimal(0)) + rating.credits
+    elapsed = time.monotonic() - first
+    consumer.close()
+    return elapsed if processed >= events else float("nan")
+
+
+def _worker_counters(settings: Settings, token: str) -> dict[str, int]:
+    request = urllib.request.Request(f"{settings.worker_url}/v1/worker/stats", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def run_meterline(settings: Settings, topic: str, events: int) -> float:
+    """The Faust worker from a fresh state; timed from its first handled event to the last."""
+    run = uuid.uuid4().hex[:8]
+    worker_settings = settings.model_copy(update={"usage_topic": topic, "app_id": f"bench-{run}",
+                                                  "worker_port": _free_port()})
+    token = operator_key(resolve_secret(settings))
+    began, first = time.monotonic(), 0.0
+    worker = spawn_worker(worker_settings)
+    try:
+        while time.monotonic() - began < DEADLINE:
+            counters = _worker_counters(worker_settings, token)
+            handled = counters["counted"] + counters["duplicates"] + counters["replayed"]
+            first = first or (time.monotonic() if handled else 0.0)
+            if handled >= events:
+                return time.monotonic() - first
+            time.sleep(0.02)
+        return float("nan")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+
+
+def run_quix(settings: Settings, topic: str, events: int) -> float:
+    """Quix Streams with per-key state (RocksDB + changelog): the same dedupe and roll-up."""
+    from quixstreams import Application
+
+    rater = Rater.from_files(settings.prices, settings.plans)
+    with tempfile.TemporaryDirectory() as state_dir:
+        app = Application(broker_address=settings.kafka_bootstrap, consumer_group=f"quix-{uuid.uuid4().hex[:8]}",
+                          auto_offset_reset="earliest", state_dir=state_dir, loglevel=None)
+        source = app.topic(topic, key_deserializer="str", value_deserializer="bytes")
+
+        first: list[float] = []
+
+        def roll_up(value: bytes, state) -> None:  # type: ignore[no-untyped-def]
+            if not first:
+                first.append(time.monotonic())
+            event = parse_event(value)
+            rating = rater.rate(event)
+            if state.get(event.dedupe_key) is None:  # state is already scoped to the user's key
+                state.set(event.dedupe_key, 1)
+                state.set("credits", str(Decimal(state.get("credits", "0")) + rating.credits))
+
+        app.dataframe(source).update(roll_up, stateful=True)
+        app.run(count=events, timeout=DEADLINE, collect=False)
+        return time.monotonic() - first[0]
+
+
+def measure_freshness(settings: Settings) -> list[float]:
+    """Emit at FRESHNESS_RATE through the SDK; every 50th event goes to a probe user whose
+    balance is polled; a probe's latency is emit -> first poll that shows it."""
+    run = uuid.uuid4().hex[:8]
+    fresh = settings.model_copy(update={"usage_topic": f"bench-fresh-{run}", "app_id": f"bench-fresh-{run}",
+                                        "worker_port": _free_port(), "dead_letter_topic": f"bench-dlq-{run}"})
+    from meterline.stack import ensure_topics
+
+    ensure_topics(fresh)
+    worker = spawn_worker(fresh)
+    token = org_key(resolve_secret(fresh), "fresh")
+    emitted: list[float] = []
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        shown = 0
+        while not done.is_set() or shown < len(emitted):
+            try:
+                count = get_balance(fresh.worker_url, token, "fresh", "probe")["events"]
+            except OSError:
+                count = shown
+            now = time.monotonic()
+            while shown < min(count, len(emitted)):
+                latencies.append(now - emitted[shown])
+                shown += 1
+            if done.is_set() and time.monotonic() - stop_at > 30:
+                return
+            time.sleep(0.005)
+
+    stop_at = float("inf")
+    try:
+        while True:  # wait until the worker owns its partitions
+            try:
+                get_balance(fresh.worker_url, token, "fresh", "probe")
+                break
+            except OSError:
+                time.sleep(0.2)
+        poller = threading.Thread(target=poll)
+        poller.start()
+        with Meter(fresh) as meter:
+            began = time.monotonic()
+            for i in range(FRESHNESS_RATE * FRESHNESS_SECONDS):
+                target = began + i / FRESHNESS_RATE
+                delay = target - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                if i % 50 == 0:
+                    meter.emit("fresh", "probe", "gpt-4o-mini", 100, 10)
+                    emitted.append(time.monotonic())
+                else:
+                    meter.emit("fresh", f"user-{i % USERS}", "gpt-4o-mini", 100, 10)
+            stop_at = time.monotonic()
+            done.set()
+            poller.join(60)
+    finally:
+        done.set()
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+    return latencies
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    settings = load_settings()
+    stack_up(settings)
+    with console.status(f"filling a topic with {EVENTS:,} events..."):
+        topic, distinct = fill_topic(settings, EVENTS)
+    contenders: dict[str, Callable[[Settings, str, int], float]] = {
+        "bare loop (ceiling)": run_ceiling, "meterline (Faust)": run_meterline, "Quix Streams (peer)": run_quix,
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    for run in range(RUNS):
+        for name, contender in contenders.items():
+            with console.status(f"run {run + 1}/{RUNS}: {name}..."):
+                seconds[name].append(contender(settings, topic, EVENTS))
+    ceiling = EVENTS / statistics.median(seconds["bare loop (ceiling)"])
+    table = Table(title=f"dedupe + roll-up of {EVENTS:,} events ({distinct:,} distinct), {RUNS} runs each")
+    for column in ("contender", "median events/s", "runs (s)", "vs ceiling"):
+        table.add_column(column, justify="left" if column == "contender" else "right")
+    for name, times in seconds.items():
+        rate = EVENTS / statistics.median(times)
+        table.add_row(name, f"{rate:,.0f}", " ".join(f"{t:.1f}" for t in times), f"{rate / ceiling:.2f}x")
+    console.print(table)
+    with console.status(f"freshness: {FRESHNESS_RATE:,} events/s for {FRESHNESS_SECONDS} s..."):
+        latencies = measure_freshness(settings)
+    if latencies:
+        console.print(f"balance freshness at {FRESHNESS_RATE:,} events/s ({len(latencies)} probes): "
+                      f"p50 {_percentile(latencies, 0.5) * 1000:.0f} ms, p99 {_percentile(latencies, 0.99) * 1000:.0f} ms, "
+                      f"max {max(latencies) * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
