@@ -11,6 +11,7 @@ import random
 import signal
 import threading
 import time
+import urllib.error
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meterline.auth import org_key, resolve_secret
-from meterline.client import get_balance
+from meterline.client import get_balance, wait_until_serving
 from meterline.pricing import Rater
 from meterline.processors.worker import spawn_worker
 from meterline.producers import Meter
@@ -74,7 +75,12 @@ def _api_balances(settings: Settings, token: str, org_id: str, users: set[str], 
     deadline = time.monotonic() + timeout
     balances: dict[str, dict] = {}
     while True:
-        balances = {user: get_balance(settings.worker_url, token, org_id, user) for user in users}
+        try:
+            balances = {user: get_balance(settings.worker_url, token, org_id, user) for user in users}
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or time.monotonic() > deadline:  # 503: rebalancing for a moment
+                raise
+            continue
         if all(balances[u]["credits_used"] == expected[u] for u in users) or time.monotonic() > deadline:
             return balances
         time.sleep(0.5)
@@ -105,6 +111,7 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 300, seed: i
         with console.status("waiting for the worker and ClickHouse to catch up..."):
             stored = _wait_for_rows(warehouse, org_id, len(distinct), timeout=120)
             token = org_key(resolve_secret(settings), org_id)
+            wait_until_serving(settings.worker_url, token, org_id)
             api = _api_balances(settings, token, org_id, set(expected), expected, timeout=120)
         return _report(warehouse, org_id, sent, stored, api, emit_seconds)
     finally:

@@ -15,7 +15,7 @@ from decimal import Decimal
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from meterline.auth import org_key
-from meterline.client import get_balance
+from meterline.client import get_balance, wait_until_serving
 from meterline.processors.worker import spawn_worker
 from meterline.settings import Settings
 from meterline.sinks import ClickHouseSink, Warehouse
@@ -33,8 +33,8 @@ class Pipeline:
         self.wait_until_serving()
 
     def wait_until_serving(self) -> None:
-        """Wait until the worker has its partitions and answers balance requests (not 503)."""
-        assert wait_for(lambda: counted(self, "probe-org", {"probe-user"}) >= 0), "the worker never served balances"
+        token = org_key(self.settings.api_secret.get_secret_value(), "probe-org")  # type: ignore[union-attr]
+        wait_until_serving(self.settings.worker_url, token, "probe-org")
 
     def kill_worker(self) -> None:
         self.worker.send_signal(signal.SIGKILL)
