@@ -100,9 +100,7 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 300, seed: i
     try:
         org_id = f"demo-{int(time.time())}"
         with console.status(f"emitting {events:,} events for {users} users..."), Meter(settings) as meter:
-            began = time.monotonic()
             sent = emit_traffic(meter, org_id, events, users, seed)
-            emit_seconds = time.monotonic() - began
         distinct = sent.distinct
         expected: dict[str, Decimal] = {}
         rater = Rater.from_files(settings.prices, settings.plans)
@@ -113,7 +111,7 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 300, seed: i
             token = org_key(resolve_secret(settings), org_id)
             wait_until_serving(settings.worker_url, token, org_id)
             api = _api_balances(settings, token, org_id, set(expected), expected, timeout=120)
-        return _report(warehouse, org_id, sent, stored, api, emit_seconds)
+        return _report(warehouse, org_id, sent, stored, api)
     finally:
         stop.set()
         sink_thread.join(timeout=30)
@@ -123,11 +121,11 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 300, seed: i
             stack_down(settings)
 
 
-def _report(warehouse: Warehouse, org_id: str, sent: Sent, stored: int, api: dict[str, dict], emit_seconds: float) -> int:
+def _report(warehouse: Warehouse, org_id: str, sent: Sent, stored: int, api: dict[str, dict]) -> int:
     total_sent = len(sent.events) + sent.resent
     counted = sum(b["events"] for b in api.values())
     console.print(f"\n[bold]meterline demo[/bold] org [cyan]{org_id}[/cyan]")
-    console.print(f"events sent {total_sent:,} ({total_sent / emit_seconds:,.0f}/s) · distinct {len(sent.events):,} · "
+    console.print(f"events sent {total_sent:,} · distinct {len(sent.events):,} · "
                   f"counted {counted:,} · dropped as duplicates {total_sent - counted:,} · rows in ClickHouse {stored:,}")
     rows = warehouse.query(queries.credits_per_user(org_id))
     ch_credits = {user: credits for _org, user, credits, _events in rows}
