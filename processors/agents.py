@@ -2,44 +2,29 @@
 
 from __future__ import annotations
 
-import heapq
-import logging
 import time
 
-from faust.types import EventT
-
 from meterline.processors.app import app, balances, dead_letter_topic, seen_requests, settings, usage_topic
-from meterline.processors.ledger import Balance, Decision, SeenRequest, decide
+from meterline.processors.ledger import Balance, Decision, ExpiryIndex, SeenRequest, decide
 from meterline.pricing import PricingError, Rater, Rating
-from meterline.schemas import FieldProblem, InvalidEventError, parse_event
+from meterline.schemas import FieldProblem, InvalidEventError, UsageEvent, parse_event
 
-log = logging.getLogger(__name__)
 
-# Per partition: a min-heap of (seen_at, key) over seen_requests, to drop ids older than the
-# window. Rebuilt from the recovered table the first time a partition is seen after a start.
-_expiry: dict[int, list[tuple[float, bytes]]] = {}
 rater = Rater.from_files(settings.prices, settings.plans)  # a bad price book stops the worker at start
 counters = {"counted": 0, "duplicates": 0, "replayed": 0, "dead_lettered": 0}
+expiry = ExpiryIndex(settings.dedupe_window_seconds)
 
 
-def _expiry_heap(partition: int) -> list[tuple[float, bytes]]:
-    heap = _expiry.get(partition)
-    if heap is None:
-        heap = [
-            (float(value[2]), key)
-            for key, value in seen_requests.items()
-            if value is not None and int(value[0]) == partition
-        ]
-        heapq.heapify(heap)
-        _expiry[partition] = heap
-    return heap
+@app.on_partitions_assigned.connect
+async def _rebuild_expiry_index(*_args: object, **_kwargs: object) -> None:
+    # Another worker may have remembered or forgotten ids while it owned a partition.
+    expiry.reset()
 
 
 def _forget_expired(partition: int, now: float) -> None:
-    heap = _expiry_heap(partition)
-    horizon = now - settings.dedupe_window_seconds
-    while heap and heap[0][0] < horizon:
-        _, key = heapq.heappop(heap)
+    if not expiry.loaded(partition):
+        expiry.load(partition, ((k, SeenRequest.from_json(v)) for k, v in seen_requests.items() if v is not None))
+    for key in expiry.pop_expired(partition, now):
         # Deleting inside the event's context writes the tombstone to this partition's changelog.
         seen_requests.pop(key, None)
 
@@ -58,10 +43,8 @@ async def _dead_letter(raw: bytes, key: bytes | None, error: InvalidEventError, 
     )
 
 
-def handle(event: EventT, rating: Rating) -> None:
+def handle(parsed: UsageEvent, rating: Rating, partition: int, offset: int) -> None:
     """Apply one valid, rated usage event to the tables (synchronous: no await between read and write)."""
-    parsed = event.value
-    partition, offset = event.message.partition, event.message.offset
     user_key = parsed.user_key.encode()
     dedupe_key = parsed.dedupe_key.encode()
     seen_raw = seen_requests.get(dedupe_key)
@@ -71,7 +54,7 @@ def handle(event: EventT, rating: Rating) -> None:
         # The window runs from when we first saw the id, so a late backfill is still deduped.
         seen = SeenRequest(partition, offset, time.time())
         seen_requests[dedupe_key] = seen.to_json()
-        heapq.heappush(_expiry_heap(partition), (seen.seen_at, dedupe_key))
+        expiry.add(dedupe_key, seen)
         balances[user_key] = balance.apply(rating.credits, partition, offset).to_json()
         counters["counted"] += 1
     elif decision is Decision.DUPLICATE:
@@ -86,8 +69,8 @@ async def process_usage(stream):  # type: ignore[no-untyped-def]  # Faust agents
     async for event in stream.events():
         raw: bytes = event.value
         try:
-            event.value = parse_event(raw)
-            rating = rater.rate(event.value)
+            parsed = parse_event(raw)
+            rating = rater.rate(parsed)
         except InvalidEventError as error:
             await _dead_letter(raw, event.key, error, event.message.partition, event.message.offset)
             continue
@@ -95,4 +78,4 @@ async def process_usage(stream):  # type: ignore[no-untyped-def]  # Faust agents
             problem = InvalidEventError([FieldProblem("data.model", str(error))])
             await _dead_letter(raw, event.key, problem, event.message.partition, event.message.offset)
             continue
-        handle(event, rating)
+        handle(parsed, rating, event.message.partition, event.message.offset)

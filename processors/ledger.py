@@ -13,6 +13,8 @@ Two records make that replay harmless without transactions:
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
@@ -64,3 +66,37 @@ def decide(balance: Balance, seen: SeenRequest | None, partition: int, offset: i
     if seen is not None and (seen.partition, seen.offset) != (partition, offset):
         return Decision.DUPLICATE
     return Decision.APPLY
+
+
+class ExpiryIndex:
+    """Which remembered request ids have outlived the dedupe window, per partition.
+
+    A min-heap of (seen_at, key) per partition. It is only an index over the seen-requests
+    table, so after a restart or a rebalance it is rebuilt from the table (`load`).
+    """
+
+    def __init__(self, window_seconds: float):
+        self.window_seconds = window_seconds
+        self._heaps: dict[int, list[tuple[float, bytes]]] = {}
+
+    def loaded(self, partition: int) -> bool:
+        return partition in self._heaps
+
+    def load(self, partition: int, entries: Iterable[tuple[bytes, SeenRequest]]) -> None:
+        heap = [(seen.seen_at, key) for key, seen in entries if seen.partition == partition]
+        heapq.heapify(heap)
+        self._heaps[partition] = heap
+
+    def add(self, key: bytes, seen: SeenRequest) -> None:
+        heapq.heappush(self._heaps.setdefault(seen.partition, []), (seen.seen_at, key))
+
+    def pop_expired(self, partition: int, now: float) -> list[bytes]:
+        heap = self._heaps.get(partition, [])
+        horizon = now - self.window_seconds
+        expired = []
+        while heap and heap[0][0] < horizon:
+            expired.append(heapq.heappop(heap)[1])
+        return expired
+
+    def reset(self) -> None:
+        self._heaps.clear()

@@ -63,7 +63,7 @@ class Warehouse:
                 settings={"insert_deduplication_token": dedupe_token},
             )
 
-    def query(self, query: Query) -> list[tuple[Any, ...]]:
+    def query(self, query: Query) -> list[Sequence[Any]]:
         sql, parameters = query
         with self._lock:
             return list(self._client.query(sql, parameters=parameters).result_rows)

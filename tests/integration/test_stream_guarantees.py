@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from decimal import Decimal
@@ -129,3 +130,20 @@ def test_sink_crash_between_write_and_commit_counts_nothing_twice(make_settings)
             expected[event.data.user_id] = expected.get(event.data.user_id, 0) + good_credits(event)
         stored = {u: c for _o, u, c, _n in pipeline.warehouse.query(queries.credits_per_user("org-sink"))}
         assert stored == expected
+
+
+def test_dedupe_window_is_bounded_and_configurable(make_settings):
+    settings = make_settings(dedupe_window_seconds=2)
+    with running_pipeline(settings, with_sink=False) as pipeline, Meter(settings) as meter:
+        first = meter.build("org-window", "u1", "gpt-4o", 1000, 0)
+        meter.send(first)
+        meter.send(first)  # inside the window: dropped
+        meter.flush()
+        assert wait_for(balances_match(pipeline, "org-window", {"u1": Decimal(1)}))
+        time.sleep(3)
+        meter.emit("org-window", "u1", "gpt-4o", 1000, 0)  # a later event lets the worker forget the first id
+        meter.flush()
+        assert wait_for(balances_match(pipeline, "org-window", {"u1": Decimal(2)}))
+        meter.send(first)  # past the window the id is forgotten, so this copy counts again
+        meter.flush()
+        assert wait_for(balances_match(pipeline, "org-window", {"u1": Decimal(3)}))

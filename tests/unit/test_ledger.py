@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from meterline.processors.ledger import Balance, Decision, SeenRequest, decide
+from meterline.processors.ledger import Balance, Decision, ExpiryIndex, SeenRequest, decide
 
 FRESH = Balance()
 AT_10 = Balance(Decimal("3.5"), 4, partition=2, last_offset=10)
@@ -31,3 +31,14 @@ def test_balance_round_trips_through_json_exactly():
     assert Balance.from_json(balance.to_json()) == balance
     assert balance.credits_used == Decimal("2.000")
     assert balance.events == 2
+
+
+def test_expiry_index_forgets_ids_older_than_the_window_per_partition():
+    index = ExpiryIndex(window_seconds=100)
+    index.load(0, [(b"old", SeenRequest(0, 1, 10.0)), (b"other-partition", SeenRequest(1, 1, 10.0))])
+    index.add(b"new", SeenRequest(0, 2, 150.0))
+    assert index.pop_expired(0, now=105.0) == []  # 10 is still inside [5, 105]
+    assert index.pop_expired(0, now=111.0) == [b"old"]
+    assert index.pop_expired(0, now=111.0) == []  # forgotten once
+    assert index.pop_expired(0, now=251.0) == [b"new"]
+    assert not index.loaded(1)  # partition 1 is loaded from the table when first needed
