@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from dataclasses import dataclass
 from typing import Literal
@@ -61,6 +62,12 @@ class Counters:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()  # for counts that several threads write; `delivered` has one writer
+        # emit's hot path counts an event with `count_sent()`, without the lock (~0.2 us an event):
+        # next() on an itertools.count is a single C call, so atomic under the GIL. Reading it
+        # counts one more, so reads are subtracted. `sent` holds the corrections (under the lock).
+        self._sent_fast = itertools.count()
+        self._sent_reads = 0
+        self.count_sent = self._sent_fast.__next__
         self.sent = 0
         self.delivered = 0
         self.failed = 0
@@ -78,6 +85,8 @@ class Counters:
 
     def snapshot(self, spool_pending: int) -> MeterStats:
         with self.lock:
-            in_flight = self.sent - self.delivered - self.spooled - self.lost
-            return MeterStats(self.sent, self.delivered, self.failed, self.spooled, self.replayed,
+            sent = self.sent + next(self._sent_fast) - self._sent_reads
+            self._sent_reads += 1
+            in_flight = sent - self.delivered - self.spooled - self.lost
+            return MeterStats(sent, self.delivered, self.failed, self.spooled, self.replayed,
                               self.lost, in_flight, spool_pending)
