@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
+import time
 from pathlib import Path
 
+from meterline.exceptions import ConfigurationError
 from meterline.settings import Settings
 
 ORG_PREFIX = "mlk_"
@@ -35,10 +38,13 @@ def operator_key(secret: str) -> str:
     return "mlo_" + _sign(secret, "operator")
 
 
+def same_key(presented: str, expected: str) -> bool:
+    """Constant-time comparison; bytes, so a non-ASCII header is a mismatch, not an error."""
+    return hmac.compare_digest(presented.encode(), expected.encode())
+
+
 def may_read_balance(secret: str, presented: str, org_id: str, user_id: str) -> bool:
-    return hmac.compare_digest(presented, org_key(secret, org_id)) or hmac.compare_digest(
-        presented, user_token(secret, org_id, user_id)
-    )
+    return same_key(presented, org_key(secret, org_id)) or same_key(presented, user_token(secret, org_id, user_id))
 
 
 def resolve_secret(settings: Settings) -> str:
@@ -46,8 +52,18 @@ def resolve_secret(settings: Settings) -> str:
     if settings.api_secret is not None:
         return settings.api_secret.get_secret_value()
     path: Path = settings.home / "api_secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_hex(32))
-    return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: when two processes start at once, exactly one writes the secret.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_hex(32))
+    for _ in range(50):  # the writer may not have finished its one write yet
+        secret = path.read_text().strip()
+        if secret:
+            return secret
+        time.sleep(0.01)
+    raise ConfigurationError(f"{path} is empty: delete it to make a new API secret")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import threading
@@ -65,6 +66,12 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
     from meterline.auth import org_key, resolve_secret, user_token
 
+    from meterline.schemas.usage import IDENTIFIER_PATTERN
+
+    for name, value in (("org", args.org), ("user", args.user)):
+        # The same rule as events: "a/b" + "c" must not sign the same message as "a" + "b/c".
+        if value is not None and not re.fullmatch(IDENTIFIER_PATTERN, value):
+            raise MeterlineError(f"{name} id {value!r}: must be non-empty, without '/' or whitespace")
     secret = resolve_secret(settings)
     print(org_key(secret, args.org) if args.user is None else user_token(secret, args.org, args.user))
     return 0

@@ -18,6 +18,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -72,7 +73,7 @@ def run_emit(settings: Settings, args: argparse.Namespace) -> int:
         else:
             outcome = Outcome()
             try:
-                fields = json.loads(args.json) if args.json is not None else _flag_fields(args)
+                fields = json.loads(args.json, parse_float=Decimal) if args.json is not None else _flag_fields(args)
                 print(_emit_one(meter, fields))
                 outcome.accepted = 1
             except (InvalidEventError, ValueError) as error:
@@ -126,7 +127,7 @@ def _emit_file(meter: Meter, name: str) -> Outcome:
                 if not line.strip():
                     continue
                 try:
-                    _emit_one(meter, json.loads(line))
+                    _emit_one(meter, json.loads(line, parse_float=Decimal))
                     outcome.accepted += 1
                 except json.JSONDecodeError as error:
                     outcome.rejects.append((number, f"not JSON: {error}"))

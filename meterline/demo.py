@@ -80,6 +80,7 @@ def _api_balances(settings: Settings, token: str, org_id: str, users: set[str], 
         except urllib.error.HTTPError as error:
             if error.code != 503 or time.monotonic() > deadline:  # 503: rebalancing for a moment
                 raise
+            time.sleep(0.2)
             continue
         if all(balances[u]["credits_used"] == expected[u] for u in users) or time.monotonic() > deadline:
             return balances

@@ -7,7 +7,7 @@ import time
 from meterline.processors.app import app, balances, dead_letter_topic, seen_requests, settings, usage_topic
 from meterline.processors.ledger import Balance, Decision, ExpiryIndex, SeenRequest, decide
 from meterline.pricing import PricingError, Rater, Rating
-from meterline.schemas import FieldProblem, InvalidEventError, UsageEvent, parse_event
+from meterline.schemas import FieldProblem, InvalidEventError, UsageEvent, parse_event, record_time
 
 
 rater = Rater.from_files(settings.prices, settings.plans)  # a bad price book stops the worker at start
@@ -45,6 +45,8 @@ async def _dead_letter(raw: bytes, key: bytes | None, error: InvalidEventError, 
 
 def handle(parsed: UsageEvent, rating: Rating, partition: int, offset: int) -> None:
     """Apply one valid, rated usage event to the tables (synchronous: no await between read and write)."""
+    # First, so the index of this partition is loaded from the recovered table before it grows.
+    _forget_expired(partition, time.time())
     user_key = parsed.user_key.encode()
     dedupe_key = parsed.dedupe_key.encode()
     seen_raw = seen_requests.get(dedupe_key)
@@ -61,7 +63,6 @@ def handle(parsed: UsageEvent, rating: Rating, partition: int, offset: int) -> N
         counters["duplicates"] += 1
     else:
         counters["replayed"] += 1
-    _forget_expired(partition, time.time())
 
 
 @app.agent(usage_topic)
@@ -69,7 +70,9 @@ async def process_usage(stream):  # type: ignore[no-untyped-def]  # Faust agents
     async for event in stream.events():
         raw: bytes = event.value
         try:
-            parsed = parse_event(raw)
+            # "Too far in the future" is judged against the record's Kafka timestamp, not this
+            # worker's clock, so the sink and a replay after a crash judge it the same way.
+            parsed = parse_event(raw, now=record_time(event.message.timestamp))
             rating = rater.rate(parsed)
         except InvalidEventError as error:
             await _dead_letter(raw, event.key, error, event.message.partition, event.message.offset)

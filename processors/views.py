@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
-
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 
-from meterline.auth import may_read_balance, operator_key, resolve_secret
+from meterline.auth import may_read_balance, operator_key, resolve_secret, same_key
 from meterline.processors.agents import counters
 from meterline.processors.app import app, balances, settings
 from meterline.processors.ledger import Balance
@@ -50,7 +48,7 @@ class WorkerStatsView(View):
     """This worker's event counters (counted, duplicates, replayed, dead-lettered), for operators."""
 
     async def get(self, request: Request) -> Response:
-        if not hmac.compare_digest(_bearer(request), operator_key(_secret)):
+        if not same_key(_bearer(request), operator_key(_secret)):
             return self.json({"error": "the operator key is required"}, status=401)
         return self.json(counters)
 

@@ -24,12 +24,19 @@ def run_worker(loglevel: str = "warn") -> None:
 def spawn_worker(settings: Settings, env: dict[str, str] | None = None, log_path: str | None = None) -> subprocess.Popen[bytes]:
     """Start a worker as a child process with these settings; return once its web server answers."""
     child_env = {**os.environ, **(env or {}), **settings_env(settings)}
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen(
-        [sys.executable, "-m", "meterline.processors"], env=child_env, stdout=log, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    wait_until_healthy(settings, process)
+    command = [sys.executable, "-m", "meterline.processors"]
+    if log_path:
+        with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            process = subprocess.Popen(command, env=child_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    else:
+        process = subprocess.Popen(command, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+    try:
+        wait_until_healthy(settings, process)
+    except MeterlineError:
+        process.terminate()  # never leave a half-started worker behind
+        process.wait(10)
+        raise
     return process
 
 

@@ -27,7 +27,7 @@ import orjson
 
 from meterline.producers.events import ID_RANDOM, build_event, default_source
 from meterline.schemas import EVENT_TYPE, FieldProblem, InvalidEventError, UsageEvent
-from meterline.schemas.usage import MAX_CLOCK_SKEW, MAX_METADATA_BYTES
+from meterline.schemas.usage import MAX_CLOCK_SKEW, MAX_LATENCY_MS, MAX_METADATA_BYTES, MAX_TOKENS, MONEY_DECIMAL_PLACES
 
 _IDENTIFIER = re.compile(r"[^/\s]+")  # the schema's `^[^/\s]+$`; Python's \s is the wider set
 _UTC = timezone.utc
@@ -55,13 +55,19 @@ def _json(value: str) -> str | None:
 
 def _cost(value: object) -> str | None:
     """The cost as a decimal string when it is plainly valid, else None (the schema decides)."""
-    if type(value) is int and value >= 0:
+    if type(value) is int and 0 <= value < 10**20:
         return str(value)
     if type(value) is float and math.isfinite(value) and value >= 0:
-        return str(Decimal(repr(value)))  # 0.1 stays 0.1, as in the schema
-    if type(value) is Decimal and value.is_finite() and value >= 0:
+        value = Decimal(repr(value))  # 0.1 stays 0.1, as in the schema
+    if type(value) is Decimal and value.is_finite() and value >= 0 and _fits_money_column(value):
         return str(value)
     return None
+
+
+def _fits_money_column(value: Decimal) -> bool:
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite, checked by the caller
+    return -exponent <= MONEY_DECIMAL_PLACES and len(digits) + max(exponent, 0) <= 38
 
 
 def _metadata(metadata: object) -> str | None:
@@ -156,9 +162,9 @@ class EventEncoder:
                 and type(model) is str else None
             if (
                 head is not None
-                and type(input_tokens) is int and input_tokens >= 0
-                and type(output_tokens) is int and output_tokens >= 0
-                and type(latency_ms) is int and latency_ms >= 0
+                and type(input_tokens) is int and 0 <= input_tokens <= MAX_TOKENS
+                and type(output_tokens) is int and 0 <= output_tokens <= MAX_TOKENS
+                and type(latency_ms) is int and 0 <= latency_ms <= MAX_LATENCY_MS
                 and type(cached_input_tokens) is int and 0 <= cached_input_tokens <= input_tokens
             ):
                 millis, rest = divmod(_time_ns(), 1_000_000)
@@ -185,9 +191,9 @@ class EventEncoder:
         extra = ""
         ok = (
             org is not None and user is not None and name is not None
-            and type(input_tokens) is int and input_tokens >= 0
-            and type(output_tokens) is int and output_tokens >= 0
-            and type(latency_ms) is int and latency_ms >= 0
+            and type(input_tokens) is int and 0 <= input_tokens <= MAX_TOKENS
+            and type(output_tokens) is int and 0 <= output_tokens <= MAX_TOKENS
+            and type(latency_ms) is int and 0 <= latency_ms <= MAX_LATENCY_MS
             and type(cached_input_tokens) is int and 0 <= cached_input_tokens <= input_tokens
         )
         if ok and cost_usd is not None:

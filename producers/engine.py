@@ -31,7 +31,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from meterline.producers.delivery import DeliveryCallback, DeliveryReports, Done
-from meterline.producers.exceptions import DeliveryError, MeterClosedError
+from meterline.producers.exceptions import DeliveryError, MeterClosedError, ProducerError
 from meterline.producers.replay import ReplayBatch
 from meterline.producers.spool import Spool
 from meterline.producers.stats import Counters, MeterStats
@@ -161,7 +161,8 @@ class Engine(DeliveryReports):
                 if not block:
                     return False
                 deadline = deadline or time.monotonic() + QUEUE_FULL_WAIT
-                if time.monotonic() > deadline or self.spooling:
+                # Without a spool the caller waits for room: blocking is the only safe choice.
+                if self.spool is not None and (time.monotonic() > deadline or self.spooling):
                     self.enter_spooling("the local producer queue stayed full")
                     if self._spool_new(key, value, done):
                         return True
@@ -169,6 +170,8 @@ class Engine(DeliveryReports):
             except KafkaException as error:  # a fatal producer error: the poll thread renews it
                 self.counters.add(sent=-1)
                 self._fatal = error.args[0]
+                if self.spool is None:
+                    raise ProducerError(f"the producer failed and there is no spool to keep the event: {error}") from error
                 self.enter_spooling(f"the producer failed: {error}")
                 if self._spool_new(key, value, done):
                     return True

@@ -56,10 +56,14 @@ class _Measurement:
 
     def _failure_call(self, error: BaseException) -> tuple[tuple[Any, ...], dict[str, Any]]:
         # No `action`: an action can carry a credit tier, and a failed call must cost nothing.
-        fields = {k: v for k, v in self.fields.items() if k not in ("action", "cost_usd")}
+        # No `request_id` either: the caller's retry reuses it, and a zero-usage event holding it
+        # would make the retry's real usage a "duplicate" that is never billed.
+        fields = {k: v for k, v in self.fields.items() if k not in ("action", "cost_usd", "request_id")}
         metadata = {**(fields.get("metadata") or {}), OUTCOME_KEY: "error", "meterline.error": type(error).__name__}
         if self.fields.get("action") is not None:
             metadata["meterline.action"] = str(self.fields["action"])
+        if self.fields.get("request_id") is not None:
+            metadata["meterline.request_id"] = str(self.fields["request_id"])
         fields.update(latency_ms=self.elapsed_ms, metadata=metadata)
         return (self.org_id, self.user_id, self.model, 0, 0), fields
 

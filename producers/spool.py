@@ -154,10 +154,13 @@ class Spool:
             used = self.size_bytes
             if used + len(lines) > self.max_bytes:
                 raise SpoolFullError(self.directory, used, self.max_bytes, len(lines))
-            segment = self._active
-            if segment is None or segment.size >= SEGMENT_BYTES:
-                segment = self._new_segment()
-            written = os.pwrite(segment.fd, lines, segment.size)
+            try:
+                segment = self._active
+                if segment is None or segment.size >= SEGMENT_BYTES:
+                    segment = self._new_segment()
+                written = os.pwrite(segment.fd, lines, segment.size)
+            except OSError as error:  # disk full, permissions: the caller must hear of it, as a SpoolError
+                raise SpoolError(f"cannot write the spool in {self.directory}: {error}", self.directory) from error
             if written != len(lines):
                 os.ftruncate(segment.fd, segment.size)
                 raise SpoolError(f"short write to {segment.path} (disk full?)", segment.path)

@@ -7,6 +7,7 @@ from meterline.schemas.usage import (
     UsageData,
     UsageEvent,
     parse_event,
+    record_time,
 )
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "UsageData",
     "UsageEvent",
     "parse_event",
+    "record_time",
 ]

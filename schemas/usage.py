@@ -29,10 +29,15 @@ from meterline.schemas.errors import FieldProblem, InvalidEventError
 SCHEMA_VERSION = 1
 EVENT_TYPE: Final = "dev.meterline.usage.v1"  # v{SCHEMA_VERSION}; a literal, so the field type checks
 MAX_METADATA_BYTES = 8 * 1024
+# The warehouse's column bounds (sinks/queries.py): a value past them would stop the sink.
+MAX_TOKENS = 2**63 - 1
+MAX_LATENCY_MS = 2**32 - 1
+MONEY_DECIMAL_PLACES = 18
 # Clocks drift; an event a little ahead of ours is fine, one from tomorrow is a bug.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
-Identifier = Field(min_length=1, max_length=256, pattern=r"^[^/\s]+$")
+IDENTIFIER_PATTERN = r"^[^/\s]+$"  # "/" joins org and user in keys; whitespace is always a typo
+Identifier = Field(min_length=1, max_length=256, pattern=IDENTIFIER_PATTERN)
 
 
 class UsageData(BaseModel):
@@ -43,11 +48,11 @@ class UsageData(BaseModel):
     org_id: str = Identifier
     user_id: str = Identifier
     model: str = Field(min_length=1, max_length=256)
-    input_tokens: StrictInt = Field(ge=0)
-    output_tokens: StrictInt = Field(ge=0)
-    cached_input_tokens: StrictInt = Field(default=0, ge=0)
-    latency_ms: StrictInt = Field(default=0, ge=0)
-    cost_usd: Decimal | None = Field(default=None, ge=0)
+    input_tokens: StrictInt = Field(ge=0, le=MAX_TOKENS)
+    output_tokens: StrictInt = Field(ge=0, le=MAX_TOKENS)
+    cached_input_tokens: StrictInt = Field(default=0, ge=0, le=MAX_TOKENS)
+    latency_ms: StrictInt = Field(default=0, ge=0, le=MAX_LATENCY_MS)
+    cost_usd: Decimal | None = Field(default=None, ge=0, max_digits=38, decimal_places=MONEY_DECIMAL_PLACES)
     action: str | None = Field(default=None, min_length=1, max_length=64)
     metadata: dict[str, str] = Field(default_factory=dict)
 
@@ -137,3 +142,10 @@ def parse_event(raw: bytes | str | dict[str, Any], now: datetime | None = None) 
         raise InvalidEventError.from_validation_error(error) from None
     except (UnicodeDecodeError, TypeError) as error:
         raise InvalidEventError([FieldProblem("event", f"not a JSON object: {error}")]) from None
+
+
+def record_time(kafka_timestamp_seconds: float | None) -> datetime | None:
+    """The instant a Kafka record was written, to validate it with; None if the record has none."""
+    if kafka_timestamp_seconds is None or kafka_timestamp_seconds <= 0:
+        return None
+    return datetime.fromtimestamp(kafka_timestamp_seconds, timezone.utc)

@@ -22,7 +22,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from meterline.pricing import PricingError, Rater, Rating
-from meterline.schemas import InvalidEventError, UsageEvent, parse_event
+from meterline.schemas import InvalidEventError, UsageEvent, parse_event, record_time
 from meterline.settings import Settings
 from meterline.sinks.warehouse import Warehouse
 
@@ -85,7 +85,8 @@ class ClickHouseSink:
         self._first_offset.setdefault(partition, offset)
         self._next_offset[partition] = offset + 1
         try:
-            event = parse_event(message.value())
+            # Judged against the record's Kafka time, exactly as the worker judges it.
+            event = parse_event(message.value(), now=record_time(message.timestamp()[1] / 1000))
             rating = self.rater.rate(event)
         except (InvalidEventError, PricingError):
             self.invalid_skipped += 1  # the processor dead-letters it with the reason

@@ -36,6 +36,7 @@ def broker_settings(session_home: Path) -> Iterator[Settings]:
         kafka_port=free_port(),
         kafka_controller_port=free_port(),
         partitions=4,
+        chdb_path=session_home / "chdb",  # chDB opens one data directory per process: keep it fixed
         api_secret="test-secret-not-for-production",  # type: ignore[arg-type]
     )
     stack_up(settings)
@@ -56,7 +57,6 @@ def make_settings(broker_settings: Settings) -> Callable[..., Settings]:
             "sink_group": f"sink-{run}",
             "worker_port": free_port(),
             "home": broker_settings.home / run,
-            "chdb_path": broker_settings.home / "chdb",
             "sink_batch_seconds": 0.2,
         }
         values.update(overrides)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from meterline.exceptions import ConfigurationError, MeterlineError
@@ -202,7 +202,7 @@ def ensure_topics(settings: Settings) -> None:
         try:
             future.result(timeout=30)
         except KafkaException as error:
-            if error.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: another process won the race
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another process won the race
                 raise
     _wait_for_leaders(admin, [settings.usage_topic, settings.dead_letter_topic])
 

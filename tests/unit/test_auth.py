@@ -23,3 +23,14 @@ def test_keys_depend_on_the_secret_and_empty_is_refused():
 
 def test_the_operator_key_opens_no_balance():
     assert not may_read_balance(SECRET, operator_key(SECRET), "acme", "u1")
+
+
+def test_a_non_ascii_header_is_a_mismatch_not_an_error():
+    assert not may_read_balance(SECRET, "mlk_é", "acme", "u1")
+
+
+def test_keys_command_refuses_ids_that_could_collide(capsys):
+    from meterline.cli import main
+
+    assert main(["keys", "a/b", "--user", "c"]) == 2
+    assert "org id 'a/b'" in capsys.readouterr().err

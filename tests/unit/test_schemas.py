@@ -9,7 +9,8 @@ from decimal import Decimal
 import pytest
 
 from meterline.producers import build_event
-from meterline.schemas import EVENT_TYPE, InvalidEventError, parse_event
+from meterline.producers.encoder import EventEncoder
+from meterline.schemas import EVENT_TYPE, InvalidEventError, parse_event, record_time
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 
@@ -109,3 +110,32 @@ def test_build_event_generates_time_ordered_request_ids_and_keeps_decimal_cost()
     second = build_event("acme", "u1", "m", 1, 1)
     assert first.request_id < second.request_id
     assert first.data.cost_usd == Decimal("0.1")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"latency_ms": 2**32}, "data.latency_ms"),  # the warehouse column is UInt32
+        ({"input_tokens": 2**63}, "data.input_tokens"),
+        ({"cost_usd": Decimal("0." + "1" * 19)}, "data.cost_usd"),  # Decimal(38, 18) would cut it
+    ],
+)
+def test_values_the_warehouse_cannot_store_exactly_are_refused_by_both_emit_paths(fields, field):
+    arguments = {"input_tokens": 1, "output_tokens": 1, **fields}
+    with pytest.raises(InvalidEventError) as raised:
+        build_event("acme", "u1", "gpt-4o", **arguments)
+    assert field in raised.value.fields
+    with pytest.raises(InvalidEventError) as raised:  # the SDK's fast encoder agrees with the schema
+        EventEncoder().encode("acme", "u1", "gpt-4o", arguments["input_tokens"], 1, arguments.get("latency_ms", 0),
+                              None, None, arguments.get("cost_usd"), 0, None, None)
+    assert field in raised.value.fields
+
+
+def test_future_is_judged_against_the_record_time_so_every_consumer_agrees():
+    document = valid_document()
+    document["time"] = "2026-11-22T12:04:00Z"
+    written = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc).timestamp()
+    assert parse_event(document, now=record_time(written)).data.user_id == "u1"  # 4 min ahead of the record
+    with pytest.raises(InvalidEventError):
+        parse_event(document, now=record_time(written - 3600))  # an hour ahead of it
+    assert record_time(None) is None and record_time(-1) is None

@@ -88,3 +88,12 @@ def test_async_form() -> None:
 
     asyncio.run(run())
     assert len(emit.calls) == 1 and emit.calls[0][1]["latency_ms"] >= 20
+
+
+def test_a_failure_event_does_not_take_the_request_id_the_retry_will_reuse() -> None:
+    emit = FakeEmit()
+    with pytest.raises(TimeoutError), measure(emit, record_failures=True, request_id="call-7"):
+        raise TimeoutError
+    ((_args, fields),) = emit.calls
+    assert "request_id" not in fields  # a fresh id, so the retry with "call-7" is billed
+    assert fields["metadata"]["meterline.request_id"] == "call-7"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import pytest
 
-from meterline.producers.exceptions import SpoolFullError
+from meterline.producers.exceptions import SpoolError, SpoolFullError
 from meterline.producers.spool import Spool
 
 MB = 1024 * 1024
@@ -90,3 +91,14 @@ def test_fsync_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: s
     assert len(synced) == expected
     spool.close()  # close always syncs what is dirty
     assert len(synced) == expected + (1 if policy != "always" else 0)
+
+
+def test_an_os_error_while_spooling_is_a_spool_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path / "spool", 1 << 20, "never", 1.0)
+
+    def disk_full(*_args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", disk_full)
+    with pytest.raises(SpoolError, match="No space left"):
+        spool.append([(b"k", b"v")])
