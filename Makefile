@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install jars test demo bench clean
+.PHONY: install jars tools test demo bench clean
 
 install: $(VENV)/.installed
 
@@ -17,7 +17,11 @@ $(VENV)/.installed: pyproject.toml
 jars: install
 	$(BIN)/meterline stack fetch
 
-test: install jars
+# kcat (a Debian package) for the test that emits an event without the SDK.
+tools:
+	@command -v kcat >/dev/null || (apt-get update -qq && apt-get install -y -qq kcat)
+
+test: install jars tools
 	$(BIN)/pytest
 
 demo: install jars
