@@ -49,10 +49,9 @@ def _sink(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    from meterline.processors.worker import run_worker
-    from meterline.stack import ensure_topics
+    from meterline.processors.worker import prepare_topics, run_worker
 
-    ensure_topics(settings)  # with our partition count, before Faust would auto-create them
+    prepare_topics(settings)  # with our partition count, before Faust would auto-create them
     run_worker(args.loglevel)
     return 0
 

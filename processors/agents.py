@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import time
+
+from faust.types import EventT
 
 from meterline.processors.app import app, balances, dead_letter_topic, seen_requests, settings, usage_topic
 from meterline.processors.ledger import Balance, Decision, ExpiryIndex, SeenRequest, decide
 from meterline.pricing import PricingError, Rater, Rating
 from meterline.schemas import FieldProblem, InvalidEventError, UsageEvent, parse_event, record_time
 
-
+log = logging.getLogger(__name__)
 rater = Rater.from_files(settings.prices, settings.plans)  # a bad price book stops the worker at start
 counters = {"counted": 0, "duplicates": 0, "replayed": 0, "dead_lettered": 0}
 expiry = ExpiryIndex(settings.dedupe_window_seconds)
@@ -67,18 +72,29 @@ def handle(parsed: UsageEvent, rating: Rating, partition: int, offset: int) -> N
 
 @app.agent(usage_topic)
 async def process_usage(stream):  # type: ignore[no-untyped-def]  # Faust agents are untyped
-    async for event in stream.events():
-        raw: bytes = event.value
-        try:
-            # "Too far in the future" is judged against the record's Kafka timestamp, not this
-            # worker's clock, so the sink and a replay after a crash judge it the same way.
-            parsed = parse_event(raw, now=record_time(event.message.timestamp))
-            rating = rater.rate(parsed)
-        except InvalidEventError as error:
-            await _dead_letter(raw, event.key, error, event.message.partition, event.message.offset)
-            continue
-        except PricingError as error:  # e.g. a model the price book does not know: never priced at zero
-            problem = InvalidEventError([FieldProblem("data.model", str(error))])
-            await _dead_letter(raw, event.key, problem, event.message.partition, event.message.offset)
-            continue
-        handle(parsed, rating, event.message.partition, event.message.offset)
+    try:
+        async for event in stream.events():
+            await _process(event)
+    except Exception:
+        # Faust would restart the agent while the web server goes on answering balances that no
+        # longer move. Stop the whole worker instead (SIGTERM: a clean stop; replays are harmless).
+        log.critical("the usage agent crashed; stopping the worker", exc_info=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise
+
+
+async def _process(event: EventT) -> None:
+    raw: bytes = event.value
+    try:
+        # "Too far in the future" is judged against the record's Kafka timestamp, not this
+        # worker's clock, so the sink and a replay after a crash judge it the same way.
+        parsed = parse_event(raw, now=record_time(event.message.timestamp))
+        rating = rater.rate(parsed)
+    except InvalidEventError as error:
+        await _dead_letter(raw, event.key, error, event.message.partition, event.message.offset)
+        return
+    except PricingError as error:  # e.g. a model the price book does not know: never priced at zero
+        problem = InvalidEventError([FieldProblem("data.model", str(error))])
+        await _dead_letter(raw, event.key, problem, event.message.partition, event.message.offset)
+        return
+    handle(parsed, rating, event.message.partition, event.message.offset)

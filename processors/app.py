@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import faust
 
+from meterline.processors.worker import BALANCES_TABLE, SEEN_REQUESTS_TABLE
 from meterline.settings import Settings, load_settings
 
 
@@ -46,9 +47,9 @@ dead_letter_topic = app.topic(settings.dead_letter_topic, key_serializer="raw", 
 # Keys are raw bytes (key_type=bytes selects the raw codec), so Faust's router hashes a key
 # exactly like the producer did when it chose the user's partition.
 # org/user -> Balance.to_json()
-balances = app.Table("balances", default=None, key_type=bytes, partitions=settings.partitions)
+balances = app.Table(BALANCES_TABLE, default=None, key_type=bytes, partitions=settings.partitions)
 # org/request id -> SeenRequest.to_json(), pruned after the dedupe window.
-seen_requests = app.Table("seen-requests", default=None, key_type=bytes, partitions=settings.partitions)
+seen_requests = app.Table(SEEN_REQUESTS_TABLE, default=None, key_type=bytes, partitions=settings.partitions)
 
 # Register agents and views on import of the app module, as `faust -A` expects.
 from meterline.processors import agents, views  # noqa: E402,F401

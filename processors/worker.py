@@ -11,6 +11,21 @@ import urllib.request
 
 from meterline.exceptions import MeterlineError
 from meterline.settings import Settings
+from meterline.stack import ensure_topics
+
+
+BALANCES_TABLE = "balances"
+SEEN_REQUESTS_TABLE = "seen-requests"
+
+
+def prepare_topics(settings: Settings) -> None:
+    """Create every topic the worker uses before it starts, its tables' changelogs included.
+
+    Left to Faust, a changelog created at start-up can show 0 partitions in the first metadata
+    the worker reads; Faust then stops the agent (PartitionsMismatch) while the web server
+    keeps answering stale balances.
+    """
+    ensure_topics(settings, compacted=tuple(f"{settings.app_id}-{table}-changelog" for table in (BALANCES_TABLE, SEEN_REQUESTS_TABLE)))
 
 
 def run_worker(loglevel: str = "warn") -> None:
@@ -23,6 +38,7 @@ def run_worker(loglevel: str = "warn") -> None:
 
 def spawn_worker(settings: Settings, env: dict[str, str] | None = None, log_path: str | None = None) -> subprocess.Popen[bytes]:
     """Start a worker as a child process with these settings; return once its web server answers."""
+    prepare_topics(settings)
     child_env = {**os.environ, **(env or {}), **settings_env(settings)}
     command = [sys.executable, "-m", "meterline.processors"]
     if log_path:

@@ -189,13 +189,18 @@ def _reap(pid: int) -> None:
         pass
 
 
-def ensure_topics(settings: Settings) -> None:
-    """Create the usage and dead-letter topics if missing (idempotent)."""
+def ensure_topics(settings: Settings, compacted: tuple[str, ...] = ()) -> None:
+    """Create the usage and dead-letter topics, and any `compacted` ones, if missing (idempotent).
+
+    Every topic gets `settings.partitions` partitions; `compacted` ones keep the latest value per key.
+    """
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     existing = admin.list_topics(timeout=10).topics
+    names = [settings.usage_topic, settings.dead_letter_topic, *compacted]
     wanted = [
-        NewTopic(name, num_partitions=settings.partitions, replication_factor=1)
-        for name in (settings.usage_topic, settings.dead_letter_topic)
+        NewTopic(name, num_partitions=settings.partitions, replication_factor=1,
+                 config={"cleanup.policy": "compact"} if name in compacted else {})
+        for name in names
         if name not in existing
     ]
     for future in (admin.create_topics(wanted).values() if wanted else []):
@@ -204,7 +209,7 @@ def ensure_topics(settings: Settings) -> None:
         except KafkaException as error:
             if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another process won the race
                 raise
-    _wait_for_leaders(admin, [settings.usage_topic, settings.dead_letter_topic])
+    _wait_for_leaders(admin, names)
 
 
 def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float = 30.0) -> None:

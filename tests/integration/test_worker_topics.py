@@ -1,0 +1,18 @@
+"""The worker's topics exist, with the right shape, before Faust starts."""
+
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from meterline.processors.worker import prepare_topics
+
+
+def test_changelogs_are_created_compacted_with_the_source_partition_count(make_settings):
+    settings = make_settings()
+    prepare_topics(settings)
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    topics = admin.list_topics(timeout=10).topics
+    for table in ("balances", "seen-requests"):
+        name = f"{settings.app_id}-{table}-changelog"
+        assert len(topics[name].partitions) == len(topics[settings.usage_topic].partitions) == settings.partitions
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        config = admin.describe_configs([resource])[resource].result(timeout=10)
+        assert config["cleanup.policy"].value == "compact"
