@@ -104,7 +104,6 @@ class ClickHouseSink:
             if rows:
                 token = f"{topic}:{partition}:{self._first_offset[partition]}-{self._next_offset[partition] - 1}"
                 self.warehouse.insert_events(rows, dedupe_token=token)
-                self.rows_written += len(rows)
 
     def flush(self, stop: threading.Event | None = None) -> None:
         """Write the buffer (retrying while ClickHouse is down), then commit its offsets."""
@@ -117,10 +116,10 @@ class ClickHouseSink:
                 break
             except Exception as error:  # noqa: BLE001 - any warehouse failure: keep the batch, retry
                 log.warning("ClickHouse write failed, retrying in %.1fs: %s", delay, error)
-                if stop is not None and stop.wait(delay):
+                if (stop or threading.Event()).wait(delay):
                     return  # stopping: offsets stay uncommitted, the batch is re-read next time
-                time.sleep(0 if stop is not None else delay)
                 delay = min(delay * 2, 10.0)
+        self.rows_written += sum(len(rows) for rows in self._rows.values())  # once, however many retries
         offsets = [TopicPartition(self.settings.usage_topic, p, o) for p, o in self._next_offset.items()]
         self.consumer.commit(offsets=offsets, asynchronous=False)
         self._rows.clear()
