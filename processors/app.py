@@ -19,6 +19,7 @@ def create_app(settings: Settings) -> faust.App:
         store="memory://",
         topic_partitions=settings.partitions,
         web_host=settings.worker_host,
+        web_bind=settings.worker_host,  # Faust binds 0.0.0.0 unless told: keep the API where it was asked to be
         web_port=settings.worker_port,
         web_in_thread=False,
         producer_acks=-1,

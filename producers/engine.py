@@ -292,6 +292,7 @@ class Engine(DeliveryReports):
                 self._thread.join()
             if self._producer is not None:
                 self._purge(self._producer)
+                self._producer = None  # release librdkafka's connections now, not at garbage collection
             if self.spool is not None:
                 self.spool.close()
             atexit.unregister(self._exit_hook)
