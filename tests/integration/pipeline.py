@@ -34,7 +34,7 @@ class Pipeline:
 
     def wait_until_serving(self) -> None:
         token = org_key(self.settings.api_secret.get_secret_value(), "probe-org")  # type: ignore[union-attr]
-        wait_until_serving(self.settings.worker_url, token, "probe-org")
+        wait_until_serving(self.settings.worker_url, token, "probe-org", timeout=180)
 
     def kill_worker(self) -> None:
         self.worker.send_signal(signal.SIGKILL)
