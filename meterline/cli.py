@@ -63,7 +63,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
-    from meterline.auth import org_key, resolve_secret, user_token
+    from meterline.auth import operator_key, org_key, resolve_secret, user_token
 
     from meterline.schemas.usage import IDENTIFIER_PATTERN
 
@@ -72,7 +72,12 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
         if value is not None and not re.fullmatch(IDENTIFIER_PATTERN, value):
             raise MeterlineError(f"{name} id {value!r}: must be non-empty, without '/' or whitespace")
     secret = resolve_secret(settings)
-    print(org_key(secret, args.org) if args.user is None else user_token(secret, args.org, args.user))
+    if args.operator:
+        print(operator_key(secret))
+    elif args.org is None:
+        raise MeterlineError("give an org id (and --user for a user token), or --operator")
+    else:
+        print(org_key(secret, args.org) if args.user is None else user_token(secret, args.org, args.user))
     return 0
 
 
@@ -90,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--events", type=int, default=20_000)
     demo.add_argument("--users", type=int, default=300)
     demo.set_defaults(run=_demo)
-    keys = commands.add_parser("keys", help="print an org API key, or a user token with --user")
-    keys.add_argument("org")
+    keys = commands.add_parser("keys", help="print an org API key, a user token (--user) or the operator key")
+    keys.add_argument("org", nargs="?")
     keys.add_argument("--user")
+    keys.add_argument("--operator", action="store_true", help="the key for the worker's own counters")
     keys.set_defaults(run=_keys)
     register_emit(commands)
     register_pricing(commands)

@@ -34,3 +34,14 @@ def test_keys_command_refuses_ids_that_could_collide(capsys):
 
     assert main(["keys", "a/b", "--user", "c"]) == 2
     assert "org id 'a/b'" in capsys.readouterr().err
+
+
+def test_keys_command_prints_the_key_the_worker_checks(monkeypatch, capsys):
+    from meterline.cli import main
+
+    monkeypatch.setenv("METERLINE_API_SECRET", SECRET)
+    assert main(["keys", "--operator"]) == 0
+    assert capsys.readouterr().out.strip() == operator_key(SECRET)
+    assert main(["keys", "acme", "--user", "u1"]) == 0
+    assert capsys.readouterr().out.strip() == user_token(SECRET, "acme", "u1")
+    assert main(["keys"]) == 2
