@@ -34,12 +34,8 @@ console = Console()
 
 @dataclass
 class Sent:
-    events: list[UsageEvent] = field(default_factory=list)
+    events: list[UsageEvent] = field(default_factory=list)  # each built once: all distinct request ids
     resent: int = 0
-
-    @property
-    def distinct(self) -> dict[str, UsageEvent]:
-        return {event.request_id: event for event in self.events}
 
 
 def emit_traffic(meter: Meter, org_id: str, events: int, users: int, seed: int) -> Sent:
@@ -69,20 +65,20 @@ def _wait_for_rows(warehouse: Warehouse, org_id: str, expected: int, timeout: fl
     return stored
 
 
-def _api_balances(settings: Settings, token: str, org_id: str, users: set[str], expected: dict[str, Decimal],
+def _api_balances(settings: Settings, token: str, org_id: str, expected: dict[str, Decimal],
                   timeout: float) -> dict[str, dict]:
     """Poll the balance API until it shows the expected credits (or the timeout passes)."""
     deadline = time.monotonic() + timeout
     balances: dict[str, dict] = {}
     while True:
         try:
-            balances = {user: get_balance(settings.worker_url, token, org_id, user) for user in users}
+            balances = {user: get_balance(settings.worker_url, token, org_id, user) for user in expected}
         except urllib.error.HTTPError as error:
             if error.code != 503 or time.monotonic() > deadline:  # 503: rebalancing for a moment
                 raise
             time.sleep(0.2)
             continue
-        if all(balances[u]["credits_used"] == expected[u] for u in users) or time.monotonic() > deadline:
+        if all(balances[u]["credits_used"] == expected[u] for u in expected) or time.monotonic() > deadline:
             return balances
         time.sleep(0.5)
 
@@ -102,16 +98,15 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 300, seed: i
         org_id = f"demo-{int(time.time())}"
         with console.status(f"emitting {events:,} events for {users} users..."), Meter(settings) as meter:
             sent = emit_traffic(meter, org_id, events, users, seed)
-        distinct = sent.distinct
         expected: dict[str, Decimal] = {}
         rater = Rater.from_files(settings.prices, settings.plans)
-        for event in distinct.values():
+        for event in sent.events:
             expected[event.data.user_id] = expected.get(event.data.user_id, Decimal(0)) + rater.rate(event).credits
         with console.status("waiting for the worker and ClickHouse to catch up..."):
-            stored = _wait_for_rows(warehouse, org_id, len(distinct), timeout=120)
+            stored = _wait_for_rows(warehouse, org_id, len(sent.events), timeout=120)
             token = org_key(resolve_secret(settings), org_id)
             wait_until_serving(settings.worker_url, token, org_id)
-            api = _api_balances(settings, token, org_id, set(expected), expected, timeout=120)
+            api = _api_balances(settings, token, org_id, expected, timeout=120)
         return _report(warehouse, org_id, sent, stored, api)
     finally:
         stop.set()
