@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import random
 import signal
 import subprocess
 import threading
 import time
 import urllib.error
+import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from meterline.auth import org_key
 from meterline.client import get_balance, wait_until_serving
 from meterline.processors.worker import spawn_worker
+from meterline.producers import Meter
+from meterline.schemas import UsageEvent
 from meterline.settings import Settings
 from meterline.sinks import ClickHouseSink, Warehouse
 from meterline.stack import ensure_topics
@@ -115,3 +120,38 @@ def topic_size(settings: Settings, topic: str, attempts: int = 50) -> int:
         raise AssertionError("unreachable")
     finally:
         consumer.close()
+
+
+def expected_credits(events: list[UsageEvent]) -> dict[str, Decimal]:
+    """Ground truth, computed here: every event without an action costs tokens / 1000 credits."""
+    totals: dict[str, Decimal] = defaultdict(Decimal)
+    for event in events:
+        totals[event.data.user_id] += (Decimal(event.data.input_tokens) + event.data.output_tokens) / 1000
+    return dict(totals)
+
+
+def make_events(meter: Meter, org_id: str, count: int, users: int, seed: int) -> list[UsageEvent]:
+    rng = random.Random(seed)
+    return [
+        meter.build(org_id, f"u{rng.randrange(users)}", "gpt-4o-mini", rng.randrange(0, 5000), rng.randrange(0, 2000))
+        for _ in range(count)
+    ]
+
+
+def read_topic(settings: Settings, topic: str, expected: int, timeout: float = 60.0,
+               drain: bool = False) -> list[Message]:
+    """Messages of `topic` from the start until `expected` have arrived (or `timeout` passes);
+    with `drain`, also whatever follows within a second (copies beyond `expected`)."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and len(messages) < expected:
+            messages.extend(m for m in consumer.consume(1000, timeout=0.5) if m.error() is None)
+        if drain:
+            messages.extend(m for m in consumer.consume(1000, timeout=1.0) if m.error() is None)
+    finally:
+        consumer.close()
+    return messages

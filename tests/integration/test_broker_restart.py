@@ -13,8 +13,7 @@ from meterline.settings import Settings
 from meterline.sinks import queries
 from meterline.stack import stack_down, stack_up
 from tests.conftest import free_port
-from tests.integration.pipeline import balances_match, running_pipeline, wait_for
-from tests.integration.test_walking_skeleton import expected_credits, make_events
+from tests.integration.pipeline import balances_match, expected_credits, make_events, running_pipeline, wait_for
 
 
 @pytest.fixture

@@ -13,33 +13,20 @@ from types import SimpleNamespace as Obj
 import orjson
 import pytest
 from aiokafka.partitioner import murmur2
-from confluent_kafka import Consumer
 
 from meterline.producers import AsyncMeter, DeliveryReport, InvalidEventError, Meter
 from meterline.settings import Settings
 from meterline.stack import ensure_topics, stack_down, stack_up
 from tests.conftest import free_port
-from tests.integration.pipeline import topic_size
+from tests.integration.pipeline import read_topic, topic_size
 
 
 def consume_all(settings: Settings, expected: int, timeout: float = 60.0) -> list[dict]:
     """Every event in the usage topic (each copy, duplicates included), read from the start."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"check-{time.time_ns()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([settings.usage_topic])
-    events: list[dict] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and len(events) < expected:
-            for message in consumer.consume(1000, timeout=0.5):
-                if message.error() is None:
-                    events.append({**orjson.loads(message.value()), "_key": message.key(), "_part": message.partition()})
-        for message in consumer.consume(1000, timeout=1.0):  # anything beyond `expected` (duplicates)
-            if message.error() is None:
-                events.append({**orjson.loads(message.value()), "_key": message.key(), "_part": message.partition()})
-    finally:
-        consumer.close()
-    return events
+    return [
+        {**orjson.loads(message.value()), "_key": message.key(), "_part": message.partition()}
+        for message in read_topic(settings, settings.usage_topic, expected, timeout, drain=True)
+    ]
 
 
 @pytest.fixture

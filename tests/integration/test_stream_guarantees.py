@@ -10,25 +10,13 @@ import urllib.request
 from decimal import Decimal
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from meterline.auth import operator_key, org_key, user_token
 from meterline.client import get_balance
 from meterline.producers import Meter
 from meterline.sinks import ClickHouseSink, queries
-from tests.integration.pipeline import balances_match, running_pipeline, wait_for
-
-
-def read_all(settings, topic: str, expected: int, timeout: float = 60.0) -> list:
-    consumer = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"reader-{topic}", "auto.offset.reset": "earliest"}
-    )
-    consumer.subscribe([topic])
-    messages: list = []
-    wait_for(lambda: bool(messages.extend(m for m in consumer.consume(100, 1.0) if not m.error())) or len(messages) >= expected,
-             timeout=timeout, interval=0)
-    consumer.close()
-    return messages
+from tests.integration.pipeline import balances_match, expected_credits, read_topic, running_pipeline, wait_for
 
 
 def test_malformed_events_go_to_the_dead_letter_topic_with_the_reason(make_settings):
@@ -45,19 +33,14 @@ def test_malformed_events_go_to_the_dead_letter_topic_with_the_reason(make_setti
         raw.flush(10)
         meter.send(good)
         meter.flush()
-        assert wait_for(balances_match(pipeline, "org-dlq", {"u1": good_credits(good)}))
-        dead = read_all(settings, settings.dead_letter_topic, expected=3)
+        assert wait_for(balances_match(pipeline, "org-dlq", expected_credits([good])))
+        dead = read_topic(settings, settings.dead_letter_topic, expected=3)
         assert len(dead) == 3
         reasons = [json.loads(message.value()) for message in dead]
         assert any("data.input_tokens" in [p["field"] for p in r["problems"]] for r in reasons)
         assert any("no-such-model" in r["reason"] and r["problems"][0]["field"] == "data.model" for r in reasons)
         assert all(r["reason"] and r["raw"] for r in reasons)
         assert pipeline.balance("org-dlq", "u1")["events"] == 1
-
-
-def good_credits(event) -> Decimal:
-    """Ground truth for events without an action: tokens / 1000."""
-    return Decimal(event.data.input_tokens + event.data.output_tokens) / 1000
 
 
 def test_balance_api_is_scoped_to_the_org_and_to_the_user(make_settings):
@@ -125,11 +108,8 @@ def test_sink_crash_between_write_and_commit_counts_nothing_twice(make_settings)
         stop.set()
         thread.join(30)
         assert pipeline.warehouse.query(queries.count_distinct_events("org-sink"))[0][0] == 500
-        expected = {}
-        for event in events:
-            expected[event.data.user_id] = expected.get(event.data.user_id, 0) + good_credits(event)
         stored = {u: c for _o, u, c, _n in pipeline.warehouse.query(queries.credits_per_user("org-sink"))}
-        assert stored == expected
+        assert stored == expected_credits(events)
 
 
 def test_dedupe_window_is_bounded_and_configurable(make_settings):

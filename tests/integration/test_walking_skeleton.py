@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 from datetime import datetime
-from decimal import Decimal
 
 import pytest
 
 from meterline.producers import Meter
-from meterline.schemas import InvalidEventError, UsageEvent
+from meterline.schemas import InvalidEventError
 from meterline.sinks import queries
 from meterline.stack import ensure_topics
-from tests.integration.pipeline import balances_match, counted, running_pipeline, topic_size, wait_for
-
-
-def expected_credits(events: list[UsageEvent]) -> dict[str, Decimal]:
-    """Ground truth, computed here: every event without an action costs tokens / 1000 credits."""
-    totals: dict[str, Decimal] = defaultdict(Decimal)
-    for event in events:
-        totals[event.data.user_id] += (Decimal(event.data.input_tokens) + event.data.output_tokens) / 1000
-    return dict(totals)
-
-
-def make_events(meter: Meter, org_id: str, count: int, users: int, seed: int) -> list[UsageEvent]:
-    rng = random.Random(seed)
-    return [
-        meter.build(org_id, f"u{rng.randrange(users)}", "gpt-4o-mini", rng.randrange(0, 5000), rng.randrange(0, 2000))
-        for _ in range(count)
-    ]
+from tests.integration.pipeline import (
+    balances_match,
+    counted,
+    expected_credits,
+    make_events,
+    running_pipeline,
+    topic_size,
+    wait_for,
+)
 
 
 def test_duplicates_change_no_balance_and_clickhouse_holds_each_event_once(make_settings):
