@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -101,6 +102,59 @@ def test_fast_path_and_schema_agree_on_any_input(org, user, model, inp, out, cac
                       cached_input_tokens=cached, cost_usd=cost, timestamp=when or datetime(2024, 5, 1, tzinfo=UTC),
                       metadata=meta)
     assert fast == slow
+
+
+# Counts below 10,000 take a lookup table in the template path: its edges are drawn on purpose.
+common_counts = st.one_of(st.sampled_from([0, 1, 9_999, 10_000, 10_001]), st.integers(min_value=-3, max_value=20_000),
+                          st.integers(min_value=0, max_value=10**10))
+
+
+@settings(max_examples=300, deadline=None)
+@given(user=st.sampled_from(["u-1", "u-2", "é", "a\\b"]), inp=common_counts, out=common_counts,
+       cached=common_counts, latency=common_counts)
+def test_common_call_means_what_the_schema_builds(user, inp, out, cached, latency) -> None:
+    """The template path (no id, action, cost, metadata or time given) against the schema."""
+    args = {**VALID, "user_id": user, "input_tokens": inp, "output_tokens": out, "cached_input_tokens": cached,
+            "latency_ms": latency}
+    encoder.encode(**{**VALID, "user_id": user})  # so the next call finds its cached pieces
+    try:
+        request_id, key, value = encoder.encode(**args)
+    except InvalidEventError as error:
+        with pytest.raises(InvalidEventError) as schema_error:
+            build_event(**args, source=encoder.source)
+        assert sorted(error.fields) == sorted(schema_error.value.fields)
+        return
+    event = parse_event(value)
+    assert event == build_event(**args, source=encoder.source, request_id=request_id, timestamp=event.time)
+    assert key == f"acme/{user}".encode()
+
+
+def test_ids_stay_unique_past_4096_in_one_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
+    frozen = 1_795_000_000_123_456_789
+    monkeypatch.setattr("meterline.producers.encoder._time_ns", lambda: frozen)
+    fresh = EventEncoder("meterline-sdk://test")
+    generated = [fresh.encode(**VALID)[0] for _ in range(10_000)]
+    assert len(set(generated)) == len(generated)
+    assert generated[:4096] == sorted(generated[:4096])  # ordered while the counter lasts
+    assert {int(rid.replace("-", "")[:12], 16) for rid in generated} == {frozen // 1_000_000}
+    assert {uuid.UUID(rid).version for rid in generated} == {7}
+
+
+def test_a_forked_child_does_not_repeat_its_parents_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("meterline.producers.encoder._time_ns", lambda: 1_795_000_000_123_456_789)
+    fresh = EventEncoder("meterline-sdk://test")
+    fresh.encode(**VALID)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the same millisecond in both processes
+        os.write(write, "\n".join(fresh.encode(**VALID)[0] for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as pipe:
+        in_child = set(pipe.read().split("\n"))
+    in_parent = {fresh.encode(**VALID)[0] for _ in range(100)}
+    assert len(in_child) == 100 and not in_child & in_parent
 
 
 def test_request_ids_are_uuid7_time_ordered_and_unique() -> None:
