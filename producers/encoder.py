@@ -198,8 +198,8 @@ class EventEncoder:
     ) -> tuple[str, bytes, bytes]:
         """Validate and encode one event; raise InvalidEventError naming every bad field."""
         if request_id is None and action is None and cost_usd is None and metadata is None and timestamp is None:
-            head = self._heads.get((org_id, user_id, model)) if type(org_id) is str and type(user_id) is str \
-                and type(model) is str else None
+            head = self._heads.get((org_id, user_id, model)) if type(org_id) is type(user_id) is type(model) is str \
+                else None
             if (  # the rules of the slow path below, chained: ~60 ns less
                 head is not None
                 and type(input_tokens) is type(output_tokens) is type(latency_ms) is type(cached_input_tokens) is int
