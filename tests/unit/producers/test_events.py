@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -138,6 +140,20 @@ def test_ids_stay_unique_past_4096_in_one_millisecond(monkeypatch: pytest.Monkey
     assert generated[:4096] == sorted(generated[:4096])  # ordered while the counter lasts
     assert {int(rid.replace("-", "")[:12], 16) for rid in generated} == {frozen // 1_000_000}
     assert {uuid.UUID(rid).version for rid in generated} == {7}
+
+
+def test_threads_sharing_an_encoder_get_unique_ids() -> None:
+    shared = EventEncoder("meterline-sdk://test")
+    shared.encode(**VALID)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, mid-encode included
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            batches = list(pool.map(lambda _: [shared.encode(**VALID)[0] for _ in range(5_000)], range(8)))
+    finally:
+        sys.setswitchinterval(interval)
+    generated = [rid for batch in batches for rid in batch]
+    assert len(set(generated)) == len(generated) == 40_000
 
 
 def test_a_forked_child_does_not_repeat_its_parents_ids(monkeypatch: pytest.MonkeyPatch) -> None:
