@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from meterline.exceptions import ConfigurationError, MeterlineError
@@ -82,6 +82,7 @@ def _server_properties(settings: Settings) -> str:
             "offsets.topic.replication.factor=1",
             "transaction.state.log.replication.factor=1",
             "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=1",
             "share.coordinator.state.topic.replication.factor=1",
             "share.coordinator.state.topic.min.isr=1",
             "group.initial.rebalance.delay.ms=0",
@@ -127,7 +128,8 @@ def broker_status(settings: Settings) -> BrokerStatus:
 def stack_up(settings: Settings, wait_seconds: float = 90.0) -> BrokerStatus:
     """Start the broker if it is not running, wait until it answers, create our topics."""
     # A broker already answering on the port (ours from another home, or a user's) is used as is.
-    if settings.bootstrap is None and _read_pid(settings) is None and not _answers(settings, 1.0):
+    started = settings.bootstrap is None and _read_pid(settings) is None and not _answers(settings, 1.0)
+    if started:
         _start_broker(settings)
     deadline = time.monotonic() + wait_seconds
     while not _answers(settings):
@@ -136,7 +138,21 @@ def stack_up(settings: Settings, wait_seconds: float = 90.0) -> BrokerStatus:
             raise MeterlineError(f"Kafka did not answer on {settings.kafka_bootstrap} within {wait_seconds}s; see {log}")
         time.sleep(0.5)
     ensure_topics(settings)
+    if started:
+        _load_producer_id_coordinator(settings, deadline - time.monotonic())
     return broker_status(settings)
+
+
+def _load_producer_id_coordinator(settings: Settings, timeout: float) -> None:
+    # A fresh broker creates and loads its transaction log on the first producer-id request, and
+    # meanwhile librdkafka prints "Coordinator load in progress" for every idempotent producer.
+    # A silent transactional producer makes that request now and waits until it is answered.
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "transactional.id": "meterline-stack-up",
+                         "log_level": 0})
+    try:
+        producer.init_transactions(max(timeout, 1.0))
+    except KafkaException as error:
+        raise MeterlineError(f"Kafka on {settings.kafka_bootstrap} gives no producer ids: {error}") from error
 
 
 def _start_broker(settings: Settings) -> None:
