@@ -36,7 +36,7 @@ def run_worker(loglevel: str = "warn") -> None:
     @app.task
     async def restore_log_level() -> None:  # runs once the worker has set up logging
         # Faust's start-up spinner sets the root logger to DEBUG and leaves it there, so aiokafka
-        # and Faust build a debug record for every message sent (~8 % of the worker's time).
+        # and Faust build a debug record for every message sent (8 % of its CPU samples under load).
         logging.getLogger().setLevel(loglevel.upper())
 
     sys.argv = ["meterline-worker", "worker", "--loglevel", loglevel]
