@@ -126,7 +126,7 @@ def broker_status(settings: Settings) -> BrokerStatus:
 
 
 def stack_up(settings: Settings, wait_seconds: float = 90.0) -> BrokerStatus:
-    """Start the broker if it is not running, wait until it answers, create our topics."""
+    """Start the broker if it is not running, wait until it answers and gives producer ids, create our topics."""
     # A broker already answering on the port (ours from another home, or a user's) is used as is.
     started = settings.bootstrap is None and _read_pid(settings) is None and not _answers(settings, 1.0)
     if started:
