@@ -78,9 +78,11 @@ def _cost(value: object) -> str | None:
 
 
 def _fits_money_column(value: Decimal) -> bool:
-    sign, digits, exponent = value.as_tuple()
+    """At most 18 decimals and 20 whole digits: Decimal(38, 18), as the schema checks it."""
+    _sign, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)  # finite, checked by the caller
-    return -exponent <= MONEY_DECIMAL_PLACES and len(digits) + max(exponent, 0) <= 38
+    whole = max(len(digits) + exponent, 0)
+    return -exponent <= MONEY_DECIMAL_PLACES and whole <= 38 - MONEY_DECIMAL_PLACES
 
 
 def _metadata(metadata: object) -> str | None:
@@ -92,7 +94,10 @@ def _metadata(metadata: object) -> str | None:
     for key, value in metadata.items():
         if type(key) is not str or type(value) is not str:
             return None
-        size += len(key.encode()) + len(value.encode())
+        try:
+            size += len(key.encode()) + len(value.encode())
+        except UnicodeEncodeError:  # lone surrogates: let the schema say what is wrong
+            return None
     if size > MAX_METADATA_BYTES:
         return None
     try:

@@ -30,9 +30,11 @@ def both(**overrides: object) -> tuple[object, object]:
     args.setdefault("request_id", "req-1")
     args.setdefault("timestamp", datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC))
     try:
-        fast: object = parse_event(encoder.encode(**args)[2])  # type: ignore[arg-type]
+        encoded = encoder.encode(**args)  # type: ignore[arg-type]
     except InvalidEventError as error:
-        fast = sorted(error.fields)
+        fast: object = sorted(error.fields)
+    else:
+        fast = parse_event(encoded[2])  # what the encoder accepted must parse: no error expected here
     try:
         slow: object = build_event(**args, source=encoder.source)  # type: ignore[arg-type]
     except InvalidEventError as error:
@@ -89,8 +91,11 @@ def test_unusual_but_valid_arguments_go_through_the_schema() -> None:
 ids = st.one_of(st.text(min_size=0, max_size=5), st.sampled_from(["acme", "u-1", "a/b", " x", "é"]), st.none())
 counts = st.one_of(st.integers(min_value=-3, max_value=10**12), st.floats(allow_nan=True), st.booleans(),
                    st.text(max_size=3))
+# Decimal(38, 18) holds 20 whole digits: costs around 10**20 are drawn on purpose.
 costs = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 10**9),
-                  st.decimals(allow_nan=True, allow_infinity=True), st.sampled_from(["0.5", "x", "-1"]))
+                  st.decimals(allow_nan=True, allow_infinity=True), st.sampled_from(["0.5", "x", "-1"]),
+                  st.integers(10**19, 10**22), st.floats(1e19, 1e22), st.decimals(10**19, 10**22, places=3),
+                  st.sampled_from([Decimal("1E+20"), Decimal("99999999999999999999.5"), 10**20 - 1, 10**20]))
 times = st.one_of(st.none(), st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-7))])),
                   st.datetimes())
 
@@ -199,6 +204,12 @@ def test_fast_path_ids_and_times_come_from_one_clock_reading() -> None:
         id_millis = int(request_id.replace("-", "")[:12], 16)
         assert abs(event.time.timestamp() * 1000 - id_millis) < 1  # same instant in both
         assert abs(event.time - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+def test_a_lone_surrogate_in_metadata_is_an_invalid_event() -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        encoder.encode(**VALID, metadata={"note": "\ud800"})
+    assert caught.value.fields == ["data.metadata"]
 
 
 def test_strings_that_need_escaping_survive() -> None:
