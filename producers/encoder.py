@@ -40,7 +40,14 @@ import orjson
 
 from meterline.producers.events import ID_RANDOM, build_event, default_source
 from meterline.schemas import EVENT_TYPE, FieldProblem, InvalidEventError, UsageEvent
-from meterline.schemas.usage import MAX_CLOCK_SKEW, MAX_LATENCY_MS, MAX_METADATA_BYTES, MAX_TOKENS, MONEY_DECIMAL_PLACES
+from meterline.schemas.usage import (
+    MAX_CLOCK_SKEW,
+    MAX_EVENT_BYTES,
+    MAX_LATENCY_MS,
+    MAX_METADATA_BYTES,
+    MAX_TOKENS,
+    MONEY_DECIMAL_PLACES,
+)
 
 _IDENTIFIER = re.compile(r"[^/\s]+")  # the schema's `^[^/\s]+$`; Python's \s is the wider set
 _UTC = timezone.utc
@@ -311,6 +318,13 @@ class EventEncoder:
 
     @staticmethod
     def encode_event(event: UsageEvent) -> tuple[str, bytes, bytes]:
-        """Encode an already-validated event (a re-send keeps its request id)."""
-        return event.id, event.user_key.encode(), event.to_json()
+        """Encode an already-validated event (a re-send keeps its request id).
+
+        Raises InvalidEventError past MAX_EVENT_BYTES (possible only through extension fields):
+        Kafka would refuse it, and it could never leave the spool.
+        """
+        value = event.to_json()
+        if len(value) > MAX_EVENT_BYTES:
+            raise InvalidEventError([FieldProblem("event", f"encodes to {len(value):,} bytes; at most {MAX_EVENT_BYTES:,}")])
+        return event.id, event.user_key.encode(), value
 

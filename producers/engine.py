@@ -110,6 +110,8 @@ class Engine(DeliveryReports):
         producer = self._producer
         if producer is None:
             with self._lock:  # created lazily, so building a meter never touches the network
+                if self._closed:
+                    raise MeterClosedError("this meter is closed")
                 if self._producer is None:
                     self._producer = Producer(self._config)
                 producer = self._producer
@@ -152,9 +154,13 @@ class Engine(DeliveryReports):
         callback = self._delivered if done is None else (lambda e, m: self._delivered(e, m, done))
         deadline = 0.0
         while True:
+            producer = self.producer
             try:
-                self.counters.add(sent=1)
-                self.producer.produce(self.topic, value, key, on_delivery=callback)
+                with self._lock:  # close() takes the producer away under this lock
+                    if self._closed:  # close() ran while this call waited for room: not accepted
+                        raise MeterClosedError("this meter is closed")
+                    self.counters.add(sent=1)
+                    producer.produce(self.topic, value, key, on_delivery=callback)
                 return True
             except BufferError:  # the local queue is full: the poll thread drains it
                 self.counters.add(sent=-1)
@@ -167,9 +173,11 @@ class Engine(DeliveryReports):
                     if self._spool_new(key, value, done):
                         return True
                 time.sleep(0.005)
-            except KafkaException as error:  # a fatal producer error: the poll thread renews it
+            except KafkaException as error:
                 self.counters.add(sent=-1)
-                self._fatal = error.args[0]
+                if not error.args[0].fatal():  # about this event, not the producer: the caller must hear it
+                    raise ProducerError(f"Kafka refused the event: {error}") from error
+                self._fatal = error.args[0]  # the poll thread renews the producer
                 if self.spool is None:
                     raise ProducerError(f"the producer failed and there is no spool to keep the event: {error}") from error
                 self.enter_spooling(f"the producer failed: {error}")
@@ -252,10 +260,15 @@ class Engine(DeliveryReports):
     def _purge(self, producer: Producer) -> None:
         # Purged events fail with _PURGE_QUEUE/_PURGE_INFLIGHT and go to the spool. An "in flight"
         # one may already be in Kafka: its replay is a duplicate the processors drop.
-        producer.purge(in_queue=True, in_flight=True)
         deadline = time.monotonic() + 10
-        while len(producer) and time.monotonic() < deadline:
-            producer.poll(0.05)
+        while time.monotonic() < deadline:
+            producer.purge(in_queue=True, in_flight=True)
+            while len(producer) and time.monotonic() < deadline:
+                producer.poll(0.05)
+            # An emit that read the producer just before it was taken away may still land in it.
+            time.sleep(0.02)
+            if not len(producer):
+                break
         self._spool_failed()
 
     # -- flush and close -----------------------------------------------------------------------
@@ -290,9 +303,11 @@ class Engine(DeliveryReports):
             self._stop.set()
             if self._thread is not None:
                 self._thread.join()
-            if self._producer is not None:
-                self._purge(self._producer)
-                self._producer = None  # release librdkafka's connections now, not at garbage collection
+            with self._lock:  # no slow-path produce() is under way past this point
+                producer, self._producer = self._producer, None
+            if producer is not None:
+                self._purge(producer)
+                del producer  # release librdkafka's connections now, not at garbage collection
             if self.spool is not None:
                 self.spool.close()
             atexit.unregister(self._exit_hook)

@@ -29,6 +29,8 @@ from meterline.schemas.errors import FieldProblem, InvalidEventError
 SCHEMA_VERSION = 1
 EVENT_TYPE: Final = "dev.meterline.usage.v1"  # v{SCHEMA_VERSION}; a literal, so the field type checks
 MAX_METADATA_BYTES = 8 * 1024
+# A whole encoded event; ours stay under ~12 KiB, and Kafka refuses records past ~1 MB.
+MAX_EVENT_BYTES = 64 * 1024
 # The warehouse's column bounds (sinks/queries.py): a value past them would stop the sink.
 MAX_TOKENS = 2**63 - 1
 MAX_LATENCY_MS = 2**32 - 1

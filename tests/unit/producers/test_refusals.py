@@ -1,0 +1,68 @@
+"""What the SDK does when Kafka cannot take an event, or the meter closes under load (no broker)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meterline.producers import Meter, MeterClosedError, ProducerError
+from meterline.schemas import InvalidEventError, parse_event
+
+
+@pytest.fixture
+def silent_broker() -> Iterator[str]:
+    """A listening socket that never answers: connections open, nothing is ever acknowledged."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_an_event_too_large_for_kafka_is_refused_before_it_is_accepted(tmp_path: Path) -> None:
+    meter = Meter(bootstrap="127.0.0.1:1", spool_dir=tmp_path, producer_config={"log_level": 0})
+    event = meter.build("acme", "u-1", "gpt-4o", 10, 5)
+    document = event.model_dump(mode="json")
+    bloated = parse_event({**document, "data": {**document["data"], "transcript": "x" * 100_000}})
+    with pytest.raises(InvalidEventError, match="bytes"):
+        meter.send(bloated)
+    assert meter.stats().sent == 0 and meter.stats().spool_pending == 0
+    meter.close(0)
+
+
+def test_a_record_kafka_refuses_is_an_error_for_the_caller_not_a_stuck_spool(tmp_path: Path) -> None:
+    meter = Meter(bootstrap="127.0.0.1:1", spool_dir=tmp_path, producer_config={"message.max.bytes": 1000,
+                                                                                   "log_level": 0})
+    with pytest.raises(ProducerError, match="refused"):
+        meter.emit("acme", "u-1", "gpt-4o", 10, 5, metadata={"note": "y" * 2000})
+    stats = meter.stats()
+    assert stats.sent == 0 and stats.spool_pending == 0 and not meter._engine.spooling
+    meter.close(0)
+
+
+def test_close_under_load_keeps_every_accepted_event(tmp_path: Path, silent_broker: str) -> None:
+    meter = Meter(bootstrap=silent_broker, spool_dir=tmp_path, producer_config={"log_level": 0})
+    accepted = [0] * 8
+
+    def emit_until_closed(worker: int) -> None:
+        while True:
+            try:
+                meter.emit("acme", f"u-{worker}", "gpt-4o", 1, 1)
+            except MeterClosedError:
+                return
+            accepted[worker] += 1
+
+    threads = [threading.Thread(target=emit_until_closed, args=(worker,)) for worker in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)  # long enough to fill the local queue: emits wait for room when close() starts
+    stats = meter.close(timeout=0.2)
+    for thread in threads:
+        thread.join()
+    on_disk = sum(path.read_bytes().count(b"\n") for path in tmp_path.glob("*.spool"))
+    assert sum(accepted) == stats.sent == stats.spooled == on_disk > 0
+    assert stats.in_flight == 0 and stats.lost == 0
