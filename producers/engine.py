@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 import weakref
@@ -82,10 +83,12 @@ class Engine(DeliveryReports):
         self._lost: list[tuple[KafkaError, bytes]] = []
         self._fatal: KafkaError | None = None
         self._closed = False
+        self._closed_reason = "this meter is closed"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._exit_hook = _close_at_exit(self)
         atexit.register(self._exit_hook)
+        _ENGINES.add(self)
         if self._spooling:
             self._start()
 
@@ -111,7 +114,7 @@ class Engine(DeliveryReports):
         if producer is None:
             with self._lock:  # created lazily, so building a meter never touches the network
                 if self._closed:
-                    raise MeterClosedError("this meter is closed")
+                    raise MeterClosedError(self._closed_reason)
                 if self._producer is None:
                     self._producer = Producer(self._config)
                 producer = self._producer
@@ -146,7 +149,7 @@ class Engine(DeliveryReports):
 
     def _submit(self, key: bytes, value: bytes, block: bool, done: Done | None) -> bool:
         if self._closed:
-            raise MeterClosedError("this meter is closed")
+            raise MeterClosedError(self._closed_reason)
         if self._thread is None:
             self._start()
         if self.spooling and self._spool_new(key, value, done):
@@ -158,7 +161,7 @@ class Engine(DeliveryReports):
             try:
                 with self._lock:  # close() takes the producer away under this lock
                     if self._closed:  # close() ran while this call waited for room: not accepted
-                        raise MeterClosedError("this meter is closed")
+                        raise MeterClosedError(self._closed_reason)
                     self.counters.add(sent=1)
                     producer.produce(self.topic, value, key, on_delivery=callback)
                 return True
@@ -312,6 +315,26 @@ class Engine(DeliveryReports):
                 self.spool.close()
             atexit.unregister(self._exit_hook)
         return self.flush(0)
+
+
+def _refuse_in_forked_child() -> None:
+    # A child process inherits a meter's producer without librdkafka's threads, and its spool
+    # segments and locks without their owner: emitting there would hang or write over the
+    # parent's spool. The parent keeps everything; in the child the meter refuses to emit.
+    for engine in list(_ENGINES):
+        engine._lock = threading.Lock()
+        engine.counters.lock = threading.Lock()
+        engine._closed, engine._fast, engine._thread, engine.spool = True, None, None, None
+        engine._closed_reason = ("this meter was created before os.fork(); create a new Meter in the child "
+                                 "(gunicorn: post_fork; uWSGI: lazy-apps)")
+        _INHERITED.append(engine._producer)  # never destroyed here: its threads live in the parent
+        engine._producer = None
+        atexit.unregister(engine._exit_hook)
+
+
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+_INHERITED: list[Producer | None] = []
+os.register_at_fork(after_in_child=_refuse_in_forked_child)
 
 
 def _close_at_exit(engine: Engine) -> Callable[[], None]:

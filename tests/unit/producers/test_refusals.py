@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -66,3 +67,28 @@ def test_close_under_load_keeps_every_accepted_event(tmp_path: Path, silent_brok
     on_disk = sum(path.read_bytes().count(b"\n") for path in tmp_path.glob("*.spool"))
     assert sum(accepted) == stats.sent == stats.spooled == on_disk > 0
     assert stats.in_flight == 0 and stats.lost == 0
+
+
+def test_a_meter_inherited_through_fork_refuses_in_the_child_and_keeps_working_in_the_parent(
+        tmp_path: Path, silent_broker: str) -> None:
+    meter = Meter(bootstrap=silent_broker, spool_dir=tmp_path, producer_config={"log_level": 0})
+    meter.emit("acme", "u-1", "gpt-4o", 1, 1)  # producer, poll thread and spool all in use
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # report what happened, and never run the parent's test machinery
+        try:
+            meter.emit("acme", "u-1", "gpt-4o", 2, 2)
+            outcome = "accepted"
+        except MeterClosedError as error:
+            outcome = str(error)
+        meter.close(1)
+        os.write(write, outcome.encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(child, 0)
+    with os.fdopen(read) as pipe:
+        outcome = pipe.read()
+    assert status == 0 and "fork" in outcome
+    meter.emit("acme", "u-1", "gpt-4o", 3, 3)
+    stats = meter.close(0.5)
+    assert stats.sent == 2 and stats.spooled + stats.in_flight == 2
