@@ -173,9 +173,13 @@ class Spool:
                 self.sync()
 
     def _new_segment(self) -> _Segment:
+        # Created under another name and locked before it is renamed: another process adopting
+        # "*.spool" files can never lock it first.
         path = self.directory / f"{new_request_id()}.spool"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        creating = path.with_suffix(".new")
+        fd = os.open(creating, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(creating, path)
         self._active = _Segment(path, fd, 0, 0, 0)
         self._segments.append(self._active)
         if self.fsync != "never":

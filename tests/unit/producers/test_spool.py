@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 from pathlib import Path
 
@@ -56,6 +57,21 @@ def test_a_live_owner_keeps_its_segment(tmp_path: Path) -> None:
     assert other.pending == 0 and other.read(10) is None
     owner.close()
     assert other.adopt() == 3 and drain(other) == records(0, 3)
+
+
+def test_another_process_adopting_at_creation_cannot_take_a_new_segment(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    creator, adopter = Spool(tmp_path, 10 * MB), Spool(tmp_path, 10 * MB)
+    real_flock = fcntl.flock
+
+    def adopt_first(fd: int, operation: int) -> None:  # the adopter runs between create and lock
+        monkeypatch.setattr(fcntl, "flock", real_flock)
+        adopter.adopt()
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", adopt_first)
+    creator.append(records(0, 3))  # would raise SpoolError if the adopter had locked the segment
+    assert adopter.pending == 0 and creator.pending == 3 and drain(creator) == records(0, 3)
 
 
 def test_a_torn_last_record_is_cut_and_the_rest_kept(tmp_path: Path) -> None:
