@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from meterline.pricing import PricingError, Rater, Rating
 from meterline.schemas import InvalidEventError, UsageEvent, parse_event, record_time
@@ -121,7 +121,14 @@ class ClickHouseSink:
                 delay = min(delay * 2, 10.0)
         self.rows_written += sum(len(rows) for rows in self._rows.values())  # once, however many retries
         offsets = [TopicPartition(self.settings.usage_topic, p, o) for p, o in self._next_offset.items()]
-        self.consumer.commit(offsets=offsets, asynchronous=False)
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as error:
+            # The rows are stored; only the commit is lost (the group is rebalancing, or its
+            # coordinator is away after a broker restart). Whoever reads these partitions next
+            # starts from the last commit and stores the batch again: harmless, inserts carry
+            # dedupe tokens and the table keeps one row per request id. Dying here is not.
+            log.warning("offset commit failed; the stored batch will be read again: %s", error)
         self._rows.clear()
         self._first_offset.clear()
         self._next_offset.clear()
