@@ -144,11 +144,12 @@ def stack_up(settings: Settings, wait_seconds: float = 90.0) -> BrokerStatus:
 
 
 def _load_producer_id_coordinator(settings: Settings, timeout: float) -> None:
-    # A fresh broker creates and loads its transaction log on the first producer-id request, and
+    # A broker just started has no block of producer ids yet (and, when fresh, no transaction log):
     # meanwhile librdkafka prints "Coordinator load in progress" for every idempotent producer.
-    # A silent transactional producer makes that request now and waits until it is answered.
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "transactional.id": "meterline-stack-up",
-                         "log_level": 0})
+    # A silent producer with a transactional id never used before needs a new producer id, so it
+    # makes the broker fetch a block now, and waits until it is answered.
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "transactional.id": f"meterline-stack-up-{uuid.uuid4().hex}", "log_level": 0})
     try:
         producer.init_transactions(max(timeout, 1.0))
     except KafkaException as error:
