@@ -10,7 +10,7 @@ import time
 from faust.types import EventT
 
 from meterline.processors.app import app, balances, dead_letter_topic, seen_requests, settings, usage_topic
-from meterline.processors.ledger import Balance, Decision, ExpiryIndex, SeenRequest, decide
+from meterline.processors.ledger import Balance, Decision, ExpiryIndex, SeenRequest, decide, must_remember
 from meterline.pricing import PricingError, Rater, Rating
 from meterline.schemas import FieldProblem, InvalidEventError, UsageEvent, parse_event, record_time
 
@@ -56,12 +56,14 @@ def handle(parsed: UsageEvent, rating: Rating, partition: int, offset: int) -> N
     dedupe_key = parsed.dedupe_key.encode()
     seen_raw = seen_requests.get(dedupe_key)
     balance = Balance.from_json(balances.get(user_key))
-    decision = decide(balance, SeenRequest.from_json(seen_raw) if seen_raw else None, partition, offset)
-    if decision is Decision.APPLY:
+    seen = SeenRequest.from_json(seen_raw) if seen_raw else None
+    decision = decide(balance, seen, partition, offset)
+    if must_remember(decision, seen):
         # The window runs from when we first saw the id, so a late backfill is still deduped.
-        seen = SeenRequest(partition, offset, time.time())
-        seen_requests[dedupe_key] = seen.to_json()
-        expiry.add(dedupe_key, seen)
+        remembered = SeenRequest(partition, offset, time.time())
+        seen_requests[dedupe_key] = remembered.to_json()
+        expiry.add(dedupe_key, remembered)
+    if decision is Decision.APPLY:
         balances[user_key] = balance.apply(rating.credits, partition, offset).to_json()
         counters["counted"] += 1
     elif decision is Decision.DUPLICATE:

@@ -68,6 +68,16 @@ def decide(balance: Balance, seen: SeenRequest | None, partition: int, offset: i
     return Decision.APPLY
 
 
+def must_remember(decision: Decision, seen: SeenRequest | None) -> bool:
+    """Whether to record this event's request id as first seen at its offset.
+
+    Always for an applied event. Also for a replayed one whose record is missing: the two tables'
+    changelogs are written independently, so a crash can keep the balance and lose the record,
+    and without it a later re-send of the same id would be counted again.
+    """
+    return decision is Decision.APPLY or (decision is Decision.REPLAYED and seen is None)
+
+
 class ExpiryIndex:
     """Which remembered request ids have outlived the dedupe window, per partition.
 

@@ -77,6 +77,15 @@ def balances_match(pipeline: Pipeline, org_id: str, expected: dict[str, Decimal]
     return check
 
 
+def balance_differences(pipeline: Pipeline, org_id: str, expected: dict[str, Decimal]) -> str:
+    """For an assertion message: which balances are off, as (API, expected)."""
+    try:
+        actual = {user: pipeline.balance(org_id, user)["credits_used"] for user in expected}
+    except urllib.error.URLError as error:
+        return f"the worker does not answer: {error}"
+    return f"balances off (API, expected): { {u: (actual[u], c) for u, c in expected.items() if actual[u] != c} }"
+
+
 @contextmanager
 def running_pipeline(settings: Settings, with_sink: bool = True) -> Iterator[Pipeline]:
     """A worker child process plus a sink thread in this process (it owns chDB)."""

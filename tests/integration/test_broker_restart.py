@@ -13,7 +13,14 @@ from meterline.settings import Settings
 from meterline.sinks import queries
 from meterline.stack import stack_down, stack_up
 from tests.conftest import free_port
-from tests.integration.pipeline import balances_match, expected_credits, make_events, running_pipeline, wait_for
+from tests.integration.pipeline import (
+    balance_differences,
+    balances_match,
+    expected_credits,
+    make_events,
+    running_pipeline,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -40,7 +47,8 @@ def test_worker_and_sink_ride_out_a_broker_restart(own_broker: Settings):
         for event in events[1000:] + random.Random(10).sample(events, 200):  # plus client retries
             meter.send(event)
         meter.flush(timeout=120)
-        assert wait_for(balances_match(pipeline, org, expected_credits(events)), timeout=180)
+        expected = expected_credits(events)
+        assert wait_for(balances_match(pipeline, org, expected), timeout=180), balance_differences(pipeline, org, expected)
         assert wait_for(lambda: pipeline.warehouse.query(queries.count_distinct_events(org))[0][0] >= 2000, timeout=120)
         assert pipeline.warehouse.query(queries.count_distinct_events(org))[0][0] == 2000
         stored = {user: credits for _o, user, credits, _n in pipeline.warehouse.query(queries.credits_per_user(org))}

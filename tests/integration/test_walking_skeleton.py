@@ -12,6 +12,7 @@ from meterline.schemas import InvalidEventError
 from meterline.sinks import queries
 from meterline.stack import ensure_topics
 from tests.integration.pipeline import (
+    balance_differences,
     balances_match,
     counted,
     expected_credits,
@@ -36,7 +37,7 @@ def test_duplicates_change_no_balance_and_clickhouse_holds_each_event_once(make_
         assert len(stream) == 1000
 
         expected = expected_credits(distinct)
-        assert wait_for(balances_match(pipeline, org, expected)), "balances never matched the distinct events"
+        assert wait_for(balances_match(pipeline, org, expected)), balance_differences(pipeline, org, expected)
         assert wait_for(lambda: pipeline.warehouse.query(queries.count_distinct_events(org))[0][0] >= 800)
         assert pipeline.warehouse.query(queries.count_distinct_events(org))[0][0] == 800
         stored = {user: credits for _o, user, credits, _n in pipeline.warehouse.query(queries.credits_per_user(org))}
@@ -63,7 +64,7 @@ def test_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(make_se
         pipeline.start_worker()
         expected = expected_credits(events)
         # The killed member holds its partitions until its session times out, then tables recover.
-        assert wait_for(balances_match(pipeline, org, expected), timeout=180), "a balance is off after the restart"
+        assert wait_for(balances_match(pipeline, org, expected), timeout=180), balance_differences(pipeline, org, expected)
         assert counted(pipeline, org, users) == len(events)
 
 

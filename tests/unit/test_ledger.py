@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from meterline.processors.ledger import Balance, Decision, ExpiryIndex, SeenRequest, decide
+from meterline.processors.ledger import Balance, Decision, ExpiryIndex, SeenRequest, decide, must_remember
 
 FRESH = Balance()
 AT_10 = Balance(Decimal("3.5"), 4, partition=2, last_offset=10)
@@ -24,6 +24,35 @@ AT_10 = Balance(Decimal("3.5"), 4, partition=2, last_offset=10)
 )
 def test_decide(balance, seen, partition, offset, expected):
     assert decide(balance, seen, partition, offset) is expected
+
+
+@pytest.mark.parametrize(
+    ("decision", "seen", "expected"),
+    [
+        (Decision.APPLY, None, True),
+        (Decision.APPLY, SeenRequest(2, 11, 0.0), True),  # seen written, balance not: applied now
+        (Decision.DUPLICATE, SeenRequest(2, 5, 0.0), False),  # the first copy keeps its record
+        (Decision.REPLAYED, SeenRequest(2, 9, 0.0), False),
+        (Decision.REPLAYED, None, True),  # balance kept, record lost in the crash: restore it
+    ],
+)
+def test_must_remember(decision, seen, expected):
+    assert must_remember(decision, seen) is expected
+
+
+def test_a_re_send_after_a_crash_that_lost_only_the_record_is_counted_once():
+    """Walk the rules through the crash: the balance reached the changelog, the id's record did not."""
+    balance, records = Balance(), {}
+    for offset, request_id in [(10, "r1"), (10, "r1"), (11, "r1")]:  # applied, replayed, re-sent
+        seen = records.get(request_id)
+        decision = decide(balance, seen, 2, offset)
+        if must_remember(decision, seen):
+            records[request_id] = SeenRequest(2, offset, 0.0)
+        if decision is Decision.APPLY:
+            balance = balance.apply(Decimal(1), 2, offset)
+        if offset == 10 and decision is Decision.APPLY:
+            records.clear()  # the crash: the record is lost, the balance is kept
+    assert balance.events == 1
 
 
 def test_balance_round_trips_through_json_exactly():
