@@ -72,6 +72,10 @@ class Engine(DeliveryReports):
         self._config = {**producer_config(settings, config), "error_cb": self._on_error, "on_delivery": self._delivered}
         self._producer: Producer | None = None
         self._lock = threading.Lock()
+        # While True, events still in the producer's queue are being moved to the spool, and new
+        # events wait for them, so the spool keeps emission order across the start of an outage.
+        self._handing_over = False
+        self._handed_over = threading.Condition(self._lock)
         self.counters = Counters()
         self._on_delivery = on_delivery
         self.spool = (Spool(settings.spool_path, settings.spool_max_bytes, settings.spool_fsync,
@@ -191,6 +195,8 @@ class Engine(DeliveryReports):
         """Append a new event to the spool if in spool mode; False if normal mode resumed."""
         assert self.spool is not None
         with self._lock:
+            while self._handing_over and not self._stop.is_set():
+                self._handed_over.wait(0.1)
             if not self._spooling:
                 return False
             self.spool.append([(key, value)])  # SpoolFullError reaches the caller: not accepted
@@ -203,7 +209,21 @@ class Engine(DeliveryReports):
     def enter_spooling(self, reason: str) -> None:
         if self.spool is not None and not self.spooling:
             log.warning("meterline: Kafka unavailable (%s); spooling events to %s", reason, self.spool.directory)
-            self._set_spooling(True)
+            with self._lock:
+                self._handing_over = self._thread is not None  # the poll thread moves the queue (`_hand_over`)
+                self._set_spooling(True)
+
+    def _hand_over(self) -> None:
+        """Move the events still in the producer to the spool, ahead of any newer event."""
+        producer = self._producer
+        if producer is not None:
+            # All of them, and all their reports, before a newer event may be spooled. One that was
+            # in flight may already be in Kafka: its replay is a duplicate the processors drop.
+            self._purge(producer)
+        self._spool_failed()
+        with self._lock:
+            self._handing_over = False
+            self._handed_over.notify_all()
 
     # -- the poll thread -----------------------------------------------------------------------
 
@@ -229,6 +249,8 @@ class Engine(DeliveryReports):
         backoff, next_replay, next_adopt = 0.5, 0.0, time.monotonic() + 10
         while not self._stop.is_set():
             self.serve(0.05)
+            if self._handing_over:
+                self._hand_over()
             if self._fatal is not None:
                 self._renew_producer()
             if self.spool is None:
@@ -323,6 +345,7 @@ def _refuse_in_forked_child() -> None:
     # parent's spool. The parent keeps everything; in the child the meter refuses to emit.
     for engine in list(_ENGINES):
         engine._lock = threading.Lock()
+        engine._handing_over, engine._handed_over = False, threading.Condition(engine._lock)
         engine.counters.lock = threading.Lock()
         engine._closed, engine._fast, engine._thread, engine.spool = True, None, None, None
         engine._closed_reason = ("this meter was created before os.fork(); create a new Meter in the child "
