@@ -217,10 +217,10 @@ class Engine(DeliveryReports):
         """Move the events still in the producer to the spool, ahead of any newer event."""
         producer = self._producer
         if producer is not None:
-            # All of them, and all their reports, before a newer event may be spooled. One that was
-            # in flight may already be in Kafka: its replay is a duplicate the processors drop.
+            # All of them, and all their reports (`_purge` spools them), before a newer event may be
+            # spooled. One that was in flight may already be in Kafka: its replay is a duplicate the
+            # processors drop. Without a producer there is nothing left: `serve` spooled the failures.
             self._purge(producer)
-        self._spool_failed()
         with self._lock:
             self._handing_over = False
             self._handed_over.notify_all()
