@@ -67,10 +67,16 @@ def counted(pipeline: Pipeline, org_id: str, users: set[str]) -> int:
         return -1
 
 
+def off_balances(pipeline: Pipeline, org_id: str, expected: dict[str, Decimal]) -> dict[str, tuple[Decimal, Decimal]]:
+    """The balances that differ from `expected`, as (API, expected); URLError while the worker cannot answer."""
+    actual = {user: pipeline.balance(org_id, user)["credits_used"] for user in expected}
+    return {user: (actual[user], credits) for user, credits in expected.items() if actual[user] != credits}
+
+
 def balances_match(pipeline: Pipeline, org_id: str, expected: dict[str, Decimal]) -> Callable[[], bool]:
     def check() -> bool:
         try:
-            return all(pipeline.balance(org_id, user)["credits_used"] == credits for user, credits in expected.items())
+            return not off_balances(pipeline, org_id, expected)
         except urllib.error.URLError:  # 503 while the worker rebalances, or not listening yet
             return False
 
@@ -80,10 +86,9 @@ def balances_match(pipeline: Pipeline, org_id: str, expected: dict[str, Decimal]
 def balance_differences(pipeline: Pipeline, org_id: str, expected: dict[str, Decimal]) -> str:
     """For an assertion message: which balances are off, as (API, expected)."""
     try:
-        actual = {user: pipeline.balance(org_id, user)["credits_used"] for user in expected}
+        return f"balances off (API, expected): {off_balances(pipeline, org_id, expected)}"
     except urllib.error.URLError as error:
         return f"the worker does not answer: {error}"
-    return f"balances off (API, expected): { {u: (actual[u], c) for u, c in expected.items() if actual[u] != c} }"
 
 
 @contextmanager
