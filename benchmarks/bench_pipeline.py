@@ -1,24 +1,25 @@
 """End-to-end processing rate and balance freshness, side by side in one run.
 
 The same work - parse and validate the CloudEvent, rate it, drop a request id seen before,
-add the credits to the user's balance - done three ways on the same pre-filled topic:
+add the credits to the user's balance - done several ways on the same pre-filled topic:
 
 - ceiling: a bare confluent-kafka consume loop with in-memory dicts (no durability at all);
-- meterline: the Faust worker (tables with changelogs, balance API), as deployed;
+- the framework's ceiling: a Faust agent that only counts, with the worker's Faust settings;
+- meterline: one and two worker processes (state records, rated topic, balance API), as deployed;
 - peer: a Quix Streams app with per-key RocksDB state and changelogs.
 
 Each contender reads with its own consumer group and fresh state; runs alternate, and the
 medians are compared as ratios, because this machine is shared and noisy. Each is timed from
 its first processed event to its last, so start-up and group joins are left out. Then freshness:
 events emitted through the SDK at a steady rate, and the time until each probe event shows in
-the balance API. Bounded: about 6 minutes in all, every wait has a deadline.
+the balance API. Bounded: about 8 minutes in all, every wait has a deadline.
 """
 
 from __future__ import annotations
 
 import json
 import signal
-import socket
+import subprocess
 import statistics
 import tempfile
 import threading
@@ -40,7 +41,7 @@ from meterline.processors.worker import spawn_worker
 from meterline.producers import Meter, build_event
 from meterline.schemas import parse_event
 from meterline.settings import Settings, load_settings
-from meterline.stack import stack_up
+from meterline.stack import free_port, stack_up
 from meterline.traffic import simulate
 
 EVENTS = 60_000
@@ -103,38 +104,61 @@ def run_ceiling(settings: Settings, topic: str, events: int) -> float:
     return elapsed if processed >= events else float("nan")
 
 
-def _worker_counters(settings: Settings, token: str) -> dict[str, int]:
-    request = urllib.request.Request(f"{settings.worker_url}/v1/worker/stats", headers={"Authorization": f"Bearer {token}"})
+def _get_json(url: str, token: str = "") -> dict[str, int]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def _handled(stats: dict[str, int]) -> int:
+    return sum(stats[name] for name in ("applied", "duplicates", "conflicts", "replayed", "dead_lettered"))
 
 
-def run_meterline(settings: Settings, topic: str, events: int) -> float:
-    """The Faust worker from a fresh state; timed from its first handled event to the last."""
-    run = uuid.uuid4().hex[:8]
-    worker_settings = settings.model_copy(update={"usage_topic": topic, "app_id": f"bench-{run}",
-                                                  "worker_port": _free_port()})
-    token = operator_key(resolve_secret(settings))
+def _time_children(children: list[tuple[subprocess.Popen[bytes], Callable[[], int]]], events: int) -> float:
+    """Seconds from the first event the children report to the last; NaN past the deadline."""
     began, first = time.monotonic(), 0.0
-    worker = spawn_worker(worker_settings)
     try:
         while time.monotonic() - began < DEADLINE:
-            counters = _worker_counters(worker_settings, token)
-            handled = counters["counted"] + counters["duplicates"] + counters["replayed"]
-            first = first or (time.monotonic() if handled else 0.0)
-            if handled >= events:
+            done = sum(count() for _child, count in children)
+            first = first or (time.monotonic() if done else 0.0)
+            if done >= events:
                 return time.monotonic() - first
             time.sleep(0.02)
         return float("nan")
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(60)
+        for child, _count in children:
+            child.send_signal(signal.SIGTERM)
+        for child, _count in children:
+            child.wait(60)
+
+
+def _worker_settings(settings: Settings, topic: str, app_id: str) -> Settings:
+    return settings.model_copy(update={"usage_topic": topic, "app_id": app_id, "worker_port": free_port(),
+                                       "rated_topic": f"{app_id}-rated", "dead_letter_topic": f"{app_id}-dlq"})
+
+
+def run_meterline(settings: Settings, topic: str, events: int, workers: int = 1) -> float:
+    """`workers` worker processes from a fresh state, sharing the topic's partitions."""
+    app_id = f"bench-{uuid.uuid4().hex[:8]}"
+    token = operator_key(resolve_secret(settings))
+    children = []
+    for _ in range(workers):
+        worker_settings = _worker_settings(settings, topic, app_id)
+        url = f"{worker_settings.worker_url}/v1/worker/stats"
+        children.append((spawn_worker(worker_settings), lambda url=url: _handled(_get_json(url, token))))
+    return _time_children(children, events)
+
+
+def run_two_workers(settings: Settings, topic: str, events: int) -> float:
+    return run_meterline(settings, topic, events, workers=2)
+
+
+def run_faust_noop(settings: Settings, topic: str, events: int) -> float:
+    """A Faust agent that only counts, with the worker's Faust settings: the framework's ceiling."""
+    noop_settings = _worker_settings(settings, topic, f"bench-noop-{uuid.uuid4().hex[:8]}")
+    child = spawn_worker(noop_settings, module="meterline.benchmarks.faust_noop")
+    url = f"{noop_settings.worker_url}/count"
+    return _time_children([(child, lambda: _get_json(url)["events"])], events)
 
 
 def run_quix(settings: Settings, topic: str, events: int) -> float:
@@ -169,7 +193,7 @@ def measure_freshness(settings: Settings, rate: int) -> tuple[list[float], int]:
     latencies seen and the number of probes sent (probes not seen 30 s after the end are missing)."""
     run = uuid.uuid4().hex[:8]
     fresh = settings.model_copy(update={"usage_topic": f"bench-fresh-{run}", "app_id": f"bench-fresh-{run}",
-                                        "worker_port": _free_port(), "dead_letter_topic": f"bench-dlq-{run}"})
+                                        "worker_port": free_port(), "dead_letter_topic": f"bench-dlq-{run}"})
     from meterline.stack import ensure_topics
 
     ensure_topics(fresh)
@@ -231,27 +255,58 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def bytes_per_remembered_id(ids: int = 200_000) -> float:
+    """Memory a partition's dedupe index takes per request id, measured with tracemalloc."""
+    import tracemalloc
+
+    from meterline.processors.state import RememberedIds, Seen, id_digest
+
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    remembered = RememberedIds(window_seconds=3600, max_ids=ids)
+    for batch in range(ids // 2000):
+        entries = [(id_digest(f"org/user-{i % 1000}/{uuid.uuid4()}".encode()), Seen(i, i))
+                   for i in range(batch * 2000, (batch + 1) * 2000)]
+        remembered.add_batch(f"0/{batch}".encode(), float(batch), entries)
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return used / len(remembered)
+
+
+CONTENDERS: dict[str, Callable[[Settings, str, int], float]] = {
+    "bare loop (ceiling)": run_ceiling,
+    "Faust do-nothing agent": run_faust_noop,
+    "meterline, 1 worker": run_meterline,
+    "meterline, 2 workers": run_two_workers,
+    "Quix Streams (peer)": run_quix,
+}
+
+
+def _median_ratio(seconds: dict[str, list[float]], name: str, against: str) -> float:
+    """The median over runs of (rate of `name` / rate of `against`), each pair from the same run."""
+    return statistics.median(base / own for own, base in zip(seconds[name], seconds[against]))
+
+
 def main() -> None:
     settings = load_settings()
     stack_up(settings)
     with console.status(f"filling a topic with {EVENTS:,} events..."):
         topic, distinct = fill_topic(settings, EVENTS)
-    contenders: dict[str, Callable[[Settings, str, int], float]] = {
-        "bare loop (ceiling)": run_ceiling, "meterline (Faust)": run_meterline, "Quix Streams (peer)": run_quix,
-    }
-    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    seconds: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     for run in range(RUNS):
-        for name, contender in contenders.items():
+        for name, contender in CONTENDERS.items():
             with console.status(f"run {run + 1}/{RUNS}: {name}..."):
                 seconds[name].append(contender(settings, topic, EVENTS))
-    ceiling = EVENTS / statistics.median(seconds["bare loop (ceiling)"])
-    table = Table(title=f"dedupe + roll-up of {EVENTS:,} events ({distinct:,} distinct), {RUNS} runs each")
-    for column in ("contender", "median events/s", "runs (s)", "vs ceiling"):
+    table = Table(title=f"dedupe + roll-up of {EVENTS:,} events ({distinct:,} distinct), {RUNS} alternating runs")
+    for column in ("contender", "median events/s", "runs (s)", "vs ceiling", "vs Faust do-nothing"):
         table.add_column(column, justify="left" if column == "contender" else "right")
     for name, times in seconds.items():
-        rate = EVENTS / statistics.median(times)
-        table.add_row(name, f"{rate:,.0f}", " ".join(f"{t:.1f}" for t in times), f"{rate / ceiling:.2f}x")
+        table.add_row(name, f"{EVENTS / statistics.median(times):,.0f}", " ".join(f"{t:.1f}" for t in times),
+                      f"{_median_ratio(seconds, name, 'bare loop (ceiling)'):.2f}x",
+                      f"{_median_ratio(seconds, name, 'Faust do-nothing agent'):.2f}x")
     console.print(table)
+    console.print(f"1 -> 2 workers: {_median_ratio(seconds, 'meterline, 2 workers', 'meterline, 1 worker'):.2f}x; "
+                  f"memory per remembered request id: {bytes_per_remembered_id():,.0f} bytes")
     for rate in FRESHNESS_RATES:
         with console.status(f"freshness: {rate:,} events/s for {FRESHNESS_SECONDS} s..."):
             latencies, probes = measure_freshness(settings, rate)

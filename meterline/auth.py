@@ -51,6 +51,11 @@ def resolve_secret(settings: Settings) -> str:
     """METERLINE_API_SECRET, or a random secret kept (mode 0600) in the data directory."""
     if settings.api_secret is not None:
         return settings.api_secret.get_secret_value()
+    if settings.api_secret_file is not None:
+        secret = settings.api_secret_file.read_text().strip()
+        if not secret:
+            raise ConfigurationError(f"{settings.api_secret_file} (METERLINE_API_SECRET_FILE) is empty")
+        return secret
     path: Path = settings.home / "api_secret"
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

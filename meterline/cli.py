@@ -52,7 +52,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from meterline.processors.worker import prepare_topics, run_worker
 
     prepare_topics(settings)  # with our partition count, before Faust would auto-create them
-    run_worker(args.loglevel)
+    run_worker(settings, args.loglevel)
     return 0
 
 

@@ -40,13 +40,19 @@ class Settings(BaseSettings):
     kafka_heap: str = "512m"
     usage_topic: str = "meterline.usage.v1"
     dead_letter_topic: str = "meterline.usage.dlq.v1"
+    rated_topic: str = "meterline.rated.v1"
     partitions: int = 8
 
     # Processor (Faust worker).
     app_id: str = "meterline-processor"
     worker_host: str = "127.0.0.1"
     worker_port: int = 6066
-    dedupe_window_seconds: int = 7 * 24 * 3600
+    # 35 days: what Stripe and Metronome accept for backdated usage (processors/README.md).
+    dedupe_window_seconds: int = Field(default=35 * 24 * 3600, gt=0)
+    # ~150 bytes an id in memory (measured by the benchmark); past the bound the oldest are forgotten early.
+    dedupe_max_ids_per_partition: int = Field(default=2_000_000, gt=0)
+    worker_batch_size: int = Field(default=2000, gt=0)
+    worker_batch_seconds: float = Field(default=0.05, gt=0)
 
     # Sink and warehouse. With `clickhouse_url` unset, clickhouse-connect runs chDB on `chdb_path`.
     sink_group: str = "meterline-sink"
@@ -70,6 +76,8 @@ class Settings(BaseSettings):
 
     # Signs org API keys and end-user tokens. Unset: a random secret kept in `home` (mode 0600).
     api_secret: SecretStr | None = None
+    # Or read from this file (mode 0600): how a parent hands the secret to a child without its environment.
+    api_secret_file: Path | None = None
 
     @property
     def kafka_bootstrap(self) -> str:

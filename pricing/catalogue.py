@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -51,3 +52,11 @@ def load_catalogue(prices: Path | None = None, plans: Path | None = None) -> Cat
 def default_catalogue() -> Catalogue:
     """The shipped defaults, loaded once per process."""
     return load_catalogue()
+
+
+def catalogue_version(prices: Path | None = None, plans: Path | None = None) -> str:
+    """A short digest of both files' bytes: every rated event names the price book that rated it."""
+    digest = hashlib.sha256()
+    for path in (prices or default_path("prices.yaml"), plans or default_path("plans.yaml")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]

@@ -1,56 +1,173 @@
-"""The Faust app, its topics and tables, built from Settings.
+"""The Faust app, built from Settings: topics, the two state tables, the usage agent, the HTTP views.
 
-`faust -A meterline.processors.app worker` (or `meterline worker`) runs it.
+Nothing happens at import: `create_app(settings)` builds it and `worker.run_worker` runs it.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
 import faust
+from faust.types import EventT, StreamT
 
-from meterline.processors.worker import BALANCES_TABLE, SEEN_REQUESTS_TABLE
-from meterline.settings import Settings, load_settings
+from meterline.auth import resolve_secret
+from meterline.pricing import Rater
+from meterline.pricing.catalogue import catalogue_version
+from meterline.processors.batch import BatchProcessor, BatchResult, SourceRecord
+from meterline.processors.outbox import Outbox
+from meterline.processors.state import UserState
+from meterline.processors.views import register_views
+from meterline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+USER_STATE_TABLE = "user-state"
+REMEMBERED_IDS_TABLE = "remembered-ids"
+TABLES = (USER_STATE_TABLE, REMEMBERED_IDS_TABLE)
 
 
-def create_app(settings: Settings) -> faust.App:
+def changelog_topic(settings: Settings, table: str) -> str:
+    return f"{settings.app_id}-{table}-changelog"  # Faust's own naming
+
+
+def create_faust_app(settings: Settings, app_id: str | None = None) -> faust.App:
+    """The Faust app with the worker's settings (the benchmark's do-nothing agent uses it too)."""
     return faust.App(
-        settings.app_id,
+        app_id or settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         # Tables live in memory and are rebuilt from their compacted changelog topics on start.
         store="memory://",
         topic_partitions=settings.partitions,
+        # A standby consumes every other worker's changelogs: CPU this 2-core machine needs for its
+        # own partitions. A killed worker's partitions are recovered from Kafka instead.
+        table_standby_replicas=0,
         web_host=settings.worker_host,
         web_bind=settings.worker_host,  # Faust binds 0.0.0.0 unless told: keep the API where it was asked to be
         web_port=settings.worker_port,
         web_in_thread=False,
-        producer_acks=-1,
-        # Every table write is a changelog message; without lingering aiokafka sends each in its
-        # own produce request (acks=all): ~30 % of a profile of the worker was socket writes.
-        producer_linger=0.01,
-        producer_max_batch_size=1 << 20,
-        producer_compression_type="lz4",
-        # Commit often: fewer events to replay after a crash (replays are harmless, see ledger.py).
-        broker_commit_every=1000,
+        broker_commit_every=10_000,
         broker_commit_interval=1.0,
         # A worker that dies keeps its partitions (and its users' balances) unserved until the
         # session times out: 15 s instead of 60 s, still far above a GC pause.
         broker_session_timeout=15.0,
         broker_heartbeat_interval=3.0,
-        datadir=str(settings.home / "faust"),
+        datadir=str(settings.home / f"faust-{settings.worker_port}"),
     )
 
 
-settings = load_settings()
-app = create_app(settings)
+class Engine:
+    """Takes batches from the usage stream, applies them, writes the result, then acknowledges."""
 
-usage_topic = app.topic(settings.usage_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
-dead_letter_topic = app.topic(settings.dead_letter_topic, key_serializer="raw", value_serializer="json")
+    def __init__(self, settings: Settings, states: faust.Table, remembered: faust.Table):
+        self.settings = settings
+        self.states = states
+        self.remembered = remembered
+        self.processor = BatchProcessor(
+            Rater.from_files(settings.prices, settings.plans),  # a bad price book stops the worker at start
+            catalogue_version(settings.prices, settings.plans),
+            settings.dedupe_window_seconds, settings.dedupe_max_ids_per_partition,
+        )
+        self.outbox = Outbox(settings.kafka_bootstrap, settings.usage_topic)
+        self.counters: Counter[str] = Counter()
 
-# Keys are raw bytes (key_type=bytes selects the raw codec), so Faust's router hashes a key
-# exactly like the producer did when it chose the user's partition.
-# org/user -> Balance.to_json()
-balances = app.Table(BALANCES_TABLE, default=None, key_type=bytes, partitions=settings.partitions)
-# org/request id -> SeenRequest.to_json(), pruned after the dedupe window.
-seen_requests = app.Table(SEEN_REQUESTS_TABLE, default=None, key_type=bytes, partitions=settings.partitions)
+    def state_of(self, user_key: bytes) -> UserState:
+        return UserState.from_bytes(self.states.data.data.get(user_key))
 
-# Register agents and views on import of the app module, as `faust -A` expects.
-from meterline.processors import agents, views  # noqa: E402,F401
+    async def consume(self, stream: StreamT) -> None:
+        try:
+            # noack_take: the events are acknowledged below, after Kafka acknowledged what they wrote.
+            async for events in stream.noack_take(self.settings.worker_batch_size,
+                                                  within=self.settings.worker_batch_seconds):
+                await self.handle(events)
+                for event in events:
+                    await stream.ack(event)
+        except Exception:
+            # Faust would restart the agent and skip its unacknowledged events while the web server
+            # goes on answering balances that no longer move. Stop the worker instead (SIGTERM: a
+            # clean stop; nothing unacknowledged is committed, and replays are harmless).
+            log.critical("the usage agent crashed; stopping the worker", exc_info=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise
+
+    async def handle(self, events: list[EventT]) -> None:
+        records = [SourceRecord(e.message.partition, e.message.offset, e.message.key, e.message.value,
+                                e.message.timestamp) for e in events]
+        for partition in {record.partition for record in records}:
+            if not self.processor.loaded(partition):
+                self.processor.load(partition, self._remembered_batches(partition))
+        result = self.processor.process(records, self.state_of, now=time.time())
+        self._write(result)
+        await self.outbox.flush()
+        self.counters.update(result.counts)
+
+    def _remembered_batches(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
+        prefix = f"{partition}/".encode()
+        return ((key, value) for key, value in list(self.remembered.data.data.items())
+                if key.startswith(prefix) and value)
+
+    def _write(self, result: BatchResult) -> None:
+        settings, put = self.settings, self.outbox.put
+        for key, (partition, state) in result.states.items():
+            value = state.to_bytes()
+            _store(self.states, partition, key, value)
+            put(changelog_topic(settings, USER_STATE_TABLE), partition, key, value)
+        for partition, key, value in result.remembered:
+            _store(self.remembered, partition, key, value)
+            put(changelog_topic(settings, REMEMBERED_IDS_TABLE), partition, key, value)
+        for partition, key in result.forgotten:
+            _store(self.remembered, partition, key, None)
+            put(changelog_topic(settings, REMEMBERED_IDS_TABLE), partition, key, None)  # a tombstone
+        for partition, key, value in result.rated:
+            put(settings.rated_topic, partition, key, value)
+        for letter in result.dead_letters:
+            self.outbox.dead_letter(settings.dead_letter_topic, letter)
+
+    async def on_partitions_assigned(self, *_args: Any, **_kwargs: Any) -> None:
+        # Another worker may have remembered or forgotten ids while it owned a partition.
+        self.processor.forget_partitions()
+
+    def stats(self) -> dict[str, int]:
+        remembered = sum(len(ids) for ids in self.processor.remembered.values())
+        forgotten_early = sum(ids.forgotten_early for ids in self.processor.remembered.values())
+        return {"applied": 0, "duplicates": 0, "conflicts": 0, "replayed": 0, "dead_lettered": 0,
+                **self.counters, "remembered_ids": remembered, "forgotten_early": forgotten_early}
+
+
+def _store(table: faust.Table, partition: int, key: bytes, value: bytes | None) -> None:
+    """Put what this batch wrote to the changelog into the table's in-memory store, as recovery would.
+
+    The changelog is written by our own producer (outbox.py), not through `table[key] = ...`,
+    which would send one record per assignment outside any batch. `_key_partition` is how the
+    memory store drops a revoked partition's keys after a rebalance, so it is kept too.
+    """
+    store = table.data
+    if value is None:
+        store.data.pop(key, None)
+        store._key_partition.pop(key, None)
+    else:
+        store.data[key] = value
+        store._key_partition[key] = partition
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The worker's Faust app: reads the usage topic, keeps per-user state, serves the API."""
+    app = create_faust_app(settings)
+    usage = app.topic(settings.usage_topic, key_serializer="raw", value_serializer="raw",
+                      partitions=settings.partitions)
+    # Keys and values are raw bytes (key_type=bytes selects the raw codec), so Faust's router
+    # hashes a key exactly like the producer did when it chose the user's partition.
+    states = app.Table(USER_STATE_TABLE, default=None, key_type=bytes, value_type=bytes,
+                       partitions=settings.partitions)
+    remembered = app.Table(REMEMBERED_IDS_TABLE, default=None, key_type=bytes, value_type=bytes,
+                           partitions=settings.partitions)
+    engine = Engine(settings, states, remembered)
+    app.agent(usage, name="usage")(engine.consume)
+    app.on_partitions_assigned.connect(engine.on_partitions_assigned)
+    register_views(app, engine, resolve_secret(settings))
+    return app

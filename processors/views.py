@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import faust
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 
-from meterline.auth import may_read_balance, operator_key, resolve_secret, same_key
-from meterline.processors.agents import counters
-from meterline.processors.app import app, balances, settings
-from meterline.processors.ledger import Balance
+from meterline.auth import may_read_balance, operator_key, same_key
 
-_secret = resolve_secret(settings)
+if TYPE_CHECKING:
+    from meterline.processors.app import Engine
+
+RETRY = {"Retry-After": "1"}
 
 
 def _bearer(request: Request) -> str:
@@ -19,41 +22,45 @@ def _bearer(request: Request) -> str:
     return header[7:] if header.startswith("Bearer ") else ""
 
 
-@app.page("/v1/orgs/{org_id}/users/{user_id}/balance")
-class BalanceView(View):
-    async def get(self, request: Request, org_id: str, user_id: str) -> Response:
-        if not may_read_balance(_secret, _bearer(request), org_id, user_id):
-            return self.json({"error": "an org API key or this user's token is required"}, status=401)
-        key = f"{org_id}/{user_id}".encode()
-        try:
-            return await app.router.route_req(balances.name, key, self.web, request)
-        except SameNode:
-            pass  # this worker owns the user's partition: answer from the local table
-        except (KeyError, TypeError, ServiceUnavailable):
-            # No assignment yet (starting or rebalancing): the owner is unknown for a moment.
-            return self.json({"error": "rebalancing, retry shortly"}, status=503, headers={"Retry-After": "1"})
-        balance = Balance.from_json(balances.get(key))
-        return self.json(
-            {
-                "org_id": org_id,
-                "user_id": user_id,
-                "credits_used": str(balance.credits_used),
-                "events": balance.events,
-            }
-        )
+def serving(app: faust.App) -> bool:
+    """Whether this worker's tables hold every partition it owns.
+
+    Faust starts its web server before it has its partitions and recovered their tables: a
+    balance read then would be a false zero, and a client enforcing a cap would let users through.
+    """
+    return not app.rebalancing and not app.in_recovery and app.tables.recovery.completed.is_set()
 
 
-@app.page("/v1/worker/stats")
-class WorkerStatsView(View):
-    """This worker's event counters (counted, duplicates, replayed, dead-lettered), for operators."""
+def register_views(app: faust.App, engine: Engine, secret: str) -> None:
+    @app.page("/v1/orgs/{org_id}/users/{user_id}/balance")
+    class BalanceView(View):
+        async def get(self, request: Request, org_id: str, user_id: str) -> Response:
+            if not may_read_balance(secret, _bearer(request), org_id, user_id):
+                return self.json({"error": "an org API key or this user's token is required"}, status=401)
+            key = f"{org_id}/{user_id}".encode()
+            try:
+                return await app.router.route_req(engine.states.name, key, self.web, request)
+            except SameNode:
+                pass  # this worker owns the user's partition: answer from the local table
+            except (KeyError, TypeError, ServiceUnavailable):
+                # No assignment yet (starting or rebalancing): the owner is unknown for a moment.
+                return self.json({"error": "rebalancing, retry shortly"}, status=503, headers=RETRY)
+            if not serving(app):
+                return self.json({"error": "recovering state, retry shortly"}, status=503, headers=RETRY)
+            state = engine.state_of(key)
+            return self.json({"org_id": org_id, "user_id": user_id, "credits_used": str(state.credits_used),
+                              "events": state.events})
 
-    async def get(self, request: Request) -> Response:
-        if not same_key(_bearer(request), operator_key(_secret)):
-            return self.json({"error": "the operator key is required"}, status=401)
-        return self.json(counters)
+    @app.page("/v1/worker/stats")
+    class WorkerStatsView(View):
+        """This worker's counters (applied, duplicates, conflicts, replayed, dead-lettered, ids), for operators."""
 
+        async def get(self, request: Request) -> Response:
+            if not same_key(_bearer(request), operator_key(secret)):
+                return self.json({"error": "the operator key is required"}, status=401)
+            return self.json(engine.stats())
 
-@app.page("/healthz")
-class HealthView(View):
-    async def get(self, request: Request) -> Response:
-        return self.json({"ok": True})
+    @app.page("/healthz")
+    class HealthView(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"ok": True, "serving": serving(app)})

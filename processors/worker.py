@@ -11,27 +11,37 @@ import urllib.error
 import urllib.request
 
 from meterline.exceptions import MeterlineError
-from meterline.settings import Settings
+from meterline.settings import Settings, load_settings
 from meterline.stack import ensure_topics
 
-
-BALANCES_TABLE = "balances"
-SEEN_REQUESTS_TABLE = "seen-requests"
+# A child worker gets these settings and no other METERLINE_ variable: no warehouse URL, and
+# the API secret only as a file (the environment of a process is readable in /proc/PID/environ).
+WORKER_SETTINGS = (
+    "home", "bootstrap", "kafka_host", "kafka_port", "usage_topic", "dead_letter_topic", "rated_topic",
+    "partitions", "app_id", "worker_host", "worker_port", "dedupe_window_seconds",
+    "dedupe_max_ids_per_partition", "worker_batch_size", "worker_batch_seconds", "prices", "plans",
+    "api_secret_file",
+)
 
 
 def prepare_topics(settings: Settings) -> None:
     """Create every topic the worker uses before it starts, its tables' changelogs included.
 
     Left to Faust, a changelog created at start-up can show 0 partitions in the first metadata
-    the worker reads; Faust then stops the agent (PartitionsMismatch) while the web server
-    keeps answering stale balances.
+    the worker reads; Faust then stops the agent (PartitionsMismatch). A changelog must also have
+    exactly the source's partition count: the worker writes a user's state to the partition of
+    the user's events.
     """
-    ensure_topics(settings, compacted=tuple(f"{settings.app_id}-{table}-changelog" for table in (BALANCES_TABLE, SEEN_REQUESTS_TABLE)))
+    from meterline.processors.app import TABLES, changelog_topic
+
+    ensure_topics(settings, compacted=tuple(changelog_topic(settings, table) for table in TABLES))
 
 
-def run_worker(loglevel: str = "warn") -> None:
+def run_worker(settings: Settings | None = None, loglevel: str = "warn") -> None:
     """Run the worker in this process until SIGTERM/SIGINT (Faust handles both cleanly)."""
-    from meterline.processors.app import app
+    from meterline.processors.app import create_app
+
+    app = create_app(settings or load_settings())
 
     @app.task
     async def restore_log_level() -> None:  # runs once the worker has set up logging
@@ -43,17 +53,19 @@ def run_worker(loglevel: str = "warn") -> None:
     app.main()
 
 
-def spawn_worker(settings: Settings, env: dict[str, str] | None = None, log_path: str | None = None) -> subprocess.Popen[bytes]:
-    """Start a worker as a child process with these settings; return once its web server answers."""
+def spawn_worker(settings: Settings, log_path: str | None = None,
+                 module: str = "meterline.processors") -> subprocess.Popen[bytes]:
+    """Start a worker (`python -m module`) as a child process; return once its web server answers."""
     prepare_topics(settings)
-    child_env = {**os.environ, **(env or {}), **settings_env(settings)}
-    command = [sys.executable, "-m", "meterline.processors"]
-    if log_path:
-        with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
-            process = subprocess.Popen(command, env=child_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    else:
-        process = subprocess.Popen(command, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("METERLINE_")}
+    env.update(worker_env(settings))
+    command = [sys.executable, "-m", module]
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its own copy
+    try:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    finally:
+        if log_path:
+            log.close()  # type: ignore[union-attr]
     try:
         wait_until_healthy(settings, process)
     except MeterlineError:
@@ -63,15 +75,17 @@ def spawn_worker(settings: Settings, env: dict[str, str] | None = None, log_path
     return process
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The METERLINE_ variables that reproduce `settings` in a child process."""
-    values = settings.model_dump(exclude_none=True)
-    env = {}
-    for name, value in values.items():
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"METERLINE_{name.upper()}"] = str(value)
-    return env
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The METERLINE_ variables a child worker needs; the API secret goes into a 0600 file."""
+    if settings.api_secret is not None:
+        path = settings.home / "worker_api_secret"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(settings.api_secret.get_secret_value())
+        settings = settings.model_copy(update={"api_secret_file": path})
+    values = settings.model_dump(include=set(WORKER_SETTINGS), exclude_none=True)
+    return {f"METERLINE_{name.upper()}": str(value) for name, value in values.items()}
 
 
 def wait_until_healthy(settings: Settings, process: subprocess.Popen[bytes], timeout: float = 90.0) -> None:

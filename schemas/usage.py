@@ -103,11 +103,15 @@ class UsageEvent(BaseModel):
     @classmethod
     def _not_in_future(cls, value: datetime, info: ValidationInfo) -> datetime:
         now = (info.context or {}).get("now") or datetime.now(timezone.utc)
-        if value - now > MAX_CLOCK_SKEW:
-            ahead = value - now
+        try:
+            utc = value.astimezone(timezone.utc)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before the first UTC instant Python has
+            raise ValueError("must be an instant between years 1 and 9999 in UTC") from None
+        if utc - now > MAX_CLOCK_SKEW:
+            ahead = utc - now
             raise ValueError(f"must be at most {MAX_CLOCK_SKEW.total_seconds() / 60:g} minutes in the future, "
                              f"got {ahead} ahead (a timestamp from the future is a bug, not clock skew)")
-        return value.astimezone(timezone.utc)
+        return utc
 
     @model_validator(mode="after")
     def _subject_is_user(self) -> UsageEvent:

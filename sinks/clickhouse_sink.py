@@ -1,6 +1,8 @@
-"""Consume usage events and store every one in ClickHouse: buffer, write, then commit.
+"""Consume the rated topic and store every record in ClickHouse: buffer, write, then commit.
 
-Guarantees, step by step:
+The worker is the one rating authority: the sink stores its rated records as they are (applied
+ones in `rated_events`, re-sent copies in `usage_duplicates`), so ClickHouse holds exactly what
+the balances counted. Guarantees, step by step:
 - `add()` only buffers; nothing is acknowledged yet.
 - `write()` inserts one batch per partition with a deduplication token made of
   the partition and offset range, so a retried batch is dropped by ClickHouse.
@@ -21,28 +23,17 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from meterline.pricing import PricingError, Rater, Rating
-from meterline.schemas import InvalidEventError, UsageEvent, parse_event, record_time
+from meterline.schemas.rated import RATED_FIELDS, rated_row
 from meterline.settings import Settings
+from meterline.sinks.queries import TABLE_FOR_STATUS
 from meterline.sinks.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
-MAX_OFFSET = 2**64 - 1
-
-
-def event_row(event: UsageEvent, rating: Rating, partition: int, offset: int) -> list[Any]:
-    data = event.data
-    return [
-        data.org_id, data.user_id, event.id, event.time, data.model, data.action or "",
-        data.input_tokens, data.output_tokens, data.cached_input_tokens, data.latency_ms,
-        rating.provider_cost_usd, rating.credits, event.source, dict(data.metadata),
-        # A lower offset is a higher version: ReplacingMergeTree keeps the first copy seen.
-        partition, offset, MAX_OFFSET - offset,
-    ]
+_STATUS = RATED_FIELDS.index("status")
 
 
 class ClickHouseSink:
-    """Kafka usage topic -> ClickHouse `usage_events`.
+    """Kafka rated topic -> ClickHouse `rated_events` and `usage_duplicates`.
 
     Args:
         settings: broker, topic, consumer group, batch size and interval.
@@ -52,14 +43,13 @@ class ClickHouseSink:
     def __init__(self, settings: Settings, warehouse: Warehouse):
         self.settings = settings
         self.warehouse = warehouse
-        self.rater = Rater.from_files(settings.prices, settings.plans)  # the same rules as the worker
-        self._rows: dict[int, list[list[Any]]] = defaultdict(list)
+        self._rows: dict[tuple[str, int], list[list[Any]]] = defaultdict(list)  # (table, partition) -> rows
         self._first_offset: dict[int, int] = {}
         self._next_offset: dict[int, int] = {}
         self._batch_started = time.monotonic()
         self._consumer: Consumer | None = None
         self.rows_written = 0
-        self.invalid_skipped = 0
+        self.unreadable_skipped = 0
 
     @property
     def consumer(self) -> Consumer:
@@ -73,7 +63,7 @@ class ClickHouseSink:
                     "isolation.level": "read_committed",
                 }
             )
-            self._consumer.subscribe([self.settings.usage_topic], on_revoke=self._on_revoke)
+            self._consumer.subscribe([self.settings.rated_topic], on_revoke=self._on_revoke)
         return self._consumer
 
     def _on_revoke(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
@@ -85,13 +75,13 @@ class ClickHouseSink:
         self._first_offset.setdefault(partition, offset)
         self._next_offset[partition] = offset + 1
         try:
-            # Judged against the record's Kafka time, exactly as the worker judges it.
-            event = parse_event(message.value(), now=record_time(message.timestamp()[1] / 1000))
-            rating = self.rater.rate(event)
-        except (InvalidEventError, PricingError):
-            self.invalid_skipped += 1  # the processor dead-letters it with the reason
+            row = rated_row(message.value())
+            table = TABLE_FOR_STATUS[row[_STATUS]]
+        except Exception:  # noqa: BLE001 - the worker wrote it; still, no record may stop the sink
+            log.warning("unreadable rated record at %s[%d]@%d, skipped", message.topic(), partition, offset)
+            self.unreadable_skipped += 1
             return
-        self._rows[partition].append(event_row(event, rating, partition, offset))
+        self._rows[table, partition].append(row)
 
     def _due(self) -> bool:
         buffered = sum(len(rows) for rows in self._rows.values())
@@ -99,11 +89,11 @@ class ClickHouseSink:
         return buffered >= self.settings.sink_batch_size or (bool(self._next_offset) and age >= self.settings.sink_batch_seconds)
 
     def write(self) -> None:
-        topic = self.settings.usage_topic
-        for partition, rows in self._rows.items():
+        topic = self.settings.rated_topic
+        for (table, partition), rows in self._rows.items():
             if rows:
                 token = f"{topic}:{partition}:{self._first_offset[partition]}-{self._next_offset[partition] - 1}"
-                self.warehouse.insert_events(rows, dedupe_token=token)
+                self.warehouse.insert_rated(table, rows, dedupe_token=token)
 
     def flush(self, stop: threading.Event | None = None) -> None:
         """Write the buffer (retrying while ClickHouse is down), then commit its offsets."""
@@ -120,7 +110,7 @@ class ClickHouseSink:
                     return  # stopping: offsets stay uncommitted, the batch is re-read next time
                 delay = min(delay * 2, 10.0)
         self.rows_written += sum(len(rows) for rows in self._rows.values())  # once, however many retries
-        offsets = [TopicPartition(self.settings.usage_topic, p, o) for p, o in self._next_offset.items()]
+        offsets = [TopicPartition(self.settings.rated_topic, p, o) for p, o in self._next_offset.items()]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as error:

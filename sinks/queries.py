@@ -1,66 +1,67 @@
 """Warehouse SQL as data: pure functions returning (sql, parameters).
 
-Every read uses FINAL so rows that ReplacingMergeTree has not merged yet
-(a duplicate request id) are still counted once.
+The tables' columns come from `meterline.schemas.rated.RATED_COLUMNS`, the rated record the
+worker publishes, so the DDL, the column list and the row order are one declaration.
+Every read uses FINAL so rows that ReplacingMergeTree has not merged yet are counted once.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from meterline.schemas.rated import RATED_COLUMNS
+
 Query = tuple[str, dict[str, Any]]
 
-USAGE_EVENTS = "usage_events"
+RATED_EVENTS = "rated_events"  # what the balances counted: one row per (org, user, request id)
+DUPLICATES = "usage_duplicates"  # re-sent ids, marked duplicate or conflict, not counted: for audit
+TABLE_FOR_STATUS = {"applied": RATED_EVENTS, "duplicate": DUPLICATES, "conflict": DUPLICATES}
 
 
 def create_database(database: str) -> str:
     return f"CREATE DATABASE IF NOT EXISTS `{database}`"
 
 
-def create_usage_events(database: str) -> str:
-    # ORDER BY (org_id, request_id) is the dedupe identity, the same as the processor's.
-    # The version column keeps the *first* copy of a request id (lowest offset), which is
-    # the copy the processor counted, so the balance and the warehouse agree even if a
-    # buggy re-send changed the payload. non_replicated_deduplication_window lets a
-    # retried batch with the same insert_deduplication_token be dropped at insert time.
-    return f"""
-CREATE TABLE IF NOT EXISTS `{database}`.{USAGE_EVENTS} (
-    org_id String,
-    user_id String,
-    request_id String,
-    event_time DateTime64(3, 'UTC'),
-    model LowCardinality(String),
-    action LowCardinality(String),
-    input_tokens UInt64,
-    output_tokens UInt64,
-    cached_input_tokens UInt64,
-    latency_ms UInt32,
-    cost_usd Nullable(Decimal(38, 18)),
-    credits Decimal(38, 18),
-    source String,
-    metadata Map(String, String),
-    kafka_partition UInt32,
-    kafka_offset UInt64,
-    version UInt64,
-    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
-) ENGINE = ReplacingMergeTree(version)
-ORDER BY (org_id, request_id)
-SETTINGS non_replicated_deduplication_window = 10000
-"""
+def _create_table(database: str, table: str, order_by: str) -> str:
+    columns = ",\n    ".join(f"{name} {kind}" for name, kind in RATED_COLUMNS)
+    # A replayed record (after a worker crash) is the same row again: ReplacingMergeTree keeps one.
+    # non_replicated_deduplication_window lets a retried batch with the same
+    # insert_deduplication_token be dropped at insert time.
+    return (f"CREATE TABLE IF NOT EXISTS `{database}`.{table} (\n    {columns},\n"
+            f"    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)\n) ENGINE = ReplacingMergeTree\n"
+            f"ORDER BY ({order_by})\nSETTINGS non_replicated_deduplication_window = 10000")
+
+
+def create_tables(database: str) -> list[str]:
+    return [
+        # The worker's dedupe identity: a request id within one user's events.
+        _create_table(database, RATED_EVENTS, "org_id, user_id, request_id"),
+        _create_table(database, DUPLICATES, "org_id, user_id, request_id, kafka_partition, kafka_offset"),
+    ]
+
+
+def _org_filter(org_id: str | None) -> tuple[str, dict[str, Any]]:
+    return ("WHERE org_id = {org:String}", {"org": org_id}) if org_id else ("", {})
 
 
 def count_distinct_events(org_id: str | None = None) -> Query:
-    where = "WHERE org_id = {org:String}" if org_id else ""
-    return f"SELECT count() FROM {USAGE_EVENTS} FINAL {where}", ({"org": org_id} if org_id else {})
+    where, parameters = _org_filter(org_id)
+    return f"SELECT count() FROM {RATED_EVENTS} FINAL {where}", parameters
+
+
+def count_duplicates(org_id: str | None = None) -> Query:
+    """Re-sent copies recorded for audit, by status (duplicate or conflict)."""
+    where, parameters = _org_filter(org_id)
+    return f"SELECT status, count() FROM {DUPLICATES} FINAL {where} GROUP BY status ORDER BY status", parameters
 
 
 def credits_per_user(org_id: str | None = None) -> Query:
-    where = "WHERE org_id = {org:String}" if org_id else ""
+    where, parameters = _org_filter(org_id)
     sql = (
         f"SELECT org_id, user_id, sum(credits) AS credits, count() AS events "
-        f"FROM {USAGE_EVENTS} FINAL {where} GROUP BY org_id, user_id ORDER BY credits DESC, org_id, user_id"
+        f"FROM {RATED_EVENTS} FINAL {where} GROUP BY org_id, user_id ORDER BY credits DESC, org_id, user_id"
     )
-    return sql, ({"org": org_id} if org_id else {})
+    return sql, parameters
 
 
 def credit_percentiles(org_id: str, levels: tuple[float, ...] = (0.5, 0.9, 0.99)) -> Query:
@@ -69,7 +70,7 @@ def credit_percentiles(org_id: str, levels: tuple[float, ...] = (0.5, 0.9, 0.99)
     quantiles = ", ".join(str(level) for level in levels)
     sql = (
         f"SELECT quantilesExact({quantiles})(credits) FROM "
-        f"(SELECT user_id, sum(credits) AS credits FROM {USAGE_EVENTS} FINAL "
+        f"(SELECT user_id, sum(credits) AS credits FROM {RATED_EVENTS} FINAL "
         "WHERE org_id = {org:String} GROUP BY user_id)"
     )
     return sql, {"org": org_id}

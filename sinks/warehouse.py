@@ -14,15 +14,10 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+from meterline.schemas.rated import RATED_FIELDS
 from meterline.settings import Settings
 from meterline.sinks import queries
 from meterline.sinks.queries import Query
-
-EVENT_COLUMNS = [
-    "org_id", "user_id", "request_id", "event_time", "model", "action", "input_tokens", "output_tokens",
-    "cached_input_tokens", "latency_ms", "cost_usd", "credits", "source", "metadata",
-    "kafka_partition", "kafka_offset", "version",
-]
 
 # chDB allows one open data directory per process: share the client among threads.
 _chdb_clients: dict[str, Client] = {}
@@ -48,18 +43,19 @@ class Warehouse:
         self._client = _connect(settings)
         self._lock = threading.Lock()  # the chDB client is not safe to use from two threads at once
         self.command(queries.create_database(self.database))
-        self.command(queries.create_usage_events(self.database))
+        for ddl in queries.create_tables(self.database):
+            self.command(ddl)
         self._client.database = self.database  # unqualified table names in queries.py resolve here
 
     def command(self, sql: str) -> Any:
         with self._lock:
             return self._client.command(sql)
 
-    def insert_events(self, rows: Sequence[Sequence[Any]], dedupe_token: str) -> None:
-        """Insert a batch; a retry with the same token is dropped by ClickHouse, not doubled."""
+    def insert_rated(self, table: str, rows: Sequence[Sequence[Any]], dedupe_token: str) -> None:
+        """Insert a batch of rated rows (RATED_FIELDS order); a retry with the same token is dropped."""
         with self._lock:
             self._client.insert(
-                queries.USAGE_EVENTS, rows, column_names=EVENT_COLUMNS, database=self.database,
+                table, rows, column_names=list(RATED_FIELDS), database=self.database,
                 settings={"insert_deduplication_token": dedupe_token},
             )
 

@@ -6,7 +6,6 @@ port (factory fixtures), so tests never see each other's events.
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,13 +13,9 @@ from pathlib import Path
 import pytest
 
 from meterline.settings import Settings
-from meterline.stack import stack_down, stack_up
+from meterline.stack import free_port, stack_down, stack_up
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+__all__ = ["free_port"]  # tests import it from here
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,12 @@ started it; its pid and log live in the data directory.
 
 from __future__ import annotations
 
+import socket
 import base64
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -207,17 +209,23 @@ def _reap(pid: int) -> None:
 
 
 def ensure_topics(settings: Settings, compacted: tuple[str, ...] = ()) -> None:
-    """Create the usage and dead-letter topics, and any `compacted` ones, if missing (idempotent).
+    """Create the usage, rated and dead-letter topics, and any `compacted` ones, if missing (idempotent).
 
     Every topic gets `settings.partitions` partitions; `compacted` ones keep the latest value per key.
     """
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     existing = admin.list_topics(timeout=10).topics
-    names = [settings.usage_topic, settings.dead_letter_topic, *compacted]
+    configs: dict[str, dict[str, str]] = {
+        settings.usage_topic: {},
+        settings.rated_topic: {},
+        # A dead letter is the original record (up to the broker's 1 MiB) plus its reason in headers.
+        settings.dead_letter_topic: {"max.message.bytes": str(2 * 1024 * 1024)},
+        **{name: {"cleanup.policy": "compact"} for name in compacted},
+    }
+    names = list(configs)
     wanted = [
-        NewTopic(name, num_partitions=settings.partitions, replication_factor=1,
-                 config={"cleanup.policy": "compact"} if name in compacted else {})
-        for name in names
+        NewTopic(name, num_partitions=settings.partitions, replication_factor=1, config=config)
+        for name, config in configs.items()
         if name not in existing
     ]
     for future in (admin.create_topics(wanted).values() if wanted else []):
@@ -241,3 +249,10 @@ def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float = 30
             return
         time.sleep(0.2)
     raise MeterlineError(f"topics {topics} have no leader after {timeout}s")
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -1,0 +1,166 @@
+"""One batch of source records in, everything to write out: the worker's logic, without Kafka or Faust.
+
+`BatchProcessor.process` decides, for each record in offset order, whether it is applied, a
+duplicate, a conflict, a replay or a dead letter, and returns what the batch must write: each
+touched user's state once, one remembered-ids record per partition, the expired ones to delete,
+the rated records and the dead letters. The caller writes them and waits for Kafka's
+acknowledgement before it acknowledges the source offsets (processors/README.md says why each
+crash point is safe).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from meterline.pricing import PricingError, Rater
+from meterline.schemas import FieldProblem, InvalidEventError, UsageEvent, parse_event, record_time
+from meterline.schemas.rated import Status, rated_record
+from meterline.processors.state import RememberedIds, Seen, UserState, decode_batch, encode_batch, id_digest, payload_fingerprint
+
+# Why no Kafka record may stop the worker: any record is either applied or dead-lettered.
+MAX_REASON_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float | None = None  # the record's Kafka time, epoch seconds
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A rejected record: its original key and value bytes, untouched, and why."""
+
+    record: SourceRecord
+    problems: tuple[FieldProblem, ...]
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(str(p) for p in self.problems)[:MAX_REASON_CHARS]
+
+
+@dataclass
+class BatchResult:
+    states: dict[bytes, tuple[int, UserState]] = field(default_factory=dict)  # user key -> (partition, state)
+    remembered: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (partition, batch key, record)
+    forgotten: list[tuple[int, bytes]] = field(default_factory=list)  # (partition, batch key) to delete
+    rated: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (partition, user key, rated record)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+def decode(record: SourceRecord) -> UsageEvent | DeadLetter:
+    """The record's usage event, or why it is a dead letter. Never raises."""
+    if record.value is None:
+        return DeadLetter(record, (FieldProblem("value", "the record has no value (null)"),))
+    try:
+        # "Too far in the future" is judged against the record's Kafka time, not this worker's
+        # clock, so a replay after a crash judges it the same way.
+        event = parse_event(record.value, now=record_time(record.timestamp))
+    except InvalidEventError as error:
+        return DeadLetter(record, tuple(error.problems))
+    except Exception as error:  # noqa: BLE001 - whatever a record does, it must not stop the worker
+        return DeadLetter(record, (FieldProblem("event", f"could not be read: {type(error).__name__}: {error}"),))
+    if record.key != event.user_key.encode():
+        # Counted under another key, the user's balance would live on two partitions at once.
+        return DeadLetter(record, (FieldProblem("key", f"the record key {record.key!r} must be the event's "
+                                                       f"org_id/user_id {event.user_key!r}"),))
+    return event
+
+
+class BatchProcessor:
+    """The per-partition memory of remembered ids, and the rules that apply a batch."""
+
+    def __init__(self, rater: Rater, price_version: str, window_seconds: float, max_ids_per_partition: int):
+        self.rater = rater
+        self.price_version = price_version
+        self.window_seconds = window_seconds
+        self.max_ids = max_ids_per_partition
+        self.remembered: dict[int, RememberedIds] = {}
+        self._batch_numbers = itertools.count()
+
+    def loaded(self, partition: int) -> bool:
+        return partition in self.remembered
+
+    def load(self, partition: int, records: Iterable[tuple[bytes, bytes]]) -> None:
+        """Rebuild a partition's remembered ids from its batch records (after a start or a rebalance)."""
+        ids = RememberedIds(self.window_seconds, self.max_ids)
+        batches = []
+        for key, raw in records:
+            seen_at, entries = decode_batch(raw)
+            batches.append((seen_at, key, list(entries)))
+        for seen_at, key, entries in sorted(batches, key=lambda batch: batch[0]):
+            ids.add_batch(key, seen_at, entries)
+        self.remembered[partition] = ids
+
+    def forget_partitions(self) -> None:
+        """After a rebalance another worker may have written these partitions: reload before use."""
+        self.remembered.clear()
+
+    def process(self, records: list[SourceRecord], state_of: Callable[[bytes], UserState],
+                now: float) -> BatchResult:
+        """Apply `records` (each partition's in offset order). `state_of` reads a user's stored state."""
+        result = BatchResult()
+        first_seen: dict[int, dict[int, Seen]] = {}  # partition -> ids first seen in this batch
+        for record in records:
+            outcome = decode(record)
+            if isinstance(outcome, DeadLetter):
+                result.dead_letters.append(outcome)
+                result.counts["dead_lettered"] += 1
+                continue
+            try:
+                rating = self.rater.rate(outcome)
+            except PricingError as error:  # e.g. a model the price book does not know: never priced at zero
+                result.dead_letters.append(DeadLetter(record, (FieldProblem("data.model", str(error)),)))
+                result.counts["dead_lettered"] += 1
+                continue
+            self._apply(record, outcome, rating.provider_cost_usd, rating.credits, rating.rule, state_of,
+                        first_seen.setdefault(record.partition, {}), result, now)
+        for partition, entries in first_seen.items():
+            ids = self.remembered[partition]
+            if entries:
+                # Unique per batch, so a replayed batch never overwrites an earlier record's ids.
+                first = min(seen.offset for seen in entries.values())
+                batch_key = f"{partition}/{first}/{now}/{next(self._batch_numbers)}".encode()
+                items = list(entries.items())
+                ids.add_batch(batch_key, now, items)
+                result.remembered.append((partition, batch_key, encode_batch(now, items)))
+            result.forgotten.extend((partition, key) for key in ids.expire(now))
+        return result
+
+    def _apply(self, record: SourceRecord, event: UsageEvent, cost: Decimal, credits: Decimal, rule: str,
+               state_of: Callable[[bytes], UserState], first_seen: dict[int, Seen],
+               result: BatchResult, now: float) -> None:
+        user_key = event.user_key.encode()
+        partition, offset = record.partition, record.offset
+        touched = result.states.get(user_key)
+        state = touched[1] if touched else state_of(user_key)
+        digest = id_digest(f"{event.user_key}/{event.id}".encode())
+        fingerprint = payload_fingerprint(record.value or b"")
+        seen = first_seen.get(digest) or self.remembered[partition].get(digest)
+        status: Status
+        if seen is not None and seen.offset != offset:
+            # Seen first at another offset: a re-send. Counted once; recorded for audit.
+            status = "duplicate" if seen.fingerprint == fingerprint else "conflict"
+            result.counts["replayed" if state.has_applied(partition, offset) else status + "s"] += 1
+        else:
+            status = "applied"
+            if seen is None:
+                # Also for a replay: its state was stored but its batch of ids may have been lost.
+                first_seen[digest] = Seen(offset, fingerprint)
+            if state.has_applied(partition, offset):
+                result.counts["replayed"] += 1  # counted before a crash; published again below
+            else:
+                state = state.apply(credits, partition, offset)
+                result.states[user_key] = (partition, state)
+                result.counts["applied"] += 1
+        result.rated.append((partition, user_key, rated_record(
+            event, provider_cost_usd=cost, credits=credits, credit_rule=rule, price_version=self.price_version,
+            status=status, partition=partition, offset=offset, processed_at=now)))

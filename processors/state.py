@@ -1,0 +1,139 @@
+"""The two kinds of state a worker keeps per source partition, and their bytes on Kafka.
+
+- `UserState`: one record per user (`org/user`), rewritten once per batch that touches the user.
+  It holds the balance and the last source offset applied, which is what makes a replay harmless.
+- `RememberedIds`: the request ids seen within the dedupe window. They do not live in the user's
+  record (a heavy user sends millions in a window); each batch appends one record holding the ids
+  it saw first, and a whole batch record is forgotten at once when it leaves the window.
+
+Pure: no Kafka, no Faust, no clock. Time comes in as an argument.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from decimal import Decimal
+
+import orjson
+
+
+@dataclass(frozen=True)
+class UserState:
+    """A user's account as the stream knows it; the accounts issue adds its fields here."""
+
+    credits_used: Decimal = Decimal(0)
+    events: int = 0
+    partition: int = -1
+    last_offset: int = -1  # the last source offset applied: at or before it is a replay
+
+    def apply(self, credits: Decimal, partition: int, offset: int) -> UserState:
+        return replace(self, credits_used=self.credits_used + credits, events=self.events + 1,
+                       partition=partition, last_offset=offset)
+
+    def has_applied(self, partition: int, offset: int) -> bool:
+        return self.partition == partition and offset <= self.last_offset
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"v": 1, "credits_used": str(self.credits_used), "events": self.events,
+                             "partition": self.partition, "last_offset": self.last_offset})
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> UserState:
+        if not raw:
+            return cls()
+        value = orjson.loads(raw)
+        return cls(Decimal(value["credits_used"]), int(value["events"]), int(value["partition"]),
+                   int(value["last_offset"]))
+
+
+def id_digest(dedupe_key: bytes) -> int:
+    """128 bits of BLAKE2b: two distinct ids collide with odds of ~1e-24 among 10^7 remembered."""
+    return int.from_bytes(hashlib.blake2b(dedupe_key, digest_size=16).digest(), "big")
+
+
+def payload_fingerprint(raw: bytes) -> int:
+    """64 bits over the event's bytes: a re-send with other bytes is reported as a conflict."""
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+
+
+@dataclass(frozen=True)
+class Seen:
+    """Where a request id was first seen, and what its payload was."""
+
+    offset: int
+    fingerprint: int
+
+
+_HEADER = struct.Struct(">d")  # seen_at, epoch seconds
+_ENTRY = struct.Struct(">QQqQ")  # digest high, digest low, offset, fingerprint: 32 bytes an id
+
+
+def encode_batch(seen_at: float, entries: list[tuple[int, Seen]]) -> bytes:
+    parts = [_HEADER.pack(seen_at)]
+    for digest, seen in entries:
+        parts.append(_ENTRY.pack(digest >> 64, digest & (2**64 - 1), seen.offset, seen.fingerprint))
+    return b"".join(parts)
+
+
+def decode_batch(raw: bytes) -> tuple[float, Iterator[tuple[int, Seen]]]:
+    (seen_at,) = _HEADER.unpack_from(raw)
+
+    def entries() -> Iterator[tuple[int, Seen]]:
+        for high, low, offset, fingerprint in _ENTRY.iter_unpack(memoryview(raw)[_HEADER.size:]):
+            yield (high << 64) | low, Seen(offset, fingerprint)
+
+    return seen_at, entries()
+
+
+class RememberedIds:
+    """The ids one source partition remembers, grouped by the batch record that holds them.
+
+    Rules (processors/README.md):
+    - an id is remembered from the batch that first saw it, for `window_seconds` from then;
+    - a batch record leaves as a whole once its `seen_at` is older than the window;
+    - past `max_ids`, the oldest batch records are forgotten early and counted in
+      `forgotten_early`: memory stays bounded and the shortened window is visible.
+    """
+
+    def __init__(self, window_seconds: float, max_ids: int):
+        self.window_seconds = window_seconds
+        self.max_ids = max_ids
+        self._ids: dict[int, Seen] = {}
+        self._batches: deque[tuple[float, bytes, list[int]]] = deque()  # oldest first
+        self.forgotten_early = 0
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def get(self, digest: int) -> Seen | None:
+        return self._ids.get(digest)
+
+    def add_batch(self, batch_key: bytes, seen_at: float, entries: list[tuple[int, Seen]]) -> None:
+        """Remember a batch record's ids (from this worker's batch, or from the changelog)."""
+        digests = []
+        for digest, seen in entries:
+            if digest not in self._ids:  # a re-remembered id keeps its first record
+                self._ids[digest] = seen
+                digests.append(digest)
+        self._batches.append((seen_at, batch_key, digests))
+
+    def expire(self, now: float) -> list[bytes]:
+        """Forget the batch records past the window, or past the bound; return their keys."""
+        horizon = now - self.window_seconds
+        forgotten = []
+        while self._batches and (self._batches[0][0] < horizon or len(self._ids) > self.max_ids):
+            seen_at, key, digests = self._batches.popleft()
+            if seen_at >= horizon:
+                self.forgotten_early += len(digests)
+            for digest in digests:
+                self._ids.pop(digest, None)
+            forgotten.append(key)
+        return forgotten
+
+    @property
+    def oldest_seen_at(self) -> float | None:
+        return self._batches[0][0] if self._batches else None

@@ -1,0 +1,74 @@
+"""The rated event: what the worker counted, as it publishes it on the rated topic.
+
+The worker is the one rating authority: the sink stores these records as they are, so the
+warehouse holds exactly what the balances counted. One JSON object per event; its fields are the
+warehouse's columns, declared here once (name, ClickHouse type) and derived everywhere else.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Final, Literal
+
+import orjson
+
+from meterline.schemas.usage import UsageEvent
+
+Status = Literal["applied", "duplicate", "conflict"]
+
+RATED_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("org_id", "String"),
+    ("user_id", "String"),
+    ("request_id", "String"),
+    ("event_time", "DateTime64(3, 'UTC')"),
+    ("model", "LowCardinality(String)"),
+    ("action", "LowCardinality(String)"),
+    ("input_tokens", "UInt64"),
+    ("output_tokens", "UInt64"),
+    ("cached_input_tokens", "UInt64"),
+    ("latency_ms", "UInt32"),
+    ("reported_cost_usd", "Nullable(Decimal(38, 18))"),
+    ("provider_cost_usd", "Decimal(38, 18)"),
+    ("credits", "Decimal(38, 18)"),
+    ("credit_rule", "LowCardinality(String)"),
+    ("price_version", "LowCardinality(String)"),
+    ("source", "String"),
+    ("metadata", "Map(String, String)"),
+    ("status", "LowCardinality(String)"),  # applied | duplicate | conflict
+    ("kafka_partition", "UInt32"),
+    ("kafka_offset", "UInt64"),
+    ("processed_at", "DateTime64(3, 'UTC')"),
+)
+RATED_FIELDS: Final = tuple(name for name, _type in RATED_COLUMNS)
+_DECIMALS = frozenset(name for name, kind in RATED_COLUMNS if "Decimal" in kind)
+_TIMES = frozenset(name for name, kind in RATED_COLUMNS if kind.startswith("DateTime"))
+
+
+def rated_record(event: UsageEvent, *, provider_cost_usd: Decimal, credits: Decimal, credit_rule: str,
+                 price_version: str, status: Status, partition: int, offset: int, processed_at: float) -> bytes:
+    data = event.data
+    return orjson.dumps({
+        "org_id": data.org_id, "user_id": data.user_id, "request_id": event.id,
+        "event_time": event.time.isoformat(), "model": data.model, "action": data.action or "",
+        "input_tokens": data.input_tokens, "output_tokens": data.output_tokens,
+        "cached_input_tokens": data.cached_input_tokens, "latency_ms": data.latency_ms,
+        "reported_cost_usd": None if data.cost_usd is None else str(data.cost_usd),
+        "provider_cost_usd": str(provider_cost_usd), "credits": str(credits), "credit_rule": credit_rule,
+        "price_version": price_version, "source": event.source, "metadata": dict(data.metadata),
+        "status": status, "kafka_partition": partition, "kafka_offset": offset, "processed_at": processed_at,
+    })
+
+
+def rated_row(raw: bytes) -> list[Any]:
+    """A rated record as a warehouse row, in RATED_FIELDS order (exact Decimals, aware times)."""
+    record = orjson.loads(raw)
+    row = []
+    for name in RATED_FIELDS:
+        value = record[name]
+        if name in _DECIMALS and value is not None:
+            value = Decimal(value)
+        elif name in _TIMES:
+            value = datetime.fromisoformat(value) if isinstance(value, str) else datetime.fromtimestamp(value, tz=timezone.utc)
+        row.append(value)
+    return row
