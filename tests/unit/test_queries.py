@@ -1,9 +1,39 @@
 from meterline.sinks import queries
 
+# Written out by hand: a column renamed, retyped, dropped or reordered in RATED_COLUMNS must show here.
+EXPECTED_RATED_EVENTS_DDL = """\
+CREATE TABLE IF NOT EXISTS `db`.rated_events (
+    org_id String,
+    user_id String,
+    request_id String,
+    event_time DateTime64(3, 'UTC'),
+    model LowCardinality(String),
+    action LowCardinality(String),
+    input_tokens UInt64,
+    output_tokens UInt64,
+    cached_input_tokens UInt64,
+    latency_ms UInt32,
+    reported_cost_usd Nullable(Decimal(38, 18)),
+    provider_cost_usd Decimal(38, 18),
+    credits Decimal(38, 18),
+    credit_rule LowCardinality(String),
+    price_version LowCardinality(String),
+    source String,
+    metadata Map(String, String),
+    status LowCardinality(String),
+    kafka_partition UInt32,
+    kafka_offset UInt64,
+    processed_at DateTime64(3, 'UTC'),
+    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree
+ORDER BY (org_id, user_id, request_id)
+SETTINGS non_replicated_deduplication_window = 10000"""
+
 
 def test_reads_use_final_and_server_side_parameters():
     for sql, parameters in (
         queries.count_distinct_events("acme"),
+        queries.count_duplicates("acme"),
         queries.credits_per_user("acme"),
         queries.credit_percentiles("acme"),
     ):
@@ -12,8 +42,36 @@ def test_reads_use_final_and_server_side_parameters():
         assert "acme" not in sql  # values travel as parameters, never spliced into SQL
 
 
-def test_table_dedupes_on_org_and_request_id():
-    ddl = queries.create_usage_events("db")
-    assert "ReplacingMergeTree(version)" in ddl
-    assert "ORDER BY (org_id, request_id)" in ddl
-    assert "non_replicated_deduplication_window" in ddl
+def test_reads_without_an_org_filter_take_no_parameters():
+    for sql, parameters in (queries.count_distinct_events(), queries.count_duplicates(), queries.credits_per_user()):
+        assert " FINAL " in sql
+        assert "{org:String}" not in sql and "WHERE" not in sql
+        assert parameters == {}
+
+
+def test_tables_dedupe_counted_events_on_org_user_and_request_id():
+    rated, duplicates = queries.create_tables("db")
+    assert "`db`.rated_events (" in rated
+    assert "ENGINE = ReplacingMergeTree\n" in rated
+    assert "ORDER BY (org_id, user_id, request_id)\n" in rated
+    assert "non_replicated_deduplication_window" in rated
+    # Re-sent copies are kept one row per (id, where it was received): every copy stays auditable.
+    assert "`db`.usage_duplicates (" in duplicates
+    assert "ENGINE = ReplacingMergeTree\n" in duplicates
+    assert "ORDER BY (org_id, user_id, request_id, kafka_partition, kafka_offset)\n" in duplicates
+    assert "non_replicated_deduplication_window" in duplicates
+
+
+def test_rated_events_ddl_is_exactly_the_expected_text():
+    assert queries.create_tables("db")[0] == EXPECTED_RATED_EVENTS_DDL
+
+
+def test_both_tables_have_the_same_columns():
+    rated, duplicates = queries.create_tables("db")
+    columns = EXPECTED_RATED_EVENTS_DDL.split("(\n", 1)[1].split("\n) ENGINE", 1)[0]
+    assert columns in rated and columns in duplicates
+
+
+def test_status_routes_applied_rows_to_rated_events_and_copies_to_duplicates():
+    assert queries.TABLE_FOR_STATUS == {"applied": "rated_events", "duplicate": "usage_duplicates",
+                                        "conflict": "usage_duplicates"}

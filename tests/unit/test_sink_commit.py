@@ -2,33 +2,112 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
+from meterline.producers import build_event
+from meterline.schemas.rated import RATED_FIELDS, Status, rated_record
 from meterline.settings import Settings
 from meterline.sinks.clickhouse_sink import ClickHouseSink
+
+RATED_TOPIC = "meterline.rated.v1"
 
 
 class _Warehouse:
     def __init__(self) -> None:
-        self.batches: list[tuple[list[Any], str]] = []
+        self.batches: list[tuple[str, list[Any], str]] = []
 
-    def insert_events(self, rows: list[Any], dedupe_token: str) -> None:
-        self.batches.append((rows, dedupe_token))
+    def insert_rated(self, table: str, rows: list[Any], dedupe_token: str) -> None:
+        self.batches.append((table, rows, dedupe_token))
 
 
 class _CoordinatorAway:
-    def commit(self, **_kwargs: Any) -> None:
+    def __init__(self) -> None:
+        self.commits: list[list[tuple[str, int, int]]] = []
+
+    def commit(self, offsets: list[Any], **_kwargs: Any) -> None:
+        self.commits.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
         raise KafkaException(KafkaError(KafkaError._WAIT_COORD))
+
+
+class _Message:
+    """What the sink reads of a confluent_kafka.Message."""
+
+    def __init__(self, partition: int, offset: int, value: bytes) -> None:
+        self._partition, self._offset, self._value = partition, offset, value
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def topic(self) -> str:
+        return RATED_TOPIC
+
+    def error(self) -> None:
+        return None
+
+
+def _rated(request_id: str, status: Status, offset: int) -> bytes:
+    event = build_event("acme", "alice", "gpt-4o-mini", 100, 20, request_id=request_id, source="test",
+                        timestamp=datetime(2024, 1, 1, tzinfo=timezone.utc))
+    return rated_record(event, provider_cost_usd=Decimal("0.001"), credits=Decimal("0.12"), credit_rule="tokens",
+                        price_version="test", status=status, partition=0, offset=offset, processed_at=1.0)
+
+
+def _request_ids(rows: list[Any]) -> list[str]:
+    return [row[RATED_FIELDS.index("request_id")] for row in rows]
 
 
 def test_a_failed_commit_after_a_stored_batch_does_not_stop_the_sink(tmp_path: Any) -> None:
     warehouse = _Warehouse()
     sink = ClickHouseSink(Settings(home=tmp_path), warehouse)  # type: ignore[arg-type]
-    sink._consumer = _CoordinatorAway()  # type: ignore[assignment]
-    sink._rows[0].append(("row",))
-    sink._first_offset[0], sink._next_offset[0] = 5, 6
+    consumer = _CoordinatorAway()
+    sink._consumer = consumer  # type: ignore[assignment]
+    sink.add(_Message(0, 5, _rated("r1", "applied", offset=17)))  # type: ignore[arg-type]
     sink.flush()  # must not raise: the rows are stored, the batch is read again later
-    assert warehouse.batches == [([("row",)], "meterline.usage.v1:0:5-5")]
+    assert consumer.commits == [[(RATED_TOPIC, 0, 6)]]
+    assert [(table, _request_ids(rows), token) for table, rows, token in warehouse.batches] == [
+        ("rated_events", ["r1"], f"{RATED_TOPIC}:0:5-5")
+    ]
     assert not sink._rows and not sink._next_offset and sink.rows_written == 1
+    sink.flush()  # the buffer was cleared: nothing is written twice
+    assert len(warehouse.batches) == 1
+
+
+def test_copies_go_to_the_duplicates_table_with_the_partitions_offset_range(tmp_path: Any) -> None:
+    warehouse = _Warehouse()
+    sink = ClickHouseSink(Settings(home=tmp_path), warehouse)  # type: ignore[arg-type]
+    sink._consumer = _CoordinatorAway()  # type: ignore[assignment]
+    for offset, (request_id, status) in enumerate([("r1", "applied"), ("r1", "duplicate"), ("r2", "applied"),
+                                                   ("r2", "conflict")], start=10):
+        sink.add(_Message(3, offset, _rated(request_id, status, offset)))  # type: ignore[arg-type]
+    sink.flush()
+    stored = sorted((table, _request_ids(rows), token) for table, rows, token in warehouse.batches)
+    assert stored == [
+        ("rated_events", ["r1", "r2"], f"{RATED_TOPIC}:3:10-13"),
+        ("usage_duplicates", ["r1", "r2"], f"{RATED_TOPIC}:3:10-13"),
+    ]
+    assert sink.rows_written == 4
+
+
+def test_an_unreadable_rated_record_is_skipped_and_its_offset_still_committed(tmp_path: Any) -> None:
+    warehouse = _Warehouse()
+    sink = ClickHouseSink(Settings(home=tmp_path), warehouse)  # type: ignore[arg-type]
+    consumer = _CoordinatorAway()
+    sink._consumer = consumer  # type: ignore[assignment]
+    sink.add(_Message(0, 7, b"not json"))  # type: ignore[arg-type]
+    sink.add(_Message(0, 8, _rated("r1", "applied", 8)))  # type: ignore[arg-type]
+    assert sink.unreadable_skipped == 1
+    sink.flush()
+    assert [(table, _request_ids(rows), token) for table, rows, token in warehouse.batches] == [
+        ("rated_events", ["r1"], f"{RATED_TOPIC}:0:7-8")
+    ]
+    assert consumer.commits == [[(RATED_TOPIC, 0, 9)]]  # past the skipped record too
