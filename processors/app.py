@@ -37,6 +37,18 @@ def changelog_topic(settings: Settings, table: str) -> str:
     return f"{settings.app_id}-{table}-changelog"  # Faust's own naming
 
 
+def faust_argv(program: str, loglevel: str) -> list[str]:
+    """Choose the event loop and return the command line `app.main()` reads to run a worker.
+
+    uvloop: Faust's per-event path is mostly asyncio machinery (tasks, waits, queues). Faust
+    reads its own `--loop` option at `import faust`, too early for us: set the policy here.
+    """
+    import mode.loop
+
+    mode.loop.use("uvloop")
+    return [program, "worker", "--loglevel", loglevel]
+
+
 def create_faust_app(settings: Settings, app_id: str | None = None) -> faust.App:
     """The Faust app with the worker's settings (the benchmark's do-nothing agent uses it too)."""
     return faust.App(
@@ -52,6 +64,7 @@ def create_faust_app(settings: Settings, app_id: str | None = None) -> faust.App
         web_bind=settings.worker_host,  # Faust binds 0.0.0.0 unless told: keep the API where it was asked to be
         web_port=settings.worker_port,
         web_in_thread=False,
+        stream_buffer_maxsize=65536,
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
         # A worker that dies keeps its partitions (and its users' balances) unserved until the
@@ -79,7 +92,8 @@ class Engine:
         self._pending: list[EventT] = []
         self._pending_since = 0.0
         self._stream: StreamT | None = None
-        self._lock = asyncio.Lock()
+        self._unconfirmed: list[tuple[list[EventT], Counter[str]]] = []
+        self._confirming: asyncio.Future[None] | None = None
 
     def state_of(self, user_key: bytes) -> UserState:
         return UserState.from_bytes(self.states.data.data.get(user_key))
@@ -113,12 +127,33 @@ class Engine:
                 raise
 
     async def flush(self, stream: StreamT) -> None:
-        async with self._lock:  # one batch at a time, in the order the events came
-            events, self._pending = self._pending, []
-            if events:
-                await self.handle(events)
-                for event in events:
-                    await stream.ack(event)
+        """Apply the gathered events now; they are acknowledged once Kafka confirmed their writes.
+
+        Applying is synchronous (no await between reading a state and writing it), so the agent
+        and the timer never interleave inside a batch. Confirming runs beside the next batches.
+        """
+        events, self._pending = self._pending, []
+        if not events:
+            return
+        counts = self.apply(events)
+        self._unconfirmed.append((events, counts))
+        if self._confirming is None or self._confirming.done():
+            self._confirming = asyncio.ensure_future(self._confirm(stream))
+        if sum(len(batch) for batch, _counts in self._unconfirmed) > 4 * self.settings.worker_batch_size:
+            await asyncio.shield(self._confirming)  # back-pressure: Kafka sets the pace
+
+    async def _confirm(self, stream: StreamT) -> None:
+        try:
+            while self._unconfirmed:
+                batches, self._unconfirmed = self._unconfirmed, []
+                await self.outbox.flush()  # everything produced so far, these batches' writes included
+                for events, counts in batches:
+                    for event in events:
+                        await stream.ack(event)
+                    self.counters.update(counts)
+        except Exception:
+            self._crashed()
+            raise
 
     def _crashed(self) -> None:
         # Faust would restart the agent and skip its unacknowledged events while the web server
@@ -127,7 +162,8 @@ class Engine:
         log.critical("the usage agent crashed; stopping the worker", exc_info=True)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    async def handle(self, events: list[EventT]) -> None:
+    def apply(self, events: list[EventT]) -> Counter[str]:
+        """Process one batch and hand its writes to the outbox (and the local tables)."""
         records = [SourceRecord(e.message.partition, e.message.offset, e.message.key, e.message.value,
                                 e.message.timestamp) for e in events]
         for partition in {record.partition for record in records}:
@@ -135,8 +171,7 @@ class Engine:
                 self.processor.load(partition, self._remembered_batches(partition))
         result = self.processor.process(records, self.state_of, now=time.time())
         self._write(result)
-        await self.outbox.flush()
-        self.counters.update(result.counts)
+        return result.counts
 
     def _remembered_batches(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
         prefix = f"{partition}/".encode()

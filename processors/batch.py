@@ -109,6 +109,10 @@ class BatchProcessor:
         """Apply `records` (each partition's in offset order). `state_of` reads a user's stored state."""
         result = BatchResult()
         first_seen: dict[int, dict[int, Seen]] = {}  # partition -> ids first seen in this batch
+        for partition in {record.partition for record in records}:
+            # Before judging: a copy that arrives after the window is counted again, whichever
+            # batch it comes in, so a replay of this batch reaches the same verdict.
+            result.forgotten.extend((partition, key) for key in self.remembered[partition].expire(now))
         for record in records:
             outcome = decode(record)
             if isinstance(outcome, DeadLetter):
@@ -132,7 +136,7 @@ class BatchProcessor:
                 items = list(entries.items())
                 ids.add_batch(batch_key, now, items)
                 result.remembered.append((partition, batch_key, encode_batch(now, items)))
-            result.forgotten.extend((partition, key) for key in ids.expire(now))
+            result.forgotten.extend((partition, key) for key in ids.expire(now))  # the bound on ids
         return result
 
     def _apply(self, record: SourceRecord, event: UsageEvent, cost: Decimal, credits: Decimal, rule: str,

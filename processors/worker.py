@@ -39,8 +39,9 @@ def prepare_topics(settings: Settings) -> None:
 
 def run_worker(settings: Settings | None = None, loglevel: str = "warn") -> None:
     """Run the worker in this process until SIGTERM/SIGINT (Faust handles both cleanly)."""
-    from meterline.processors.app import create_app
+    from meterline.processors.app import create_app, faust_argv
 
+    argv = faust_argv("meterline-worker", loglevel)  # first: it picks the event loop
     app = create_app(settings or load_settings())
 
     @app.task
@@ -49,7 +50,7 @@ def run_worker(settings: Settings | None = None, loglevel: str = "warn") -> None
         # and Faust build a debug record for every message sent (8 % of its CPU samples under load).
         logging.getLogger().setLevel(loglevel.upper())
 
-    sys.argv = ["meterline-worker", "worker", "--loglevel", loglevel]
+    sys.argv = argv
     app.main()
 
 
