@@ -27,6 +27,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 from confluent_kafka import Consumer, Producer
@@ -141,11 +142,12 @@ def run_meterline(settings: Settings, topic: str, events: int, workers: int = 1)
     """`workers` worker processes from a fresh state, sharing the topic's partitions."""
     app_id = f"bench-{uuid.uuid4().hex[:8]}"
     token = operator_key(resolve_secret(settings))
-    children = []
-    for _ in range(workers):
-        worker_settings = _worker_settings(settings, topic, app_id)
-        url = f"{worker_settings.worker_url}/v1/worker/stats"
-        children.append((spawn_worker(worker_settings), lambda url=url: _handled(_get_json(url, token))))
+    every = [_worker_settings(settings, topic, app_id) for _ in range(workers)]
+    # Started together, so they share the partitions from the first assignment on.
+    with ThreadPoolExecutor(workers) as pool:
+        processes = list(pool.map(spawn_worker, every))
+    children = [(process, lambda url=f"{one.worker_url}/v1/worker/stats": _handled(_get_json(url, token)))
+                for process, one in zip(processes, every)]
     return _time_children(children, events)
 
 
