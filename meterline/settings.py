@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     dedupe_max_ids_per_partition: int = Field(default=2_000_000, gt=0)
     worker_batch_size: int = Field(default=2000, gt=0)
     worker_batch_seconds: float = Field(default=0.05, gt=0)
+    # How long a killed worker's partitions (and its users' balances) wait for a new owner.
+    worker_session_timeout_seconds: float = Field(default=15.0, ge=6.0, description="The broker's minimum is 6 s.")
 
     # Sink and warehouse. With `clickhouse_url` unset, clickhouse-connect runs chDB on `chdb_path`.
     sink_group: str = "meterline-sink"

@@ -68,9 +68,9 @@ def create_faust_app(settings: Settings, app_id: str | None = None) -> faust.App
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
         # A worker that dies keeps its partitions (and its users' balances) unserved until the
-        # session times out: 15 s instead of 60 s, still far above a GC pause.
-        broker_session_timeout=15.0,
-        broker_heartbeat_interval=3.0,
+        # session times out: 15 s by default instead of Faust's 60 s, still far above a GC pause.
+        broker_session_timeout=settings.worker_session_timeout_seconds,
+        broker_heartbeat_interval=settings.worker_session_timeout_seconds / 5,
         datadir=str(settings.home / f"faust-{settings.worker_port}"),
     )
 

@@ -24,7 +24,7 @@ from meterline.producers import Meter
 from meterline.schemas import UsageEvent
 from meterline.settings import Settings
 from meterline.sinks import ClickHouseSink, Warehouse
-from meterline.stack import ensure_topics
+from meterline.stack import ensure_topics, free_port
 
 
 @dataclass
@@ -42,12 +42,26 @@ class Pipeline:
         wait_until_serving(self.settings.worker_url, token, "probe-org", timeout=180)
 
     def kill_worker(self) -> None:
-        self.worker.send_signal(signal.SIGKILL)
-        self.worker.wait(timeout=30)
+        stop(self.worker, kill=True)
 
     def balance(self, org_id: str, user_id: str) -> dict:
         token = org_key(self.settings.api_secret.get_secret_value(), org_id)  # type: ignore[union-attr]
         return get_balance(self.settings.worker_url, token, org_id, user_id)
+
+
+def another_worker(settings: Settings) -> tuple[Settings, subprocess.Popen[bytes]]:
+    """One more worker of the same app (it shares the partitions), on a port of its own."""
+    other = settings.model_copy(update={"worker_port": free_port()})
+    return other, spawn_worker(other, log_path=str(settings.home / f"worker-{other.worker_port}.log"))
+
+
+def stop(process: subprocess.Popen[bytes], kill: bool = False) -> None:
+    process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 90.0, interval: float = 0.5) -> bool:
@@ -96,23 +110,19 @@ def running_pipeline(settings: Settings, with_sink: bool = True) -> Iterator[Pip
     """A worker child process plus a sink thread in this process (it owns chDB)."""
     ensure_topics(settings)
     warehouse = Warehouse(settings)
-    stop = threading.Event()
+    sink_stop = threading.Event()
     sink_thread = None
     if with_sink:
-        sink_thread = threading.Thread(target=ClickHouseSink(settings, warehouse).run, args=(stop,), daemon=True)
+        sink_thread = threading.Thread(target=ClickHouseSink(settings, warehouse).run, args=(sink_stop,), daemon=True)
         sink_thread.start()
     pipeline = Pipeline(settings, warehouse, spawn_worker(settings, log_path=str(settings.home / "worker.log")))
     try:
         pipeline.wait_until_serving()
         yield pipeline
     finally:
-        stop.set()
+        sink_stop.set()
         if pipeline.worker.poll() is None:
-            pipeline.worker.send_signal(signal.SIGTERM)
-            try:
-                pipeline.worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pipeline.worker.kill()
+            stop(pipeline.worker)
         if sink_thread is not None:
             sink_thread.join(timeout=30)
 

@@ -2,6 +2,7 @@
 
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from meterline.processors.app import TABLES, changelog_topic
 from meterline.processors.worker import prepare_topics
 
 
@@ -10,8 +11,9 @@ def test_changelogs_are_created_compacted_with_the_source_partition_count(make_s
     prepare_topics(settings)
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     topics = admin.list_topics(timeout=10).topics
-    for table in ("balances", "seen-requests"):
-        name = f"{settings.app_id}-{table}-changelog"
+    assert TABLES == ("user-state", "remembered-ids")
+    for table in TABLES:
+        name = changelog_topic(settings, table)
         assert len(topics[name].partitions) == len(topics[settings.usage_topic].partitions) == settings.partitions
         resource = ConfigResource(ConfigResource.Type.TOPIC, name)
         config = admin.describe_configs([resource])[resource].result(timeout=10)
