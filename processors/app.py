@@ -70,6 +70,9 @@ def create_faust_app(settings: Settings, app_id: str | None = None) -> faust.App
         # A worker that dies keeps its partitions (and its users' balances) unserved until the
         # session times out: 15 s by default instead of Faust's 60 s, still far above a GC pause.
         broker_session_timeout=settings.worker_session_timeout_seconds,
+        # Static membership: a worker restarted within the session timeout takes its partitions
+        # back without a rebalance of the others. Its web address names it (one worker a port).
+        consumer_group_instance_id=f"{settings.app_id}@{settings.worker_host}:{settings.worker_port}",
         broker_heartbeat_interval=settings.worker_session_timeout_seconds / 5,
         datadir=str(settings.home / f"faust-{settings.worker_port}"),
     )
@@ -202,8 +205,10 @@ class Engine:
     def stats(self) -> dict[str, int]:
         remembered = sum(len(ids) for ids in self.processor.remembered.values())
         forgotten_early = sum(ids.forgotten_early for ids in self.processor.remembered.values())
+        unconfirmed = sum(len(events) for events, _counts in self._unconfirmed)
         return {"applied": 0, "duplicates": 0, "conflicts": 0, "replayed": 0, "dead_lettered": 0,
-                **self.counters, "remembered_ids": remembered, "forgotten_early": forgotten_early}
+                **self.counters, "remembered_ids": remembered, "forgotten_early": forgotten_early,
+                "pending_events": len(self._pending), "unconfirmed_events": unconfirmed}
 
 
 def _store(table: faust.Table, partition: int, key: bytes, value: bytes | None) -> None:
