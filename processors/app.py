@@ -20,6 +20,7 @@ from faust.types import EventT, StreamT
 from meterline.auth import resolve_secret
 from meterline.pricing import Rater
 from meterline.pricing.catalogue import catalogue_version
+from meterline.processors.backfill import read_range
 from meterline.processors.batch import BatchProcessor, BatchResult, SourceRecord
 from meterline.processors.outbox import Outbox
 from meterline.processors.state import UserState
@@ -96,6 +97,9 @@ class Engine:
         self._pending_since = 0.0
         self._stream: StreamT | None = None
         self._unconfirmed: list[tuple[list[EventT], Counter[str]]] = []
+        # Each partition's next source offset, kept in the user-state table under a key no user
+        # key can be ("/position/<p>": user keys are "org/user", both parts non-empty).
+        self.positions: dict[int, int | None] = {}
         self._confirming: asyncio.Future[None] | None = None
 
     def state_of(self, user_key: bytes) -> UserState:
@@ -172,9 +176,33 @@ class Engine:
         for partition in {record.partition for record in records}:
             if not self.processor.loaded(partition):
                 self.processor.load(partition, self._remembered_batches(partition))
+                stored = self.states.data.data.get(_position_key(partition))
+                self.positions[partition] = int(stored) if stored else None
+        records = self._with_skipped(records)
         result = self.processor.process(records, self.state_of, now=time.time())
         self._write(result)
+        for partition in {record.partition for record in records}:
+            value = str(self.positions[partition]).encode()
+            _store(self.states, partition, _position_key(partition), value)
+            self.outbox.put(changelog_topic(self.settings, USER_STATE_TABLE), partition,
+                            _position_key(partition), value)
         return result.counts
+
+    def _with_skipped(self, records: list[SourceRecord]) -> list[SourceRecord]:
+        """`records`, preceded by any record Faust skipped past this partition's next offset."""
+        complete: list[SourceRecord] = []
+        for record in records:
+            expected = self.positions.get(record.partition)
+            if expected is not None and record.offset > expected:
+                skipped = read_range(self.settings.kafka_bootstrap, self.settings.usage_topic,
+                                     record.partition, expected, record.offset)
+                log.warning("partition %d: %d record(s) skipped by the consumer (offsets %d..%d), read "
+                            "and applied first", record.partition, len(skipped), expected, record.offset - 1)
+                self.counters["skipped_and_read"] += len(skipped)
+                complete.extend(skipped)
+            complete.append(record)
+            self.positions[record.partition] = max(expected or 0, record.offset + 1)
+        return complete
 
     def _remembered_batches(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
         prefix = f"{partition}/".encode()
@@ -201,6 +229,7 @@ class Engine:
     async def on_partitions_assigned(self, *_args: Any, **_kwargs: Any) -> None:
         # Another worker may have remembered or forgotten ids while it owned a partition.
         self.processor.forget_partitions()
+        self.positions.clear()
 
     def stats(self) -> dict[str, int]:
         remembered = sum(len(ids) for ids in self.processor.remembered.values())
@@ -209,6 +238,10 @@ class Engine:
         return {"applied": 0, "duplicates": 0, "conflicts": 0, "replayed": 0, "dead_lettered": 0,
                 **self.counters, "remembered_ids": remembered, "forgotten_early": forgotten_early,
                 "pending_events": len(self._pending), "unconfirmed_events": unconfirmed}
+
+
+def _position_key(partition: int) -> bytes:
+    return f"/position/{partition}".encode()
 
 
 def _store(table: faust.Table, partition: int, key: bytes, value: bytes | None) -> None:
