@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -72,8 +73,8 @@ def create_faust_app(settings: Settings, app_id: str | None = None) -> faust.App
         # session times out: 15 s by default instead of Faust's 60 s, still far above a GC pause.
         broker_session_timeout=settings.worker_session_timeout_seconds,
         # Static membership: a worker restarted within the session timeout takes its partitions
-        # back without a rebalance of the others. Its web address names it (one worker a port).
-        consumer_group_instance_id=f"{settings.app_id}@{settings.worker_host}:{settings.worker_port}",
+        # back without a rebalance of the others. Its machine and port name it (one worker a port).
+        consumer_group_instance_id=f"{settings.app_id}@{socket.gethostname()}:{settings.worker_port}",
         broker_heartbeat_interval=settings.worker_session_timeout_seconds / 5,
         datadir=str(settings.home / f"faust-{settings.worker_port}"),
     )

@@ -63,8 +63,10 @@ def test_sink_crash_between_write_and_commit_counts_nothing_twice(make_settings)
         for event in events:
             meter.send(event)
         meter.flush()
+        assert wait_for(balances_match(pipeline, "org-sink", expected_credits(events)))  # all rated
         crashed = ClickHouseSink(settings, pipeline.warehouse)
-        wait_for(lambda: crashed.poll_once(timeout=0.5) >= 0 and sum(map(len, crashed._rows.values())) >= 500)
+        assert wait_for(lambda: crashed.poll_once(timeout=0.5) >= 0 and sum(map(len, crashed._rows.values())) >= 500), \
+            f"the sink buffered {sum(map(len, crashed._rows.values()))} of 500 rated records"
         crashed.write()  # rows stored ...
         # ... and the process dies before committing: its buffer is gone, nothing is committed,
         # and (standing in for the session timeout) its group membership ends.
