@@ -102,17 +102,20 @@ class Engine:
         # key can be ("/position/<p>": user keys are "org/user", both parts non-empty).
         self.positions: dict[int, int | None] = {}
         self._confirming: asyncio.Future[None] | None = None
+        self._drainer: asyncio.Future[None] | None = None
 
     def state_of(self, user_key: bytes) -> UserState:
         return UserState.from_bytes(self.states.data.data.get(user_key))
 
     async def consume(self, stream: StreamT) -> None:
-        """The agent: gather events into batches; `flush_if_due` sends a batch that waited long enough.
+        """The agent: gather events into batches; `_flush_when_due` sends a batch that waited long enough.
 
         Events are acknowledged only after Kafka acknowledged what their batch wrote. (Faust's
         `noack_take` was tried first: after a rebalance it stopped yielding events for good.)
         """
         self._stream = stream
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.ensure_future(self._flush_when_due())
         try:
             async for event in stream.noack().events():
                 if not self._pending:
@@ -124,21 +127,30 @@ class Engine:
             self._crashed()
             raise
 
-    async def flush_if_due(self) -> None:
-        """Called by a timer: a batch that waited `worker_batch_seconds` goes now, however small."""
-        if self._stream is not None and self._pending and \
-                time.monotonic() - self._pending_since >= self.settings.worker_batch_seconds:
-            try:
-                await self.flush(self._stream)
-            except Exception:
-                self._crashed()
-                raise
+    async def _flush_when_due(self) -> None:
+        """A batch that waited `worker_batch_seconds` goes now, however small.
+
+        A plain asyncio task, not a Faust timer: Faust stops its timers before it waits for every
+        event it handed out to be acknowledged, so a timer would leave that wait hanging on stop.
+        """
+        interval = self.settings.worker_batch_seconds / 2
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                if self._stream is not None and self._pending and \
+                        time.monotonic() - self._pending_since >= self.settings.worker_batch_seconds:
+                    await self.flush(self._stream)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._crashed()
+            raise
 
     async def flush(self, stream: StreamT) -> None:
         """Apply the gathered events now; they are acknowledged once Kafka confirmed their writes.
 
         Applying is synchronous (no await between reading a state and writing it), so the agent
-        and the timer never interleave inside a batch. Confirming runs beside the next batches.
+        and the drainer never interleave inside a batch. Confirming runs beside the next batches.
         """
         events, self._pending = self._pending, []
         if not events:
@@ -274,7 +286,6 @@ def create_app(settings: Settings) -> faust.App:
                            partitions=settings.partitions)
     engine = Engine(settings, states, remembered)
     app.agent(usage, name="usage")(engine.consume)
-    app.timer(settings.worker_batch_seconds / 2)(engine.flush_if_due)
     app.on_partitions_assigned.connect(engine.on_partitions_assigned)
     register_views(app, engine, resolve_secret(settings))
     return app

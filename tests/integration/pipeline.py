@@ -56,12 +56,14 @@ def another_worker(settings: Settings) -> tuple[Settings, subprocess.Popen[bytes
 
 
 def stop(process: subprocess.Popen[bytes], kill: bool = False) -> None:
+    """SIGKILL, or SIGTERM, which must stop a worker promptly (a hang is a failure, after a kill)."""
     process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
+        raise AssertionError(f"worker {process.pid} did not stop within 30 s of SIGTERM") from None
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 90.0, interval: float = 0.5) -> bool:
