@@ -15,7 +15,7 @@ import hashlib
 import struct
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 
 import orjson
@@ -31,8 +31,8 @@ class UserState:
     last_offset: int = -1  # the last source offset applied: at or before it is a replay
 
     def apply(self, credits: Decimal, partition: int, offset: int) -> UserState:
-        return replace(self, credits_used=self.credits_used + credits, events=self.events + 1,
-                       partition=partition, last_offset=offset)
+        # The constructor, not dataclasses.replace: ~1 us instead of ~4, once per applied event.
+        return UserState(self.credits_used + credits, self.events + 1, partition, offset)
 
     def has_applied(self, partition: int, offset: int) -> bool:
         return self.partition == partition and offset <= self.last_offset
