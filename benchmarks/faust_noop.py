@@ -10,12 +10,12 @@ import sys
 
 from faust.web import Request, Response, View
 
-from meterline.processors.app import create_faust_app, faust_argv
+from meterline.processors.app import create_faust_app, prepare_process
 from meterline.settings import load_settings
 
 
 def main() -> None:
-    argv = faust_argv("faust-noop", "warn")  # first: it picks the event loop
+    argv = prepare_process("faust-noop", "warn")  # first: it picks the event loop
     settings = load_settings()
     app = create_faust_app(settings)
     topic = app.topic(settings.usage_topic, key_serializer="raw", value_serializer="raw")

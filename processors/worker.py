@@ -39,9 +39,9 @@ def prepare_topics(settings: Settings) -> None:
 
 def run_worker(settings: Settings | None = None, loglevel: str = "warn") -> None:
     """Run the worker in this process until SIGTERM/SIGINT (Faust handles both cleanly)."""
-    from meterline.processors.app import create_app, faust_argv
+    from meterline.processors.app import create_app, prepare_process
 
-    argv = faust_argv("meterline-worker", loglevel)  # first: it picks the event loop
+    argv = prepare_process("meterline-worker", loglevel)  # first: it picks the event loop
     app = create_app(settings or load_settings())
 
     @app.task
