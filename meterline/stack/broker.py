@@ -6,7 +6,6 @@ started it; its pid and log live in the data directory.
 
 from __future__ import annotations
 
-import socket
 import base64
 import os
 import shutil
