@@ -90,8 +90,3 @@ class Outbox:
         if remaining or self._failures:
             failures, self._failures = self._failures, []
             raise OutboxError(f"{remaining} record(s) unacknowledged after {timeout}s; failed: {failures[:5]}")
-
-    def close(self) -> None:
-        if self._producer is not None:
-            self._producer.flush(10)
-            self._producer = None
