@@ -41,7 +41,10 @@ def test_a_record_kafka_refuses_is_an_error_for_the_caller_not_a_stuck_spool(tmp
     with pytest.raises(ProducerError, match="refused"):
         meter.emit("acme", "u-1", "gpt-4o", 10, 5, metadata={"note": "y" * 2000})
     stats = meter.stats()
-    assert stats.sent == 0 and stats.spool_pending == 0 and not meter._engine.spooling
+    # Nothing of the refused record is sent or spooled. (Whether the meter is in spool mode is not
+    # asserted: with no broker at 127.0.0.1:1, librdkafka reports all brokers down at a moment of
+    # its own, sometimes before this line - that made this test fail 1 run in ~10.)
+    assert stats.sent == 0 and stats.spooled == 0 and stats.spool_pending == 0
     meter.close(0)
 
 
