@@ -212,10 +212,7 @@ class Engine:
         result = self.processor.process(records, self.state_of, now=time.time())
         self._write(result)
         for partition in {record.partition for record in records}:
-            value = str(self.positions[partition]).encode()
-            _store(self.states, partition, _position_key(partition), value)
-            self.outbox.put(changelog_topic(self.settings, USER_STATE_TABLE), partition,
-                            _position_key(partition), value)
+            self._persist(self.states, partition, _position_key(partition), str(self.positions[partition]).encode())
         return result.counts
 
     def _with_skipped(self, records: list[SourceRecord]) -> list[SourceRecord]:
@@ -240,21 +237,32 @@ class Engine:
                 if key.startswith(prefix) and value)
 
     def _write(self, result: BatchResult) -> None:
-        settings, put = self.settings, self.outbox.put
         for key, (partition, state) in result.states.items():
-            value = state.to_bytes()
-            _store(self.states, partition, key, value)
-            put(changelog_topic(settings, USER_STATE_TABLE), partition, key, value)
+            self._persist(self.states, partition, key, state.to_bytes())
         for partition, key, value in result.remembered:
-            _store(self.remembered, partition, key, value)
-            put(changelog_topic(settings, REMEMBERED_IDS_TABLE), partition, key, value)
+            self._persist(self.remembered, partition, key, value)
         for partition, key in result.forgotten:
-            _store(self.remembered, partition, key, None)
-            put(changelog_topic(settings, REMEMBERED_IDS_TABLE), partition, key, None)  # a tombstone
+            self._persist(self.remembered, partition, key, None)  # a tombstone
         for partition, key, value in result.rated:
-            put(settings.rated_topic, partition, key, value)
+            self.outbox.put(self.settings.rated_topic, partition, key, value)
         for letter in result.dead_letters:
-            self.outbox.dead_letter(settings.dead_letter_topic, letter)
+            self.outbox.dead_letter(self.settings.dead_letter_topic, letter)
+
+    def _persist(self, table: faust.Table, partition: int, key: bytes, value: bytes | None) -> None:
+        """One table write: to the outbox (the changelog, the truth) and to the in-memory store.
+
+        Not `table[key] = ...`, which would send one record per assignment outside any batch.
+        The store is updated as Faust's recovery would: `_key_partition` is how the memory
+        store drops a revoked partition's keys after a rebalance, so it is kept too.
+        """
+        self.outbox.put(table.changelog_topic.get_topic_name(), partition, key, value)
+        store = table.data
+        if value is None:
+            store.data.pop(key, None)
+            store._key_partition.pop(key, None)
+        else:
+            store.data[key] = value
+            store._key_partition[key] = partition
 
     async def on_partitions_assigned(self, *_args: Any, **_kwargs: Any) -> None:
         # Another worker may have remembered or forgotten ids while it owned a partition.
@@ -272,22 +280,6 @@ class Engine:
 
 def _position_key(partition: int) -> bytes:
     return f"/position/{partition}".encode()
-
-
-def _store(table: faust.Table, partition: int, key: bytes, value: bytes | None) -> None:
-    """Put what this batch wrote to the changelog into the table's in-memory store, as recovery would.
-
-    The changelog is written by our own producer (outbox.py), not through `table[key] = ...`,
-    which would send one record per assignment outside any batch. `_key_partition` is how the
-    memory store drops a revoked partition's keys after a rebalance, so it is kept too.
-    """
-    store = table.data
-    if value is None:
-        store.data.pop(key, None)
-        store._key_partition.pop(key, None)
-    else:
-        store.data[key] = value
-        store._key_partition[key] = partition
 
 
 def create_app(settings: Settings) -> faust.App:

@@ -15,10 +15,8 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from meterline.exceptions import MeterlineError
 from meterline.processors.batch import DeadLetter
+from meterline.stack.broker import DEAD_LETTER_MAX_BYTES
 
-# A dead letter is the original record plus headers, so its topic allows a little more than the
-# broker's 1 MiB default (meterline.stack.ensure_topics creates it so).
-MAX_RECORD_BYTES = 2 * 1024 * 1024
 
 
 class OutboxError(MeterlineError):
@@ -42,7 +40,7 @@ class Outbox:
                 "enable.idempotence": True,  # acks=all, and retries never reorder or duplicate
                 "linger.ms": 5,
                 "compression.type": "lz4",
-                "message.max.bytes": MAX_RECORD_BYTES,
+                "message.max.bytes": DEAD_LETTER_MAX_BYTES,  # the largest record it writes
                 "delivery.report.only.error": True,
                 "on_delivery": self._on_delivery,
             })

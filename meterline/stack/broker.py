@@ -207,6 +207,10 @@ def _reap(pid: int) -> None:
         pass
 
 
+# A dead letter is the original record (up to the broker's 1 MiB) plus its reason in headers.
+DEAD_LETTER_MAX_BYTES = 2 * 1024 * 1024
+
+
 def ensure_topics(settings: Settings, compacted: tuple[str, ...] = ()) -> None:
     """Create the usage, rated and dead-letter topics, and any `compacted` ones, if missing (idempotent).
 
@@ -217,8 +221,7 @@ def ensure_topics(settings: Settings, compacted: tuple[str, ...] = ()) -> None:
     configs: dict[str, dict[str, str]] = {
         settings.usage_topic: {},
         settings.rated_topic: {},
-        # A dead letter is the original record (up to the broker's 1 MiB) plus its reason in headers.
-        settings.dead_letter_topic: {"max.message.bytes": str(2 * 1024 * 1024)},
+        settings.dead_letter_topic: {"max.message.bytes": str(DEAD_LETTER_MAX_BYTES)},
         **{name: {"cleanup.policy": "compact"} for name in compacted},
     }
     names = list(configs)
