@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     kafka_controller_port: int = 9093
     kafka_version: str = "4.4.0"
     kafka_heap: str = "512m"
+    # Kafka's default (3 s): workers started together join a new group in one assignment. With 0,
+    # the first takes every partition and each later one forces a rebalance; measured here, two
+    # workers on a pre-filled topic then did ~7,700 events/s instead of ~11,300.
+    kafka_initial_rebalance_delay_ms: int = Field(default=3000, ge=0)
     usage_topic: str = "meterline.usage.v1"
     dead_letter_topic: str = "meterline.usage.dlq.v1"
     rated_topic: str = "meterline.rated.v1"

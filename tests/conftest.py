@@ -31,6 +31,8 @@ def broker_settings(session_home: Path) -> Iterator[Settings]:
         kafka_port=free_port(),
         kafka_controller_port=free_port(),
         partitions=4,
+        # Most tests start one consumer per new group: none waits for others to join.
+        kafka_initial_rebalance_delay_ms=0,
         chdb_path=session_home / "chdb",  # chDB opens one data directory per process: keep it fixed
         api_secret="test-secret-not-for-production",  # type: ignore[arg-type]
     )

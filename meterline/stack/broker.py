@@ -86,7 +86,7 @@ def _server_properties(settings: Settings) -> str:
             "transaction.state.log.num.partitions=1",
             "share.coordinator.state.topic.replication.factor=1",
             "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
+            f"group.initial.rebalance.delay.ms={settings.kafka_initial_rebalance_delay_ms}",
             "",
         ]
     )
