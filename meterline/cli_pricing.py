@@ -90,7 +90,7 @@ def _quote(settings: Settings, args: argparse.Namespace) -> int:
     margin = None if args.credit_price is None else call_margin(
         args.credit_price, rating.provider_cost_usd, rating.credits, catalogue.credits.target_ratio)
     if args.format == "json":
-        return _dump({"requested_model": args.model, **asdict(rating), "explanation": _explain(rating, args, rater),
+        return _dump({"requested_model": args.model, **rating._asdict(), "explanation": _explain(rating, args, rater),
                       "margin": None if margin is None else _margin_json(margin)})
     table = Table(title=f"Quote: {args.model}", show_header=False)
     rows = [("priced as", rating.model), ("tokens (input / cached / output)", f"{args.input_tokens} / {args.cached_tokens} / {args.output_tokens}"),

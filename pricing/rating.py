@@ -8,11 +8,10 @@ same call are charged the same credits. README.md has the rule in one paragraph.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from meterline.pricing.catalogue import Catalogue, default_catalogue, load_catalogue
 from meterline.pricing.plans import CreditRules
@@ -20,9 +19,8 @@ from meterline.pricing.price_book import THOUSAND, PriceBook
 from meterline.schemas import UsageEvent
 
 
-@dataclass(frozen=True)
-class Rating:
-    """The outcome of rating one call.
+class Rating(NamedTuple):
+    """The outcome of rating one call (a tuple: the worker makes one per event).
 
     `rule` names the credit rule that applied: ``action:<tier>`` or ``tokens``.
     `model` is the price-book model the call was priced as (an alias or the default model

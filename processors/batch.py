@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import NamedTuple
 
 from meterline.pricing import PricingError, Rater
 from meterline.schemas import FieldProblem, InvalidEventError, UsageEvent, parse_event, record_time
@@ -25,8 +26,9 @@ from meterline.processors.state import RememberedIds, Seen, UserState, decode_ba
 MAX_REASON_CHARS = 2000
 
 
-@dataclass(frozen=True)
-class SourceRecord:
+class SourceRecord(NamedTuple):
+    """One record of the usage topic (a tuple: made once per event, ~5x cheaper than a frozen dataclass)."""
+
     partition: int
     offset: int
     key: bytes | None
@@ -142,11 +144,11 @@ class BatchProcessor:
     def _apply(self, record: SourceRecord, event: UsageEvent, cost: Decimal, credits: Decimal, rule: str,
                state_of: Callable[[bytes], UserState], first_seen: dict[int, Seen],
                result: BatchResult, now: float) -> None:
-        user_key = event.user_key.encode()
+        user_key = record.key or b""  # decode() checked that it is the event's org_id/user_id
         partition, offset = record.partition, record.offset
         touched = result.states.get(user_key)
         state = touched[1] if touched else state_of(user_key)
-        digest = id_digest(f"{event.user_key}/{event.id}".encode())
+        digest = id_digest(b"%s/%s" % (user_key, event.id.encode()))
         fingerprint = payload_fingerprint(record.value or b"")
         seen = first_seen.get(digest) or self.remembered[partition].get(digest)
         status: Status

@@ -15,15 +15,17 @@ import hashlib
 import struct
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 import orjson
 
 
-@dataclass(frozen=True)
-class UserState:
-    """A user's account as the stream knows it; the accounts issue adds its fields here."""
+class UserState(NamedTuple):
+    """A user's account as the stream knows it; the accounts issue adds its fields here.
+
+    A tuple, not a frozen dataclass: one is made per applied event, ~4x cheaper.
+    """
 
     credits_used: Decimal = Decimal(0)
     events: int = 0
@@ -31,7 +33,6 @@ class UserState:
     last_offset: int = -1  # the last source offset applied: at or before it is a replay
 
     def apply(self, credits: Decimal, partition: int, offset: int) -> UserState:
-        # The constructor, not dataclasses.replace: ~1 us instead of ~4, once per applied event.
         return UserState(self.credits_used + credits, self.events + 1, partition, offset)
 
     def has_applied(self, partition: int, offset: int) -> bool:
@@ -60,9 +61,11 @@ def payload_fingerprint(raw: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
 
 
-@dataclass(frozen=True)
-class Seen:
-    """Where a request id was first seen, and what its payload was."""
+class Seen(NamedTuple):
+    """Where a request id was first seen, and what its payload was.
+
+    A tuple of two ints: millions are kept, and the garbage collector stops tracking such tuples.
+    """
 
     offset: int
     fingerprint: int

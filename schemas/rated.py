@@ -50,12 +50,12 @@ def rated_record(event: UsageEvent, *, provider_cost_usd: Decimal, credits: Deci
     data = event.data
     return orjson.dumps({
         "org_id": data.org_id, "user_id": data.user_id, "request_id": event.id,
-        "event_time": event.time.isoformat(), "model": data.model, "action": data.action or "",
+        "event_time": event.time, "model": data.model, "action": data.action or "",
         "input_tokens": data.input_tokens, "output_tokens": data.output_tokens,
         "cached_input_tokens": data.cached_input_tokens, "latency_ms": data.latency_ms,
         "reported_cost_usd": None if data.cost_usd is None else str(data.cost_usd),
         "provider_cost_usd": str(provider_cost_usd), "credits": str(credits), "credit_rule": credit_rule,
-        "price_version": price_version, "source": event.source, "metadata": dict(data.metadata),
+        "price_version": price_version, "source": event.source, "metadata": data.metadata,
         "status": status, "kafka_partition": partition, "kafka_offset": offset, "processed_at": processed_at,
     })
 

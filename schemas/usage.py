@@ -79,6 +79,8 @@ class UsageData(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _small_metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:  # the usual case: this validator runs for every event
+            return value
         size = sum(len(k.encode()) + len(v.encode()) for k, v in value.items())
         if size > MAX_METADATA_BYTES:
             raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes, got {size}")
