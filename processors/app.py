@@ -243,8 +243,7 @@ class Engine:
             self._persist(self.remembered, partition, key, value)
         for partition, key in result.forgotten:
             self._persist(self.remembered, partition, key, None)  # a tombstone
-        for partition, key, value in result.rated:
-            self.outbox.put(self.settings.rated_topic, partition, key, value)
+        self.outbox.put_many(self.settings.rated_topic, result.rated)
         for letter in result.dead_letters:
             self.outbox.dead_letter(self.settings.dead_letter_topic, letter)
 

@@ -62,6 +62,15 @@ class Outbox:
             except BufferError:  # the local queue is full: let deliveries drain it
                 self.producer.poll(0.05)
 
+    def put_many(self, topic: str, records: list[tuple[int, bytes, bytes]]) -> None:
+        """`put` for each (partition, key, value): the rated records, one per event, take this path."""
+        produce = self.producer.produce
+        for partition, key, value in records:
+            try:
+                produce(topic, value, key, partition)
+            except BufferError:
+                self.put(topic, partition, key, value)  # waits for room, then produces
+
     def dead_letter(self, topic: str, letter: DeadLetter) -> None:
         """The original key and value bytes, as received; the reason travels in headers."""
         record = letter.record
