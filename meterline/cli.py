@@ -51,9 +51,18 @@ def _sink(settings: Settings, _args: argparse.Namespace) -> int:
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from meterline.processors.worker import prepare_topics, run_worker
 
+    if args.processes < 1:
+        raise MeterlineError(f"--processes must be at least 1, got {args.processes}")
     prepare_topics(settings)  # with our partition count, before Faust would auto-create them
-    run_worker(settings, args.loglevel)
-    return 0
+    if args.processes == 1:
+        run_worker(settings, args.loglevel)
+        return 0
+    from meterline.processors.supervisor import supervise
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return supervise(settings, args.processes, stop, say=console.print)
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -89,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     stack.set_defaults(run=_stack)
     worker = commands.add_parser("worker", help="run the Faust processor (dedupe, roll-up, balance API)")
     worker.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"])
+    worker.add_argument("--processes", type=int, default=1,
+                        help="run N workers on ports METERLINE_WORKER_PORT, +1, ...; each restarted when it exits")
     worker.set_defaults(run=_worker)
     commands.add_parser("sink", help="run the Kafka -> ClickHouse sink").set_defaults(run=_sink)
     demo = commands.add_parser("demo", help="run the whole pipeline on simulated traffic and check it")

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     worker_batch_seconds: float = Field(default=0.05, gt=0)
     # How long a killed worker's partitions (and its users' balances) wait for a new owner.
     worker_session_timeout_seconds: float = Field(default=15.0, ge=6.0, description="The broker's minimum is 6 s.")
+    # A worker not serving for this long, with its recovery not moving, exits (code 75) to be restarted.
+    worker_stuck_seconds: float = Field(default=120.0, gt=0)
 
     # Sink and warehouse. With `clickhouse_url` unset, clickhouse-connect runs chDB on `chdb_path`.
     sink_group: str = "meterline-sink"
@@ -109,3 +111,12 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Read the environment, with explicit keyword overrides winning."""
     return Settings(**overrides)  # type: ignore[arg-type]  # pydantic validates the values
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and missing parents) readable by this user only; an existing one is left as it is."""
+    missing = [parent for parent in (path, *path.parents) if not parent.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+        directory.chmod(0o700)  # mkdir's mode is reduced by the umask
+    return path

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from meterline.processors.batch import BatchProcessor, BatchResult, SourceRecord
 from meterline.processors.outbox import Outbox
 from meterline.processors.state import UserState
 from meterline.processors.views import register_views
+from meterline.processors.watchdog import EXIT_CRASHED, exit_now, watch_recovery
 from meterline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -196,8 +196,7 @@ class Engine:
         # wait for events that will never be acknowledged, and exiting at any instant is safe
         # (nothing unacknowledged is committed; the next owner replays it, see README.md).
         log.critical("the usage agent crashed; the worker exits", exc_info=True)
-        logging.shutdown()
-        os._exit(70)
+        exit_now(EXIT_CRASHED)
 
     def apply(self, events: list[EventT]) -> Counter[str]:
         """Process one batch and hand its writes to the outbox (and the local tables)."""
@@ -295,5 +294,10 @@ def create_app(settings: Settings) -> faust.App:
     engine = Engine(settings, states, remembered)
     app.agent(usage, name="usage")(engine.consume)
     app.on_partitions_assigned.connect(engine.on_partitions_assigned)
+
+    @app.task
+    async def exit_when_stuck() -> None:
+        await watch_recovery(app, settings.worker_stuck_seconds)
+
     register_views(app, engine, resolve_secret(settings))
     return app

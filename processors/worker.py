@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 
 from meterline.exceptions import MeterlineError
-from meterline.settings import Settings, load_settings
+from meterline.settings import Settings, load_settings, private_dir
 from meterline.stack import ensure_topics
 
 # A child worker gets these settings and no other METERLINE_ variable: no warehouse URL, and
@@ -19,8 +19,8 @@ from meterline.stack import ensure_topics
 WORKER_SETTINGS = (
     "home", "bootstrap", "kafka_host", "kafka_port", "usage_topic", "dead_letter_topic", "rated_topic",
     "partitions", "app_id", "worker_host", "worker_port", "dedupe_window_seconds",
-    "dedupe_max_ids_per_partition", "worker_batch_size", "worker_batch_seconds", "worker_session_timeout_seconds", "prices", "plans",
-    "api_secret_file",
+    "dedupe_max_ids_per_partition", "worker_batch_size", "worker_batch_seconds", "worker_session_timeout_seconds",
+    "worker_stuck_seconds", "prices", "plans", "api_secret_file",
 )
 
 
@@ -80,7 +80,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
     """The METERLINE_ variables a child worker needs; the API secret goes into a 0600 file."""
     if settings.api_secret is not None:
         path = settings.home / "worker_api_secret"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as file:
             file.write(settings.api_secret.get_secret_value())

@@ -1,0 +1,65 @@
+"""A worker that stops serving and stops making progress exits, so its supervisor starts it again.
+
+Seen here under overlapping rebalances: Faust's table recovery stayed stuck and the worker answered
+503 for minutes while it still held its partitions, so no other worker could take them over. A
+fresh process recovers in seconds. Recovery that is slow but moving (a large changelog) is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import faust
+
+from meterline.processors.views import serving
+
+log = logging.getLogger(__name__)
+
+EXIT_CRASHED = 70  # EX_SOFTWARE: the usage agent crashed
+EXIT_STUCK = 75  # EX_TEMPFAIL: try again
+
+
+class StuckWatch:
+    """Pure: says when "not serving" has lasted `limit_seconds` without recovery progress."""
+
+    def __init__(self, limit_seconds: float):
+        self.limit_seconds = limit_seconds
+        self._since: float | None = None
+        self._remaining: int | None = None
+
+    def stuck(self, is_serving: bool, remaining: int, now: float) -> bool:
+        """`remaining`: changelog records still to recover; fewer than last time is progress."""
+        if is_serving:
+            self._since = self._remaining = None
+            return False
+        if self._since is None or (self._remaining is not None and remaining < self._remaining):
+            self._since = now
+        self._remaining = remaining
+        return now - self._since >= self.limit_seconds
+
+
+def exit_now(code: int) -> None:
+    """Exit this worker at once, logs flushed: a clean stop would wait for events it cannot finish."""
+    logging.shutdown()
+    os._exit(code)
+
+
+async def watch_recovery(app: faust.App, limit_seconds: float, interval: float = 1.0,
+                         exit: Callable[[int], object] | None = None) -> None:
+    """Exit the process (code 75) once the worker has been stuck for `limit_seconds`."""
+    watch = StuckWatch(limit_seconds)
+    exit = exit or exit_now
+    while True:
+        await asyncio.sleep(interval)
+        remaining = app.tables.recovery.active_remaining_total()
+        if watch.stuck(serving(app), remaining, time.monotonic()):
+            # Exiting at any instant is safe: nothing unacknowledged is committed (README.md).
+            log.critical("the worker has not served for %.0f s and its recovery does not move "
+                         "(rebalancing=%s, in_recovery=%s, %d changelog records to go); it exits so it "
+                         "can be started again", limit_seconds, app.rebalancing, app.in_recovery, remaining)
+            exit(EXIT_STUCK)
+            return

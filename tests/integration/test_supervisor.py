@@ -1,0 +1,82 @@
+"""`meterline worker --processes 2`: two workers, a killed one started again, one SIGTERM stops all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+from meterline.auth import org_key
+from meterline.client import get_balance, wait_until_serving
+from meterline.processors.worker import prepare_topics, worker_env
+from meterline.producers import Meter
+from meterline.schemas import UsageEvent
+from meterline.settings import Settings
+
+from tests.integration.pipeline import expected_credits, make_events, wait_for
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def test_processes_2_restarts_a_killed_worker_and_stops_on_sigterm(make_settings: Callable[..., Settings],
+                                                                    tmp_path: Path) -> None:
+    settings = make_settings()
+    prepare_topics(settings)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("METERLINE_")}
+    env.update(worker_env(settings))
+    log = tmp_path / "supervisor.out"
+    with open(log, "wb") as output:
+        supervisor = subprocess.Popen([sys.executable, "-m", "meterline.cli", "worker", "--processes", "2"],
+                                      env=env, stdout=output, stderr=subprocess.STDOUT)
+    urls = [f"http://{settings.worker_host}:{settings.worker_port + i}" for i in range(2)]
+    token = org_key(settings.api_secret.get_secret_value(), "acme")  # type: ignore[union-attr]
+
+    def balances_right(events: list[UsageEvent]) -> bool:  # either worker answers for any user, via the owner
+        return all(Decimal(get_balance(urls[i % 2], token, "acme", user)["credits_used"]) == credits
+                   for i, (user, credits) in enumerate(sorted(expected_credits(events).items())))
+
+    def emit(seed: int) -> list[UsageEvent]:
+        with Meter(settings) as meter:
+            events = make_events(meter, "acme", 300, users=20, seed=seed)
+            for event in events:
+                meter.send(event)
+            meter.flush()
+        return events
+
+    try:
+        for url in urls:
+            wait_until_serving(url, token, "acme", timeout=120)
+        first = children_of(supervisor.pid)
+        assert len(first) == 2, log.read_text()
+        events = emit(seed=5)
+        assert wait_for(lambda: balances_right(events), timeout=60)
+
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        assert wait_for(lambda: len(children_of(supervisor.pid) - {victim}) == 2, timeout=60), log.read_text()
+        for url in urls:
+            wait_until_serving(url, token, "acme", timeout=120)
+        events += emit(seed=6)
+        assert wait_for(lambda: balances_right(events), timeout=90)
+        assert "exited with code -9" in log.read_text()
+    finally:
+        workers = children_of(supervisor.pid)
+        supervisor.send_signal(signal.SIGTERM)
+        code = supervisor.wait(timeout=90)
+    assert code == 0, log.read_text()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)  # no orphan left behind
