@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from meterline.exceptions import ConfigurationError
-from meterline.settings import Settings
+from meterline.settings import Settings, private_dir
 
 ORG_PREFIX = "mlk_"
 USER_PREFIX = "mlu_"
@@ -57,7 +57,7 @@ def resolve_secret(settings: Settings) -> str:
             raise ConfigurationError(f"{settings.api_secret_file} (METERLINE_API_SECRET_FILE) is empty")
         return secret
     path: Path = settings.home / "api_secret"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     try:
         # O_EXCL: when two processes start at once, exactly one writes the secret.
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -82,7 +82,7 @@ class Spool:
         self._last_sync = time.monotonic()
         self._left_behind: int | None = None  # set by close(): events left for the next meter
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # events are the customer's data
         except OSError as error:
             raise SpoolError(f"cannot create spool directory {directory}: {error}", directory) from error
         self.adopt()

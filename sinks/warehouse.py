@@ -15,7 +15,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from meterline.schemas.rated import RATED_FIELDS
-from meterline.settings import Settings
+from meterline.settings import Settings, private_dir
 from meterline.sinks import queries
 from meterline.sinks.queries import Query
 
@@ -30,7 +30,7 @@ def _connect(settings: Settings) -> Client:
     path = str(settings.chdb_dir.resolve())
     with _chdb_lock:
         if path not in _chdb_clients:
-            settings.chdb_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(settings.chdb_dir)
             _chdb_clients[path] = clickhouse_connect.get_client(dsn=f"chdb://{path}")
         return _chdb_clients[path]
 

@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from meterline.exceptions import ConfigurationError, MeterlineError
-from meterline.settings import Settings
+from meterline.settings import Settings, private_dir
 
 READY_MARKER = ".complete"
 
@@ -104,13 +104,31 @@ def _pid_file(settings: Settings) -> Path:
     return settings.kafka_data_dir / "broker.pid"
 
 
-def _read_pid(settings: Settings) -> int | None:
+def _start_time(pid: int) -> str | None:
+    """When `pid` started (clock ticks since boot): with the pid, it names one process for good."""
     try:
-        pid = int(_pid_file(settings).read_text())
-        os.kill(pid, 0)
-        return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
         return None
+
+
+def _read_pid(settings: Settings) -> int | None:
+    """The broker's pid, if the process the pid file names is still that broker.
+
+    A broker that crashed leaves its pid file; the pid may later be another process's. The file
+    holds the pid and its start time, and a pid whose start time differs is not ours: the stale
+    file is removed, and nothing is ever signalled on its word.
+    """
+    path = _pid_file(settings)
+    try:
+        pid_text, _, started = path.read_text().partition(" ")
+        pid = int(pid_text)
+    except (FileNotFoundError, ValueError):
+        return None
+    if started.strip() and _start_time(pid) == started.strip():
+        return pid
+    path.unlink(missing_ok=True)
+    return None
 
 
 def _answers(settings: Settings, timeout: float = 2.0) -> bool:
@@ -161,7 +179,7 @@ def _start_broker(settings: Settings) -> None:
     java = _require("java", "install a JDK >= 17 (e.g. `apt-get install openjdk-17-jre-headless`)")
     jars = fetch_jars(settings)
     data = settings.kafka_data_dir
-    data.mkdir(parents=True, exist_ok=True)
+    private_dir(data)
     properties = data / "server.properties"
     properties.write_text(_server_properties(settings))
     classpath = f"{jars}/*"
@@ -171,12 +189,15 @@ def _start_broker(settings: Settings) -> None:
             [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
             check=True, capture_output=True,
         )
+    # The broker needs none of our settings (its own are in server.properties); the API secret and
+    # the warehouse URL must not sit in its environment, which /proc/PID/environ shows.
+    env = {name: value for name, value in os.environ.items() if not name.startswith("METERLINE_")}
     with open(data / "broker.log", "ab") as log:
         process = subprocess.Popen(
             [java, f"-Xmx{settings.kafka_heap}", "-XX:+UseG1GC", "-cp", classpath, "kafka.Kafka", str(properties)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
         )
-    _pid_file(settings).write_text(str(process.pid))
+    _pid_file(settings).write_text(f"{process.pid} {_start_time(process.pid)}")
 
 
 def stack_down(settings: Settings, wait_seconds: float = 30.0) -> bool:

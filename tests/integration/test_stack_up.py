@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import stat
 from pathlib import Path
 
 import pytest
@@ -36,5 +37,20 @@ def test_a_fresh_or_restarted_broker_gives_producer_ids_at_once(tmp_path: Path, 
         stack_down(settings)
         stack_up(settings)  # same data: a restart
         assert _coordinator_lines(settings, caplog) == []
+    finally:
+        stack_down(settings)
+
+
+def test_the_broker_gets_none_of_our_settings_and_its_data_is_private(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METERLINE_API_SECRET", "s3cret-for-this-test")
+    monkeypatch.setenv("METERLINE_CLICKHOUSE_URL", "http://user:hunter2@db:8123")
+    settings = Settings(home=tmp_path / "home", kafka_port=free_port(), kafka_controller_port=free_port())
+    status = stack_up(settings)
+    try:
+        environ = Path(f"/proc/{status.pid}/environ").read_bytes()
+        assert b"METERLINE_" not in environ and b"s3cret" not in environ and b"hunter2" not in environ
+        for directory in (settings.home, settings.kafka_data_dir):
+            assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     finally:
         stack_down(settings)
