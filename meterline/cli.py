@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import sys
 import threading
@@ -74,12 +73,14 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
     from meterline.auth import operator_key, org_key, resolve_secret, user_token
 
-    from meterline.schemas.usage import IDENTIFIER_PATTERN
+    from meterline.schemas.usage import identifier_problem
 
     for name, value in (("org", args.org), ("user", args.user)):
-        # The same rule as events: "a/b" + "c" must not sign the same message as "a" + "b/c".
-        if value is not None and not re.fullmatch(IDENTIFIER_PATTERN, value):
-            raise MeterlineError(f"{name} id {value!r}: must be non-empty, without '/' or whitespace")
+        # The events' own rule: "a/b" + "c" must not sign the same message as "a" + "b/c", and a
+        # key is only worth having for an id an event can carry.
+        problem = identifier_problem(value) if value is not None else None
+        if problem:
+            raise MeterlineError(f"{name} id {value!r}: {problem}")
     secret = resolve_secret(settings)
     if args.operator:
         print(operator_key(secret))

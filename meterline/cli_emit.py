@@ -7,25 +7,30 @@
 A JSON event is either emit's fields (as above, plus latency_ms, request_id, action, cost_usd,
 cached_input_tokens, metadata, timestamp) or a whole CloudEvents usage event (with
 "specversion"), sent as is. Bad lines are skipped and listed at the end with their line number
-and reason. Exit status: 0 all in Kafka; 1 some input rejected; 3 some events still in the
-outage spool (Kafka unreachable; the next meterline process on this spool replays them).
+and reason, whatever went wrong with them. A model the price book does not know gets a warning
+with the nearest known names (the worker would dead-letter the event); with --strict it is a reject.
+Exit status: 0 all in Kafka; 1 some input rejected; 3 some events still in the outage spool (Kafka
+unreachable; the next meterline process on this spool replays them).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from meterline.pricing import PriceBook, UnknownModelError, load_price_book
 from meterline.producers import Meter, MeterStats
 from meterline.schemas import InvalidEventError, parse_event
 from meterline.settings import Settings
@@ -62,22 +67,51 @@ def register(commands: Any) -> None:
     emit.add_argument("--timestamp", help="ISO 8601 with a timezone, e.g. 2025-01-31T12:00:00Z")
     emit.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
     emit.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for Kafka at the end")
+    emit.add_argument("--strict", action="store_true",
+                      help="reject events whose model the price book does not know (default: warn and send)")
     emit.set_defaults(run=run_emit)
 
 
+class ModelCheck:
+    """Says, once per model, when the price book cannot price a model; with `strict`, refuses it."""
+
+    def __init__(self, prices: PriceBook, strict: bool):
+        self.prices = prices
+        self.strict = strict
+        self.warned: set[str] = set()
+
+    def __call__(self, model: object) -> None:
+        if not isinstance(model, str) or model in self.warned:
+            return  # not text: the schema names the problem
+        try:
+            self.prices.resolve(model)
+            return
+        except UnknownModelError:
+            pass
+        names = [*self.prices.models, *(alias for price in self.prices.models.values() for alias in price.aliases)]
+        near = difflib.get_close_matches(model, names, n=3, cutoff=0.5)
+        problem = (f"model {model!r} is not in the price book, so the worker would dead-letter the event"
+                   + (f" (nearest: {', '.join(near)})" if near else ""))
+        if self.strict:
+            raise ValueError(problem)
+        self.warned.add(model)
+        console.print(f"[yellow]warning:[/yellow] {problem}; sending it anyway (--strict refuses it)")
+
+
 def run_emit(settings: Settings, args: argparse.Namespace) -> int:
+    check_model = ModelCheck(load_price_book(settings.prices), args.strict)
     meter = Meter(settings)
     try:
         if args.file is not None:
-            outcome = _emit_file(meter, args.file)
+            outcome = _emit_file(meter, args.file, check_model)
         else:
             outcome = Outcome()
             try:
                 fields = json.loads(args.json, parse_float=Decimal) if args.json is not None else _flag_fields(args)
-                print(_emit_one(meter, fields))
+                print(_emit_one(meter, fields, check_model))
                 outcome.accepted = 1
-            except (InvalidEventError, ValueError) as error:
-                outcome.rejects.append((0, str(error)))
+            except Exception as error:  # noqa: BLE001 - every reject gets a reason, never a traceback
+                outcome.rejects.append((0, _reason(error)))
     finally:
         stats = meter.close(args.timeout)  # what Kafka has not acknowledged by then stays spooled
     return _summarise(outcome, stats, settings, many=args.file is not None)
@@ -93,12 +127,20 @@ def _flag_fields(args: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
-def _emit_one(meter: Meter, fields: Any) -> str:
+def _reason(error: Exception) -> str:
+    if isinstance(error, (InvalidEventError, ValueError)):
+        return str(error)
+    return f"{type(error).__name__}: {error}"  # unforeseen: still a reason, and the next line goes on
+
+
+def _emit_one(meter: Meter, fields: Any, check_model: Callable[[object], None]) -> str:
     """Validate and queue one event; raise InvalidEventError or ValueError saying what is wrong."""
     if not isinstance(fields, dict):
         raise ValueError("an event must be a JSON object")
     if "specversion" in fields:
-        return meter.send(parse_event(fields))
+        event = parse_event(fields)
+        check_model(event.data.model)
+        return meter.send(event)
     unknown = sorted(set(fields) - FIELDS)
     missing = [name for name in REQUIRED if name not in fields]
     if unknown or missing:
@@ -109,11 +151,12 @@ def _emit_one(meter: Meter, fields: Any) -> str:
             fields["timestamp"] = datetime.fromisoformat(fields["timestamp"])
         except ValueError:
             raise ValueError(f"timestamp: not ISO 8601: {fields['timestamp']!r}") from None
+    check_model(fields["model"])
     positional = [fields.pop(name) for name in REQUIRED]
     return meter.emit(*positional, **fields)
 
 
-def _emit_file(meter: Meter, name: str) -> Outcome:
+def _emit_file(meter: Meter, name: str, check_model: Callable[[object], None]) -> Outcome:
     outcome = Outcome()
     stream: TextIO = sys.stdin if name == "-" else open(name, encoding="utf-8")  # noqa: SIM115 - closed below
     total = None if name == "-" else Path(name).stat().st_size
@@ -127,12 +170,12 @@ def _emit_file(meter: Meter, name: str) -> Outcome:
                 if not line.strip():
                     continue
                 try:
-                    _emit_one(meter, json.loads(line, parse_float=Decimal))
+                    _emit_one(meter, json.loads(line, parse_float=Decimal), check_model)
                     outcome.accepted += 1
                 except json.JSONDecodeError as error:
                     outcome.rejects.append((number, f"not JSON: {error}"))
-                except (InvalidEventError, ValueError) as error:
-                    outcome.rejects.append((number, str(error)))
+                except Exception as error:  # noqa: BLE001 - a bulk load finishes every line it can
+                    outcome.rejects.append((number, _reason(error)))
                 if number % 1000 == 0:
                     progress.update(task, rate=f"{outcome.accepted:,} ok, {len(outcome.rejects):,} rejected")
             progress.update(task, rate=f"{outcome.accepted:,} ok, {len(outcome.rejects):,} rejected")

@@ -45,11 +45,16 @@ from meterline.schemas.usage import (
     MAX_EVENT_BYTES,
     MAX_LATENCY_MS,
     MAX_METADATA_BYTES,
+    IDENTIFIER_PATTERN,
     MAX_TOKENS,
     MONEY_DECIMAL_PLACES,
+    REQUEST_ID_PATTERN,
 )
 
-_IDENTIFIER = re.compile(r"[^/\s]+")  # the schema's `^[^/\s]+$`; Python's \s is the wider set
+# The schema's patterns (fullmatch: Python's `$` also matches before a final newline). Where
+# Python's \s is wider than pydantic's, the schema path decides.
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 _UTC = timezone.utc
 _CACHE_LIMIT = 100_000  # distinct strings kept escaped; cleared past this
 # The common call (no request id, action, cost, metadata or timestamp given) is one f-string of
@@ -147,7 +152,10 @@ os.register_at_fork(after_in_child=_after_fork)
 def _time(timestamp: object, now: datetime) -> str | None:
     if type(timestamp) is not datetime or timestamp.utcoffset() is None or timestamp - now > MAX_CLOCK_SKEW:
         return None
-    text = timestamp.astimezone(_UTC).isoformat()
+    try:
+        text = timestamp.astimezone(_UTC).isoformat()
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00, before the first UTC instant: the schema says so
+        return None
     return text[:-6] + "Z"  # "+00:00" -> "Z"
 
 
@@ -270,7 +278,8 @@ class EventEncoder:
         else:
             when = now
         if ok and request_id is not None:
-            quoted = _json(request_id) if type(request_id) is str and 0 < len(request_id) <= 128 else None
+            quoted = _json(request_id) if type(request_id) is str and 0 < len(request_id) <= 128 \
+                and _REQUEST_ID.fullmatch(request_id) else None
             ok, rid = quoted is not None, request_id
         else:
             quoted = f'"{rid}"'

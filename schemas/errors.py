@@ -32,7 +32,12 @@ class InvalidEventError(MeterlineError, ValueError):
     @classmethod
     def from_validation_error(cls, error: ValidationError, prefix: str = "") -> InvalidEventError:
         problems = []
+        from meterline.schemas.usage import PATTERN_RULES  # usage.py imports this module
+
         for item in error.errors(include_url=False):
             path = ".".join(str(part) for part in item["loc"]) or "event"
-            problems.append(FieldProblem(prefix + path, item["msg"]))
+            rule = item["msg"]
+            if item["type"] == "string_pattern_mismatch":
+                rule = PATTERN_RULES.get(str((item.get("ctx") or {}).get("pattern")), rule)
+            problems.append(FieldProblem(prefix + path, rule))
         return cls(problems)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Final, Literal
+from functools import cache
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -18,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictInt,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -38,8 +40,19 @@ MONEY_DECIMAL_PLACES = 18
 # Clocks drift; an event a little ahead of ours is fine, one from tomorrow is a bug.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
-IDENTIFIER_PATTERN = r"^[^/\s]+$"  # "/" joins org and user in keys; whitespace is always a typo
-Identifier = Field(min_length=1, max_length=256, pattern=IDENTIFIER_PATTERN)
+# Control characters (C0, DEL, C1) are never part of an id: they hide in logs and terminals, and two
+# ids that print alike would be two users. "/" joins org and user in keys; whitespace is always a typo.
+_CONTROL = r"\x00-\x1f\x7f-\x9f"
+IDENTIFIER_PATTERN = rf"^[^/\s{_CONTROL}]+$"
+IDENTIFIER_RULE = "must be 1 to 256 characters, none of them '/', whitespace or a control character"
+MAX_IDENTIFIER_CHARS = 256
+Identifier = Field(min_length=1, max_length=MAX_IDENTIFIER_CHARS, pattern=IDENTIFIER_PATTERN)
+# A request id may hold spaces, but not only spaces, and no control character.
+REQUEST_ID_PATTERN = rf"^[^{_CONTROL}]*[^\s{_CONTROL}][^{_CONTROL}]*$"
+REQUEST_ID_RULE = "must be 1 to 128 characters, not all whitespace, without control characters"
+MAX_REQUEST_ID_CHARS = 128
+# What a broken pattern means, in words (pydantic would print the regular expression).
+PATTERN_RULES = {IDENTIFIER_PATTERN: IDENTIFIER_RULE, REQUEST_ID_PATTERN: REQUEST_ID_RULE}
 
 
 class UsageData(BaseModel):
@@ -93,7 +106,8 @@ class UsageEvent(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     specversion: Literal["1.0"] = "1.0"
-    id: str = Field(min_length=1, max_length=128, description="The request id; reuse it on retry.")
+    id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_CHARS, pattern=REQUEST_ID_PATTERN,
+                    description="The request id; reuse it on retry.")
     source: str = Field(min_length=1, max_length=512)
     type: Literal["dev.meterline.usage.v1"] = EVENT_TYPE
     subject: str = Field(min_length=1, max_length=256, description="The end user's id.")
@@ -150,6 +164,20 @@ def parse_event(raw: bytes | str | dict[str, Any], now: datetime | None = None) 
         raise InvalidEventError.from_validation_error(error) from None
     except (UnicodeDecodeError, TypeError) as error:
         raise InvalidEventError([FieldProblem("event", f"not a JSON object: {error}")]) from None
+
+
+@cache
+def _identifier_adapter() -> TypeAdapter[str]:
+    return TypeAdapter(Annotated[str, Identifier])
+
+
+def identifier_problem(value: str) -> str | None:
+    """Why `value` cannot be an org or user id, or None: the events' own rule, for other callers."""
+    try:
+        _identifier_adapter().validate_python(value)
+    except ValidationError:
+        return IDENTIFIER_RULE
+    return None
 
 
 def record_time(kafka_timestamp_seconds: float | None) -> datetime | None:

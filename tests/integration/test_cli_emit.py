@@ -63,3 +63,43 @@ def test_file_with_rejects_sends_the_good_lines_and_lists_the_bad(cli_settings: 
     assert "196 accepted" in err
     ids = {event["id"] for event in consume_all(cli_settings, 196)}
     assert ids == {f"ok-{i}" for i in range(200)} - {"ok-10", "ok-20", "ok-30", "ok-40"}
+
+
+def test_a_line_that_breaks_the_encoder_is_one_reject_and_every_later_line_is_sent(
+        cli_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = {"org_id": "acme", "user_id": "u-1", "model": "gpt-4o", "input_tokens": 10, "output_tokens": 2}
+    lines = [json.dumps({**good, "request_id": f"ok-{i}"}) for i in range(20)]
+    lines[5] = json.dumps({**good, "timestamp": "0001-01-01T00:00:00+14:00"})  # an OverflowError once
+    lines[6] = json.dumps({**good, "request_id": "bell\a"})
+    lines[7] = json.dumps({**good, "user_id": "   "})
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+
+    assert main(["emit", "--file", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "17 accepted" in err
+    for line_number, reason in [(6, "time"), (7, "control character"), (8, "whitespace")]:
+        assert f"│ {line_number:>4} │" in err and reason in err
+    ids = {event["id"] for event in consume_all(cli_settings, 17)}
+    assert ids == {f"ok-{i}" for i in range(20)} - {"ok-5", "ok-6", "ok-7"}
+
+
+def test_a_single_event_at_an_instant_outside_utc_is_a_reject_naming_time(
+        cli_settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["emit", "--org", "acme", "--user", "u-1", "--model", "gpt-4o", "--input-tokens", "1",
+                 "--output-tokens", "1", "--timestamp", "0001-01-01T00:00:00+14:00"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "time:" in err
+
+
+def test_an_unknown_model_is_named_up_front_and_strict_refuses_it(
+        cli_settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    flags = ["--org", "acme", "--user", "u-1", "--input-tokens", "1", "--output-tokens", "1"]
+    assert main(["emit", *flags, "--model", "gpt-4o-mni", "--request-id", "warned"]) == 0
+    err = capsys.readouterr().err
+    assert "'gpt-4o-mni' is not in the price book" in err and "gpt-4o-mini" in err  # the nearest known name
+    assert main(["emit", "--strict", *flags, "--model", "gpt-4o-mni", "--request-id", "refused"]) == 1
+    assert "not in the price book" in capsys.readouterr().err
+    assert main(["emit", "--strict", *flags, "--model", "gpt-4o-mini", "--request-id", "known"]) == 0
+    # Everything sent is in the topic once the last one is; the refused one never is.
+    assert {event["id"] for event in consume_all(cli_settings, 2)} == {"warned", "known"}

@@ -97,17 +97,24 @@ costs = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.
                   st.integers(10**19, 10**22), st.floats(1e19, 1e22), st.decimals(10**19, 10**22, places=3),
                   st.sampled_from([Decimal("1E+20"), Decimal("99999999999999999999.5"), 10**20 - 1, 10**20]))
 times = st.one_of(st.none(), st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-7))])),
-                  st.datetimes())
+                  st.datetimes(),
+                  # The first and last instants, in offsets that push them outside what UTC can show.
+                  st.sampled_from([datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14))),
+                                   datetime(9999, 12, 31, 23, 59, tzinfo=timezone(timedelta(hours=-14)))]))
+# Request ids: whitespace and control characters drawn on purpose.
+request_ids = st.one_of(st.none(), st.text(max_size=6),  # None: both() gives one id to both sides
+                        st.sampled_from(["req-1", "  ", "a b", "a\x07b", "x\n", "\x85", "\t", "r" * 129]))
 
 
 @settings(max_examples=400, deadline=None)
 @given(org=ids, user=ids, model=ids, inp=counts, out=counts, cached=counts, cost=costs, when=times,
-       meta=st.one_of(st.none(), st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=3)))
-def test_fast_path_and_schema_agree_on_any_input(org, user, model, inp, out, cached, cost, when, meta) -> None:
-    when = when if when is None or when.year < 9999 else None
+       meta=st.one_of(st.none(), st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=3)),
+       rid=request_ids)
+def test_fast_path_and_schema_agree_on_any_input(org, user, model, inp, out, cached, cost, when, meta, rid) -> None:
+    when = when if when is None or when.year < 9999 or when.utcoffset() else None
     fast, slow = both(org_id=org, user_id=user, model=model, input_tokens=inp, output_tokens=out,
                       cached_input_tokens=cached, cost_usd=cost, timestamp=when or datetime(2024, 5, 1, tzinfo=UTC),
-                      metadata=meta)
+                      metadata=meta, **({} if rid is None else {"request_id": rid}))
     assert fast == slow
 
 
@@ -216,3 +223,25 @@ def test_strings_that_need_escaping_survive() -> None:
     fast, slow = both(model='gpt "4o"\\\n', action="naïve ✓", metadata={"q": "line\nbreak \"quoted\""},
                       request_id="req\t1")
     assert fast == slow
+
+
+@pytest.mark.parametrize("when", [datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14))),
+                                  datetime(9999, 12, 31, 23, 59, tzinfo=timezone(timedelta(hours=-14)))])
+def test_an_instant_outside_utc_is_an_error_naming_time_not_an_overflow(when: datetime) -> None:
+    for make in (encoder.encode, build_event):
+        with pytest.raises(InvalidEventError) as error:
+            make(**VALID, timestamp=when)  # type: ignore[operator]
+        assert error.value.fields == ["time"]
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("user_id", "   "), ("user_id", "u\x01x"), ("user_id", "u\x85"), ("org_id", "ac\x7fme"), ("user_id", "u-1\n"),
+    ("request_id", "   "), ("request_id", "a\x07b"), ("request_id", "\t"), ("request_id", "r-1\n"),
+])
+def test_blank_ids_and_control_characters_are_refused_with_the_rule(field: str, value: str) -> None:
+    for make in (encoder.encode, build_event):
+        with pytest.raises(InvalidEventError) as error:
+            make(**{**VALID, field: value})  # type: ignore[operator]
+        (problem,) = error.value.problems
+        assert problem.field == {"request_id": "id", "org_id": "data.org_id", "user_id": "data.user_id"}[field]
+        assert "control character" in problem.rule  # the rule in words, not a regular expression
