@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from meterline.pricing.exceptions import ConfigError, ConfigProblem
-from meterline.pricing.price_book import THOUSAND, price_book_from_text
+from meterline.pricing.money import THOUSAND
+from meterline.pricing.price_book import price_book_from_text
 
 TOKEN_MODES = frozenset({"chat", "completion", "responses"})
 

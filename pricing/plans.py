@@ -7,14 +7,22 @@ cannot drift. Each section below documents its keys; README.md states the rules 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from meterline.pricing.exceptions import ConfigProblem, UnknownPlanError
+from meterline.pricing.money import CONFIG_DECIMAL_PLACES
 from meterline.pricing.price_book import PriceBook
 
 Interval = Literal["month", "year"]
+
+
+# Bounds that keep one event's credits within what the warehouse and exact sums hold
+# (pricing/money.py): a credit is a unit of a product, not of a currency's smallest coin.
+MAX_CREDITS_PER_1K = Decimal(10**6)
+MAX_CREDITS_PER_ACTION = Decimal(10**9)
+CreditsPer1k = Annotated[Decimal, Field(gt=0, le=MAX_CREDITS_PER_1K, decimal_places=CONFIG_DECIMAL_PLACES)]
 
 
 class _Frozen(BaseModel):
@@ -31,7 +39,7 @@ class TokenProfile(_Frozen):
 class ActionTier(_Frozen):
     """A per-request tier: every event with this `action` costs `credits`, whatever its tokens."""
 
-    credits: Decimal = Field(gt=0)
+    credits: Decimal = Field(gt=0, le=MAX_CREDITS_PER_ACTION, decimal_places=CONFIG_DECIMAL_PLACES)
     typical: TokenProfile
 
 
@@ -39,8 +47,8 @@ class CreditRules(_Frozen):
     """How usage becomes credits. The rule that applies is stated in README.md."""
 
     target_ratio: Decimal = Field(default=Decimal(3), gt=0, description="revenue : provider cost per credit")
-    per_1k_tokens: Decimal = Field(default=Decimal(1), gt=0, description="credits per 1,000 tokens")
-    models: dict[str, Decimal] = Field(default_factory=dict, description="per-model credits per 1,000 tokens")
+    per_1k_tokens: CreditsPer1k = Field(default=Decimal(1), description="credits per 1,000 tokens")
+    models: dict[str, CreditsPer1k] = Field(default_factory=dict, description="per-model credits per 1,000 tokens")
     actions: dict[str, ActionTier] = Field(default_factory=dict)
     token_mix: TokenProfile = TokenProfile(input_tokens=750, output_tokens=250)
 

@@ -27,13 +27,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from meterline.pricing.config import default_path, read_yaml, read_yaml_text, validate
 from meterline.pricing.exceptions import ConfigError, ConfigProblem, InvalidUsageError, UnknownModelError
+from meterline.pricing.money import CONFIG_DECIMAL_PLACES, EXACT, THOUSAND
 
-THOUSAND = Decimal(1000)
+# USD per 1,000 tokens. The dearest models list well under $1; past $10,000 a price is a typo.
+MAX_PRICE_PER_1K = Decimal(10_000)
+PricePer1k = Field(ge=0, le=MAX_PRICE_PER_1K, decimal_places=CONFIG_DECIMAL_PLACES)
 
 
 def tidy(value: Decimal) -> Decimal:
     """The same number without trailing zeros (0.0030 -> 0.003) and never in exponent form (10, not 1E+1)."""
-    return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
+    return value.quantize(Decimal(1), context=EXACT) if value == value.to_integral_value() else value.normalize(EXACT)
 
 
 class ModelPrice(BaseModel):
@@ -42,9 +45,10 @@ class ModelPrice(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     provider: str | None = None
-    input_per_1k: Decimal = Field(ge=0)
-    output_per_1k: Decimal = Field(ge=0)
-    cached_input_per_1k: Decimal | None = Field(default=None, ge=0)
+    input_per_1k: Decimal = PricePer1k
+    output_per_1k: Decimal = PricePer1k
+    cached_input_per_1k: Decimal | None = Field(default=None, ge=0, le=MAX_PRICE_PER_1K,
+                                                decimal_places=CONFIG_DECIMAL_PLACES)
     aliases: tuple[str, ...] = ()
 
     def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> Decimal:
@@ -56,7 +60,9 @@ class ModelPrice(BaseModel):
             )
         cached_rate = self.input_per_1k if self.cached_input_per_1k is None else self.cached_input_per_1k
         fresh = input_tokens - cached_input_tokens
-        cost = (fresh * self.input_per_1k + cached_input_tokens * cached_rate + output_tokens * self.output_per_1k) / THOUSAND
+        cost = EXACT.divide(EXACT.add(EXACT.add(EXACT.multiply(fresh, self.input_per_1k),
+                                                EXACT.multiply(cached_input_tokens, cached_rate)),
+                                        EXACT.multiply(output_tokens, self.output_per_1k)), THOUSAND)
         return tidy(cost)
 
 

@@ -15,7 +15,8 @@ from typing import Literal, NamedTuple
 
 from meterline.pricing.catalogue import Catalogue, default_catalogue, load_catalogue
 from meterline.pricing.plans import CreditRules
-from meterline.pricing.price_book import THOUSAND, PriceBook
+from meterline.pricing.money import EXACT, THOUSAND
+from meterline.pricing.price_book import PriceBook
 from meterline.schemas import UsageEvent
 
 
@@ -86,7 +87,9 @@ class Rater:
         if tier is not None:
             credits, rule = tier.credits, f"action:{action}"
         else:
-            credits, rule = Decimal(input_tokens + output_tokens) / THOUSAND * self.credits_per_1k(canonical), "tokens"
+            tokens = Decimal(input_tokens + output_tokens)
+            credits = EXACT.multiply(EXACT.divide(tokens, THOUSAND), self.credits_per_1k(canonical))
+            rule = "tokens"
         if reported_cost_usd is not None:
             return Rating(reported_cost_usd, credits, rule, canonical, "reported")
         return Rating(book_cost, credits, rule, canonical, "price_book")

@@ -127,6 +127,11 @@ class BatchProcessor:
                 result.dead_letters.append(DeadLetter(record, (FieldProblem("data.model", str(error)),)))
                 result.counts["dead_lettered"] += 1
                 continue
+            except ArithmeticError as error:  # the bounds make it unreachable; never rounded if it were
+                result.dead_letters.append(DeadLetter(record, (FieldProblem(
+                    "data", f"its cost or credits cannot be computed exactly: {type(error).__name__}"),)))
+                result.counts["dead_lettered"] += 1
+                continue
             self._apply(record, outcome, rating.provider_cost_usd, rating.credits, rating.rule, state_of,
                         first_seen.setdefault(record.partition, {}), result, now)
         for partition, entries in first_seen.items():

@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 import orjson
 
+from meterline.pricing.money import EXACT
+
 
 class UserState(NamedTuple):
     """A user's account as the stream knows it; the accounts issue adds its fields here.
@@ -33,7 +35,7 @@ class UserState(NamedTuple):
     last_offset: int = -1  # the last source offset applied: at or before it is a replay
 
     def apply(self, credits: Decimal, partition: int, offset: int) -> UserState:
-        return UserState(self.credits_used + credits, self.events + 1, partition, offset)
+        return UserState(EXACT.add(self.credits_used, credits), self.events + 1, partition, offset)
 
     def has_applied(self, partition: int, offset: int) -> bool:
         return self.partition == partition and offset <= self.last_offset

@@ -45,6 +45,7 @@ from meterline.schemas.usage import (
     MAX_EVENT_BYTES,
     MAX_LATENCY_MS,
     MAX_METADATA_BYTES,
+    MAX_REPORTED_COST_USD,
     IDENTIFIER_PATTERN,
     MAX_TOKENS,
     MONEY_DECIMAL_PLACES,
@@ -90,11 +91,10 @@ def _cost(value: object) -> str | None:
 
 
 def _fits_money_column(value: Decimal) -> bool:
-    """At most 18 decimals and 20 whole digits: Decimal(38, 18), as the schema checks it."""
-    _sign, digits, exponent = value.as_tuple()
+    """At most 18 decimals and at most MAX_REPORTED_COST_USD, as the schema checks it."""
+    exponent = value.as_tuple().exponent
     assert isinstance(exponent, int)  # finite, checked by the caller
-    whole = max(len(digits) + exponent, 0)
-    return -exponent <= MONEY_DECIMAL_PLACES and whole <= 38 - MONEY_DECIMAL_PLACES
+    return -exponent <= MONEY_DECIMAL_PLACES and value <= MAX_REPORTED_COST_USD
 
 
 def _metadata(metadata: object) -> str | None:

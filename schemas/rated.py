@@ -28,9 +28,11 @@ RATED_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("output_tokens", "UInt64"),
     ("cached_input_tokens", "UInt64"),
     ("latency_ms", "UInt32"),
-    ("reported_cost_usd", "Nullable(Decimal(38, 18))"),
-    ("provider_cost_usd", "Decimal(38, 18)"),
-    ("credits", "Decimal(38, 18)"),
+    # Decimal(76, 18): sum() keeps its argument's type, and a Decimal(38, 18) sum past 10^20 wraps
+    # around to a negative number without an error (seen on chDB). 58 whole digits cannot be reached.
+    ("reported_cost_usd", "Nullable(Decimal(76, 18))"),
+    ("provider_cost_usd", "Decimal(76, 18)"),
+    ("credits", "Decimal(76, 18)"),
     ("credit_rule", "LowCardinality(String)"),
     ("price_version", "LowCardinality(String)"),
     ("source", "String"),

@@ -33,8 +33,12 @@ EVENT_TYPE: Final = "dev.meterline.usage.v1"  # v{SCHEMA_VERSION}; a literal, so
 MAX_METADATA_BYTES = 8 * 1024
 # A whole encoded event; ours stay under ~12 KiB, and Kafka refuses records past ~1 MB.
 MAX_EVENT_BYTES = 64 * 1024
-# The warehouse's column bounds (sinks/queries.py): a value past them would stop the sink.
-MAX_TOKENS = 2**63 - 1
+# Bounds a real call can reach, with room: the largest context windows hold ~10 million tokens, so
+# a count past a billion is a bug or an attack. With them (and the price book's bounds), one event's
+# credits and cost fit the warehouse's columns, and no sum of events can overflow (pricing/money.py).
+MAX_TOKENS = 10**9
+# A reported provider cost past a million dollars for one call is a unit mistake (cents, micros).
+MAX_REPORTED_COST_USD = 10**6
 MAX_LATENCY_MS = 2**32 - 1
 MONEY_DECIMAL_PLACES = 18
 # Clocks drift; an event a little ahead of ours is fine, one from tomorrow is a bug.
@@ -67,7 +71,7 @@ class UsageData(BaseModel):
     output_tokens: StrictInt = Field(ge=0, le=MAX_TOKENS)
     cached_input_tokens: StrictInt = Field(default=0, ge=0, le=MAX_TOKENS)
     latency_ms: StrictInt = Field(default=0, ge=0, le=MAX_LATENCY_MS)
-    cost_usd: Decimal | None = Field(default=None, ge=0, max_digits=38, decimal_places=MONEY_DECIMAL_PLACES)
+    cost_usd: Decimal | None = Field(default=None, ge=0, le=MAX_REPORTED_COST_USD, decimal_places=MONEY_DECIMAL_PLACES)
     action: str | None = Field(default=None, min_length=1, max_length=64)
     metadata: dict[str, str] = Field(default_factory=dict)
 

@@ -117,6 +117,9 @@ def test_build_event_generates_time_ordered_request_ids_and_keeps_decimal_cost()
     [
         ({"latency_ms": 2**32}, "data.latency_ms"),  # the warehouse column is UInt32
         ({"input_tokens": 2**63}, "data.input_tokens"),
+        ({"input_tokens": 2**63 - 1}, "data.input_tokens"),  # 64-bit, but no real call: sums overflowed
+        ({"input_tokens": 10**9 + 1}, "data.input_tokens"),  # just past the bound
+        ({"cost_usd": Decimal(10**6) + Decimal("0.01")}, "data.cost_usd"),
         ({"cost_usd": Decimal("0." + "1" * 19)}, "data.cost_usd"),  # Decimal(38, 18) would cut it
     ],
 )

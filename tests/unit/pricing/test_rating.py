@@ -82,3 +82,28 @@ def test_shipped_rules_for_the_demo_models(model: str, input_tokens: int, output
     tiers = {"simple": Decimal(1), "complex": Decimal(5)}
     expected = tiers[action] if action in tiers else Decimal(input_tokens + output_tokens) / 1000
     assert default_rater().rate(event).credits == expected
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("input_per_1k", "10001"),  # past $10,000 per 1,000 tokens: a typo, and sums would grow past the bounds
+    ("output_per_1k", "0.0000000000001"),  # 13 decimals: an event's cost would need more than the warehouse's 18
+])
+def test_a_price_past_the_bounds_is_a_config_error_naming_it(tmp_path, field: str, value: str) -> None:
+    from meterline.pricing import ConfigError, load_price_book
+
+    prices = {"input_per_1k": "0.001", "output_per_1k": "0.002", field: value}
+    path = tmp_path / "prices.yaml"
+    path.write_text("version: 1\nmodels:\n  m:\n" + "".join(f"    {k}: {v}\n" for k, v in prices.items()))
+    with pytest.raises(ConfigError) as raised:
+        load_price_book(path)
+    assert f"models.m.{field}" in str(raised.value)
+
+
+def test_rating_at_the_token_bound_is_exact() -> None:
+    from meterline.schemas.usage import MAX_TOKENS
+
+    rating = default_rater().rate_usage("claude-opus-4", MAX_TOKENS, MAX_TOKENS, cached_input_tokens=MAX_TOKENS - 1)
+    # 1 fresh + (10^9 - 1) cached input at $0.015 / $0.0015, 10^9 output at $0.075, per 1,000 tokens.
+    assert rating.provider_cost_usd == (Decimal("0.015") + (MAX_TOKENS - 1) * Decimal("0.0015")
+                                        + MAX_TOKENS * Decimal("0.075")) / 1000
+    assert rating.credits == Decimal(2 * MAX_TOKENS) / 1000 * 5
