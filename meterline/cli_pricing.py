@@ -13,7 +13,7 @@ import shutil
 import sys
 from dataclasses import asdict
 from datetime import datetime, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from meterline.pricing.exceptions import PricingError
 from meterline.pricing.invoice import CarriedCredits, Grant, Invoice, compute_invoice
 from meterline.pricing.litellm import TOKEN_MODES, convert_litellm, parse_litellm
 from meterline.pricing.margin import CreditMargin, call_margin, check_margins
+from meterline.pricing.money import EXACT
 from meterline.pricing.page import render_html, render_json
 from meterline.pricing.proration import prorate_change
 from meterline.pricing.rating import Rater, Rating
@@ -85,8 +86,10 @@ def _explain(rating: Rating, args: argparse.Namespace, rater: Rater) -> str:
 
 def _quote(settings: Settings, args: argparse.Namespace) -> int:
     rater = Rater.from_catalogue(catalogue := _catalogue(settings, args))
-    rating = rater.rate_usage(args.model, args.input_tokens, args.output_tokens, cached_input_tokens=args.cached_tokens,
-                              action=args.action, reported_cost_usd=args.cost_usd)
+    with localcontext(EXACT):  # the worker's context: the quote is the amount the stream would count
+        rating = rater.rate_usage(args.model, args.input_tokens, args.output_tokens,
+                                  cached_input_tokens=args.cached_tokens, action=args.action,
+                                  reported_cost_usd=args.cost_usd)
     margin = None if args.credit_price is None else call_margin(
         args.credit_price, rating.provider_cost_usd, rating.credits, catalogue.credits.target_ratio)
     if args.format == "json":

@@ -52,7 +52,7 @@ class ModelPrice(BaseModel):
     aliases: tuple[str, ...] = ()
 
     def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> Decimal:
-        """Exact USD cost of one call; cached tokens are a subset of `input_tokens`."""
+        """USD cost of one call, exact under `money.EXACT`; cached tokens are a subset of `input_tokens`."""
         if cached_input_tokens > input_tokens:
             raise InvalidUsageError(
                 "cached_input_tokens",
@@ -60,9 +60,7 @@ class ModelPrice(BaseModel):
             )
         cached_rate = self.input_per_1k if self.cached_input_per_1k is None else self.cached_input_per_1k
         fresh = input_tokens - cached_input_tokens
-        cost = EXACT.divide(EXACT.add(EXACT.add(EXACT.multiply(fresh, self.input_per_1k),
-                                                EXACT.multiply(cached_input_tokens, cached_rate)),
-                                        EXACT.multiply(output_tokens, self.output_per_1k)), THOUSAND)
+        cost = (fresh * self.input_per_1k + cached_input_tokens * cached_rate + output_tokens * self.output_per_1k) / THOUSAND
         return tidy(cost)
 
 

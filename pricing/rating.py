@@ -15,7 +15,7 @@ from typing import Literal, NamedTuple
 
 from meterline.pricing.catalogue import Catalogue, default_catalogue, load_catalogue
 from meterline.pricing.plans import CreditRules
-from meterline.pricing.money import EXACT, THOUSAND
+from meterline.pricing.money import THOUSAND
 from meterline.pricing.price_book import PriceBook
 from meterline.schemas import UsageEvent
 
@@ -79,7 +79,11 @@ class Rater:
         action: str | None = None,
         reported_cost_usd: Decimal | None = None,
     ) -> Rating:
-        """Rate one call given as figures (what `meterline pricing quote` does)."""
+        """Rate one call given as figures (what `meterline pricing quote` does).
+
+        Exact when run under `money.EXACT`, as the worker's batches and `pricing quote` are: the
+        arithmetic uses the caller's Decimal context, so the hot path pays for no context switch.
+        """
         canonical = self.prices.resolve(model)  # unknown model: error, even for action tiers
         # Computed even when a cost is reported: it validates the token figures either way.
         book_cost = self.prices.models[canonical].cost(input_tokens, output_tokens, cached_input_tokens)
@@ -87,9 +91,7 @@ class Rater:
         if tier is not None:
             credits, rule = tier.credits, f"action:{action}"
         else:
-            tokens = Decimal(input_tokens + output_tokens)
-            credits = EXACT.multiply(EXACT.divide(tokens, THOUSAND), self.credits_per_1k(canonical))
-            rule = "tokens"
+            credits, rule = Decimal(input_tokens + output_tokens) / THOUSAND * self.credits_per_1k(canonical), "tokens"
         if reported_cost_usd is not None:
             return Rating(reported_cost_usd, credits, rule, canonical, "reported")
         return Rating(book_cost, credits, rule, canonical, "price_book")

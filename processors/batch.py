@@ -14,10 +14,11 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import NamedTuple
 
 from meterline.pricing import PricingError, Rater
+from meterline.pricing.money import EXACT
 from meterline.schemas import FieldProblem, InvalidEventError, UsageEvent, parse_event, record_time
 from meterline.schemas.rated import Status, rated_record
 from meterline.processors.state import RememberedIds, Seen, UserState, decode_batch, encode_batch, id_digest, payload_fingerprint
@@ -108,7 +109,16 @@ class BatchProcessor:
 
     def process(self, records: list[SourceRecord], state_of: Callable[[bytes], UserState],
                 now: float) -> BatchResult:
-        """Apply `records` (each partition's in offset order). `state_of` reads a user's stored state."""
+        """Apply `records` (each partition's in offset order). `state_of` reads a user's stored state.
+
+        Costs, credits and balances are computed under `money.EXACT`: an amount that would need
+        rounding raises (and its event is a dead letter) instead of being rounded.
+        """
+        with localcontext(EXACT):
+            return self._process(records, state_of, now)
+
+    def _process(self, records: list[SourceRecord], state_of: Callable[[bytes], UserState],
+                 now: float) -> BatchResult:
         result = BatchResult()
         first_seen: dict[int, dict[int, Seen]] = {}  # partition -> ids first seen in this batch
         for partition in {record.partition for record in records}:
@@ -123,17 +133,16 @@ class BatchProcessor:
                 continue
             try:
                 rating = self.rater.rate(outcome)
+                self._apply(record, outcome, rating.provider_cost_usd, rating.credits, rating.rule, state_of,
+                            first_seen.setdefault(record.partition, {}), result, now)
             except PricingError as error:  # e.g. a model the price book does not know: never priced at zero
                 result.dead_letters.append(DeadLetter(record, (FieldProblem("data.model", str(error)),)))
                 result.counts["dead_lettered"] += 1
-                continue
             except ArithmeticError as error:  # the bounds make it unreachable; never rounded if it were
+                # _apply raises before it records anything, so the event is not half applied.
                 result.dead_letters.append(DeadLetter(record, (FieldProblem(
-                    "data", f"its cost or credits cannot be computed exactly: {type(error).__name__}"),)))
+                    "data", f"its credits cannot be added to the balance exactly: {type(error).__name__}"),)))
                 result.counts["dead_lettered"] += 1
-                continue
-            self._apply(record, outcome, rating.provider_cost_usd, rating.credits, rating.rule, state_of,
-                        first_seen.setdefault(record.partition, {}), result, now)
         for partition, entries in first_seen.items():
             ids = self.remembered[partition]
             if entries:
@@ -163,13 +172,15 @@ class BatchProcessor:
             result.counts["replayed" if state.has_applied(partition, offset) else status + "s"] += 1
         else:
             status = "applied"
+            replay = state.has_applied(partition, offset)
+            if not replay:
+                state = state.apply(credits, partition, offset)  # first: if it raises, nothing is recorded
             if seen is None:
                 # Also for a replay: its state was stored but its batch of ids may have been lost.
                 first_seen[digest] = Seen(offset, fingerprint)
-            if state.has_applied(partition, offset):
+            if replay:
                 result.counts["replayed"] += 1  # counted before a crash; published again below
             else:
-                state = state.apply(credits, partition, offset)
                 result.states[user_key] = (partition, state)
                 result.counts["applied"] += 1
         result.rated.append((partition, user_key, rated_record(

@@ -20,8 +20,6 @@ from typing import NamedTuple
 
 import orjson
 
-from meterline.pricing.money import EXACT
-
 
 class UserState(NamedTuple):
     """A user's account as the stream knows it; the accounts issue adds its fields here.
@@ -35,7 +33,8 @@ class UserState(NamedTuple):
     last_offset: int = -1  # the last source offset applied: at or before it is a replay
 
     def apply(self, credits: Decimal, partition: int, offset: int) -> UserState:
-        return UserState(EXACT.add(self.credits_used, credits), self.events + 1, partition, offset)
+        # Exact: BatchProcessor.process runs under money.EXACT, which raises rather than rounds.
+        return UserState(self.credits_used + credits, self.events + 1, partition, offset)
 
     def has_applied(self, partition: int, offset: int) -> bool:
         return self.partition == partition and offset <= self.last_offset

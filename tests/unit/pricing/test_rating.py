@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from pathlib import Path
 
 import pytest
@@ -102,7 +102,11 @@ def test_a_price_past_the_bounds_is_a_config_error_naming_it(tmp_path, field: st
 def test_rating_at_the_token_bound_is_exact() -> None:
     from meterline.schemas.usage import MAX_TOKENS
 
-    rating = default_rater().rate_usage("claude-opus-4", MAX_TOKENS, MAX_TOKENS, cached_input_tokens=MAX_TOKENS - 1)
+    from meterline.pricing.money import EXACT
+
+    with localcontext(EXACT):  # as the worker rates: an amount that needed rounding would raise
+        rating = default_rater().rate_usage("claude-opus-4", MAX_TOKENS, MAX_TOKENS,
+                                            cached_input_tokens=MAX_TOKENS - 1)
     # 1 fresh + (10^9 - 1) cached input at $0.015 / $0.0015, 10^9 output at $0.075, per 1,000 tokens.
     assert rating.provider_cost_usd == (Decimal("0.015") + (MAX_TOKENS - 1) * Decimal("0.0015")
                                         + MAX_TOKENS * Decimal("0.075")) / 1000

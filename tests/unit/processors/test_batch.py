@@ -438,3 +438,18 @@ def test_a_near_valid_event_is_either_applied_or_dead_lettered(field: str, value
         [letter] = result.dead_letters
         assert letter.record.value == raw and letter.problems
         assert result.counts == {"dead_lettered": 1} and result.states == {}
+
+
+def test_an_amount_that_would_need_rounding_is_a_dead_letter_and_the_balance_is_untouched() -> None:
+    # A balance no bounded stream reaches: adding 1.1 credits to it exactly needs 77 digits, one past EXACT's.
+    huge = UserState(Decimal(10**75), 1, 0, 0)
+    worker = Worker(store={f"{ORG}/u1".encode(): huge})
+    result = worker.run([record(event("u1", 1000, 100, "r-1"), offset=1), record(event("u2", 1000, 100, "r-2"), offset=2)])
+    (letter,) = result.dead_letters
+    assert letter.record.offset == 1 and "exactly" in letter.reason
+    assert worker.store[f"{ORG}/u1".encode()] == huge  # not rounded, not half applied
+    assert worker.balance("u2") == credits(1000, 100)  # the rest of the batch is unaffected
+    assert statuses(result) == [(2, "applied")]
+    remembered = [entry for records in remembered_records(result).values() for _key, raw in records
+                  for entry in decode_batch(raw)[1]]
+    assert [seen.offset for _digest, seen in remembered] == [2]  # u2's id only: r-1 may come again
