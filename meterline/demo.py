@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
 import threading
 import time
 import urllib.error
@@ -87,14 +88,17 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 300, seed: i
     started_broker = not broker_status(settings).answering
     with console.status("starting Kafka (first run fetches the jars with Maven)..."):
         stack_up(settings)
-    with console.status("starting the worker and the sink..."):
-        worker = spawn_worker(settings, log_path=str(settings.home / "worker.log"))
-        warehouse = Warehouse(settings)
-        stop = threading.Event()
-        sink = ClickHouseSink(settings, warehouse)
-        sink_thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
-        sink_thread.start()
+    stop = threading.Event()
+    worker: subprocess.Popen[bytes] | None = None
+    sink_thread: threading.Thread | None = None
     try:
+        with console.status("starting the worker and the sink..."):
+            # The warehouse first: if another process owns chDB this fails before anything is started.
+            warehouse = Warehouse(settings)
+            worker = spawn_worker(settings, log_path=str(settings.home / "worker.log"))
+            sink = ClickHouseSink(settings, warehouse)
+            sink_thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
+            sink_thread.start()
         org_id = f"demo-{int(time.time())}"
         with console.status(f"emitting {events:,} events for {users} users..."), Meter(settings) as meter:
             sent = emit_traffic(meter, org_id, events, users, seed)
@@ -108,11 +112,17 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 300, seed: i
             wait_until_serving(settings.worker_url, token, org_id)
             api = _api_balances(settings, token, org_id, expected, timeout=120)
         return _report(warehouse, org_id, sent, stored, api)
-    finally:
+    finally:  # everything this demo started is stopped, whatever failed
         stop.set()
-        sink_thread.join(timeout=30)
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=60)
+        if sink_thread is not None:
+            sink_thread.join(timeout=30)
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(10)
         if started_broker:
             stack_down(settings)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -37,12 +38,32 @@ def prepare_topics(settings: Settings) -> None:
     ensure_topics(settings, compacted=tuple(changelog_topic(settings, table) for table in TABLES))
 
 
+def ensure_port_free(settings: Settings) -> None:
+    """Refuse a second worker on a taken port, saying what holds it (Faust would end in a traceback)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds
+        try:
+            probe.bind((settings.worker_host, settings.worker_port))
+            return
+        except OSError:
+            pass
+    try:
+        with urllib.request.urlopen(f"{settings.worker_url}/healthz", timeout=1):
+            holder = "a meterline worker that is already running"
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        holder = "another program"
+    raise MeterlineError(f"{settings.worker_url} is in use by {holder}; each worker needs its own port "
+                         "(METERLINE_WORKER_PORT)")
+
+
 def run_worker(settings: Settings | None = None, loglevel: str = "warn") -> None:
     """Run the worker in this process until SIGTERM/SIGINT (Faust handles both cleanly)."""
     from meterline.processors.app import create_app, prepare_process
 
+    settings = settings or load_settings()
+    ensure_port_free(settings)
     argv = prepare_process("meterline-worker", loglevel)  # first: it picks the event loop
-    app = create_app(settings or load_settings())
+    app = create_app(settings)
 
     @app.task
     async def restore_log_level() -> None:  # runs once the worker has set up logging
@@ -57,6 +78,7 @@ def run_worker(settings: Settings | None = None, loglevel: str = "warn") -> None
 def spawn_worker(settings: Settings, log_path: str | None = None,
                  module: str = "meterline.processors") -> subprocess.Popen[bytes]:
     """Start a worker (`python -m module`) as a child process; return once its web server answers."""
+    ensure_port_free(settings)  # else the health check below could be answered by the other one
     prepare_topics(settings)
     env = {name: value for name, value in os.environ.items() if not name.startswith("METERLINE_")}
     env.update(worker_env(settings))

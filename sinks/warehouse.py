@@ -7,13 +7,18 @@ process that owns a Warehouse is the one that writes and answers queries.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+from meterline.exceptions import MeterlineError
 from meterline.schemas.rated import RATED_FIELDS
 from meterline.settings import Settings, private_dir
 from meterline.sinks import queries
@@ -22,6 +27,30 @@ from meterline.sinks.queries import Query
 # chDB allows one open data directory per process: share the client among threads.
 _chdb_clients: dict[str, Client] = {}
 _chdb_lock = threading.Lock()
+_owned: dict[str, IO[str]] = {}  # lock files held for this process's lifetime
+
+
+def _own_directory(directory: Path) -> None:
+    """Take the chDB directory for this process, or say which process has it.
+
+    chDB itself refuses a second process with "Error initializing EmbeddedServer" and nothing
+    else; a lock file beside the directory names the holder instead.
+    """
+    path = directory.with_name(directory.name + ".lock")
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open while this process lives
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise MeterlineError(f"the embedded ClickHouse directory {directory} is in use by {holder}; one process "
+                             "owns it (stop that one, or set METERLINE_CHDB_PATH)") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} ({' '.join(sys.argv)[:200]})")
+    handle.flush()
+    _owned[str(directory)] = handle
 
 
 def _connect(settings: Settings) -> Client:
@@ -31,6 +60,7 @@ def _connect(settings: Settings) -> Client:
     with _chdb_lock:
         if path not in _chdb_clients:
             private_dir(settings.chdb_dir)
+            _own_directory(settings.chdb_dir.resolve())
             _chdb_clients[path] = clickhouse_connect.get_client(dsn=f"chdb://{path}")
         return _chdb_clients[path]
 
