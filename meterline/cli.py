@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from importlib.metadata import version
 import signal
 import sys
 import threading
@@ -18,7 +19,7 @@ console = Console(stderr=True)
 
 
 def _stack(settings: Settings, args: argparse.Namespace) -> int:
-    from meterline.stack import broker_status, fetch_jars, stack_down, stack_up
+    from meterline.stack import fetch_jars, stack_down, stack_up
 
     if args.action == "fetch":
         console.print(f"Kafka {settings.kafka_version} jars in {fetch_jars(settings)}")
@@ -28,10 +29,12 @@ def _stack(settings: Settings, args: argparse.Namespace) -> int:
     elif args.action == "down":
         console.print("Kafka stopped" if stack_down(settings) else "Kafka was not running")
     else:
-        status = broker_status(settings)
-        console.print(f"Kafka on {status.bootstrap}: {'running' if status.running else 'stopped'}"
-                      f"{f' (pid {status.pid})' if status.pid else ''}, {'answering' if status.answering else 'not answering'}")
-        return 0 if status.answering else 3
+        from meterline.stack.status import stack_report
+
+        parts = stack_report(settings)
+        for part in parts:
+            console.print(f"{part.name:8} {'[green]up[/green]  ' if part.up else '[red]down[/red]'} {part.detail}")
+        return 0 if parts[0].up else 3
     return 0
 
 
@@ -93,6 +96,7 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meterline", description="Per-user metering for AI products.")
+    parser.add_argument("--version", action="version", version=f"meterline {version('meterline')}")
     commands = parser.add_subparsers(dest="command", required=True)
     stack = commands.add_parser("stack", help="run the local single-node Kafka broker")
     stack.add_argument("action", choices=["up", "down", "status", "fetch"])

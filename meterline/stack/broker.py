@@ -115,17 +115,20 @@ def _start_time(pid: int) -> str | None:
 def _read_pid(settings: Settings) -> int | None:
     """The broker's pid, if the process the pid file names is still that broker.
 
-    A broker that crashed leaves its pid file; the pid may later be another process's. The file
-    holds the pid and its start time, and a pid whose start time differs is not ours: the stale
-    file is removed, and nothing is ever signalled on its word.
+    A broker that crashed leaves its pid file; the pid may later be another process's. Ours runs
+    with this data directory's server.properties on its command line, and started when the file
+    says (a file written before the start time was kept has only the pid). Otherwise the file is
+    stale: it is removed, and nothing is ever signalled on its word.
     """
     path = _pid_file(settings)
     try:
         pid_text, _, started = path.read_text().partition(" ")
         pid = int(pid_text)
-    except (FileNotFoundError, ValueError):
-        return None
-    if started.strip() and _start_time(pid) == started.strip():
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        command = []
+    properties = str(settings.kafka_data_dir / "server.properties").encode()
+    if properties in command and (not started.strip() or _start_time(pid) == started.strip()):
         return pid
     path.unlink(missing_ok=True)
     return None
