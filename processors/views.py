@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import faust
@@ -10,6 +11,7 @@ from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 
 from meterline.auth import may_read_balance, operator_key, same_key
+from meterline.stack import broker_answers
 
 if TYPE_CHECKING:
     from meterline.processors.app import Engine
@@ -62,5 +64,9 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
 
     @app.page("/healthz")
     class HealthView(View):
+        """Anyone may ask: whether this worker serves balances, and whether it reaches its broker."""
+
         async def get(self, request: Request) -> Response:
-            return self.json({"ok": True, "serving": serving(app)})
+            broker = await asyncio.to_thread(broker_answers, engine.settings, 1.0)  # a blocking metadata request
+            return self.json({"ok": True, "serving": serving(app), "state_restored": app.tables.recovery.completed.is_set(),
+                              "broker_reachable": broker})

@@ -134,7 +134,8 @@ def _read_pid(settings: Settings) -> int | None:
     return None
 
 
-def _answers(settings: Settings, timeout: float = 2.0) -> bool:
+def broker_answers(settings: Settings, timeout: float = 2.0) -> bool:
+    """Whether the broker answers a metadata request within `timeout` seconds."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 0})
     try:
         return bool(admin.list_topics(timeout=timeout).brokers)
@@ -144,17 +145,17 @@ def _answers(settings: Settings, timeout: float = 2.0) -> bool:
 
 def broker_status(settings: Settings) -> BrokerStatus:
     pid = _read_pid(settings)
-    return BrokerStatus(pid is not None, pid, settings.kafka_bootstrap, _answers(settings, 1.0))
+    return BrokerStatus(pid is not None, pid, settings.kafka_bootstrap, broker_answers(settings, 1.0))
 
 
 def stack_up(settings: Settings, wait_seconds: float = 90.0) -> BrokerStatus:
     """Start the broker if it is not running, wait until it answers and gives producer ids, create our topics."""
     # A broker already answering on the port (ours from another home, or a user's) is used as is.
-    started = settings.bootstrap is None and _read_pid(settings) is None and not _answers(settings, 1.0)
+    started = settings.bootstrap is None and _read_pid(settings) is None and not broker_answers(settings, 1.0)
     if started:
         _start_broker(settings)
     deadline = time.monotonic() + wait_seconds
-    while not _answers(settings):
+    while not broker_answers(settings):
         if time.monotonic() > deadline:
             log = settings.kafka_data_dir / "broker.log"
             raise MeterlineError(f"Kafka did not answer on {settings.kafka_bootstrap} within {wait_seconds}s; see {log}")

@@ -12,6 +12,7 @@ from meterline.producers import Meter
 from meterline.settings import Settings
 from meterline.sinks import queries
 from meterline.stack import stack_down, stack_up
+from meterline.stack.status import worker_health
 from tests.conftest import free_port
 from tests.integration.pipeline import (
     balance_differences,
@@ -42,7 +43,9 @@ def test_worker_and_sink_ride_out_a_broker_restart(own_broker: Settings):
         for event in events[:1000]:
             meter.send(event)
         meter.flush()
+        assert worker_health(settings)["broker_reachable"] is True
         stack_down(settings)
+        assert worker_health(settings)["broker_reachable"] is False  # /healthz says so while it is down
         stack_up(settings)
         for event in events[1000:] + random.Random(10).sample(events, 200):  # plus client retries
             meter.send(event)
