@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -100,7 +101,10 @@ class ModelCheck:
 
 def run_emit(settings: Settings, args: argparse.Namespace) -> int:
     check_model = ModelCheck(load_price_book(settings.prices), args.strict)
-    meter = Meter(settings)
+    # While Kafka is away librdkafka writes a raw line per connection attempt, and the meter logs
+    # its switch to the spool: the summary below says it once, in words.
+    logging.getLogger("meterline.producers").setLevel(logging.ERROR)
+    meter = Meter(settings, producer_config={"log_level": 0})
     try:
         if args.file is not None:
             outcome = _emit_file(meter, args.file, check_model)

@@ -103,3 +103,20 @@ def test_an_unknown_model_is_named_up_front_and_strict_refuses_it(
     assert main(["emit", "--strict", *flags, "--model", "gpt-4o-mini", "--request-id", "known"]) == 0
     # Everything sent is in the topic once the last one is; the refused one never is.
     assert {event["id"] for event in consume_all(cli_settings, 2)} == {"warned", "known"}
+
+
+def test_while_kafka_is_down_emit_says_so_in_words_not_librdkafka_lines(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    env = {name: value for name, value in os.environ.items() if not name.startswith("METERLINE_")}
+    env.update({"METERLINE_HOME": str(tmp_path), "METERLINE_BOOTSTRAP": f"127.0.0.1:{free_port()}"})  # nobody there
+    result = subprocess.run([sys.executable, "-m", "meterline.cli", "emit", "--org", "acme", "--user", "u-1", "--model",
+                             "gpt-4o", "--input-tokens", "1", "--output-tokens", "1", "--timeout", "3"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3  # accepted, and waiting in the spool
+    assert "rdkafka" not in result.stderr and "%3|" not in result.stderr
+    assert " ".join(result.stderr.split()).count("Kafka unreachable") == 1
