@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from importlib.metadata import version
 import signal
 import sys
@@ -43,10 +44,14 @@ def _sink(settings: Settings, _args: argparse.Namespace) -> int:
     from meterline.stack import ensure_topics
 
     ensure_topics(settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    ClickHouseSink(settings, Warehouse(settings)).run(stop)
+    warehouse = Warehouse(settings)
+    logging.getLogger("meterline.sinks").info("storing %s in ClickHouse (%s)", settings.rated_topic,
+                                             "server" if settings.clickhouse_url else f"chDB at {settings.chdb_dir}")
+    ClickHouseSink(settings, warehouse).run(stop)
     return 0
 
 

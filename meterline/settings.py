@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     sink_group: str = "meterline-sink"
     sink_batch_size: int = 5000
     sink_batch_seconds: float = 0.5
+    sink_report_seconds: float = Field(default=30.0, gt=0, description="How often the sink logs rows stored and lag.")
     clickhouse_url: SecretStr | None = None
     clickhouse_database: str = "meterline"
     chdb_path: Path | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -63,6 +64,14 @@ def prepare_process(program: str, loglevel: str) -> list[str]:
 
         create_with_short_fetch_wait.shortened_fetch_wait = True  # type: ignore[attr-defined]
         AIOKafkaConsumerThread._create_worker_consumer = create_with_short_fetch_wait  # type: ignore[method-assign]
+    if not sys.stdout.isatty():
+        # Faust's start-up spinner writes cursor codes even when its output is a log file.
+        from faust.worker import Worker
+
+        def without_spinner(worker: Any, _level: int) -> None:
+            worker.spinner = None  # every use of it is guarded by `if self.spinner`
+
+        Worker._disable_spinner_if_level_below_WARN = without_spinner  # type: ignore[method-assign]
     return [program, "worker", "--loglevel", loglevel]
 
 

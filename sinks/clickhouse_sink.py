@@ -50,6 +50,8 @@ class ClickHouseSink:
         self._consumer: Consumer | None = None
         self.rows_written = 0
         self.unreadable_skipped = 0
+        self.batches_written = 0
+        self._reported = (time.monotonic(), 0, 0)  # when, rows_written, batches_written
 
     @property
     def consumer(self) -> Consumer:
@@ -110,6 +112,7 @@ class ClickHouseSink:
                     return  # stopping: offsets stay uncommitted, the batch is re-read next time
                 delay = min(delay * 2, 10.0)
         self.rows_written += sum(len(rows) for rows in self._rows.values())  # once, however many retries
+        self.batches_written += 1
         offsets = [TopicPartition(self.settings.rated_topic, p, o) for p, o in self._next_offset.items()]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
@@ -136,11 +139,33 @@ class ClickHouseSink:
             self.flush(stop)
         return len(messages)
 
+    def lag(self) -> int | None:
+        """Records of the rated topic not yet stored, over this sink's partitions (from the last fetch)."""
+        if self._consumer is None:
+            return None
+        behind = 0
+        for position in self._consumer.position(self._consumer.assignment()):
+            _low, high = self._consumer.get_watermark_offsets(position, cached=True)
+            if position.offset >= 0 and high >= 0:
+                behind += max(high - position.offset, 0)
+        return behind + sum(len(rows) for rows in self._rows.values())
+
+    def report(self, now: float) -> None:
+        """Every `sink_report_seconds`, one line: what was stored since the last one, and the lag."""
+        when, rows, batches = self._reported
+        if now - when < self.settings.sink_report_seconds:
+            return
+        log.info("stored %d rows in %d batches in the last %.0f s (%d in all); %s records behind",
+                 self.rows_written - rows, self.batches_written - batches, now - when, self.rows_written,
+                 self.lag())
+        self._reported = (now, self.rows_written, self.batches_written)
+
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, then write what is buffered and close."""
         try:
             while not stop.is_set():
                 self.poll_once(stop=stop)
+                self.report(time.monotonic())
             self.flush(stop)
         finally:
             self.close()
