@@ -47,11 +47,9 @@ def ensure_port_free(settings: Settings) -> None:
             return
         except OSError:
             pass
-    try:
-        with urllib.request.urlopen(f"{settings.worker_url}/healthz", timeout=1):
-            holder = "a meterline worker that is already running"
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        holder = "another program"
+    from meterline.stack.status import worker_health
+
+    holder = "another program" if worker_health(settings) is None else "a meterline worker that is already running"
     raise MeterlineError(f"{settings.worker_url} is in use by {holder}; each worker needs its own port "
                          "(METERLINE_WORKER_PORT)")
 
