@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     worker_port: int = 6066
     # 35 days: what Stripe and Metronome accept for backdated usage (processors/README.md).
     dedupe_window_seconds: int = Field(default=35 * 24 * 3600, gt=0)
-    # ~230 bytes an id in memory (measured by the benchmark); past the bound the oldest are forgotten early.
+    # ~200 bytes an id in memory (measured by the benchmark); past the bound the oldest are forgotten early.
     dedupe_max_ids_per_partition: int = Field(default=2_000_000, gt=0)
     worker_batch_size: int = Field(default=2000, gt=0)
     worker_batch_seconds: float = Field(default=0.05, gt=0)
