@@ -41,12 +41,14 @@ import orjson
 from meterline.producers.events import ID_RANDOM, build_event, default_source
 from meterline.schemas import EVENT_TYPE, FieldProblem, InvalidEventError, UsageEvent
 from meterline.schemas.usage import (
+    IDENTIFIER_PATTERN,
     MAX_CLOCK_SKEW,
     MAX_EVENT_BYTES,
+    MAX_IDENTIFIER_CHARS,
     MAX_LATENCY_MS,
     MAX_METADATA_BYTES,
     MAX_REPORTED_COST_USD,
-    IDENTIFIER_PATTERN,
+    MAX_REQUEST_ID_CHARS,
     MAX_TOKENS,
     MONEY_DECIMAL_PLACES,
     REQUEST_ID_PATTERN,
@@ -182,7 +184,7 @@ class EventEncoder:
         _ENCODERS.add(self)
 
     def _identifier(self, value: object) -> str | None:
-        if type(value) is not str or not 0 < len(value) <= 256 or _IDENTIFIER.fullmatch(value) is None:
+        if type(value) is not str or not 0 < len(value) <= MAX_IDENTIFIER_CHARS or _IDENTIFIER.fullmatch(value) is None:
             return None
         escaped = _json(value)
         if escaped is not None:
@@ -278,7 +280,7 @@ class EventEncoder:
         else:
             when = now
         if ok and request_id is not None:
-            quoted = _json(request_id) if type(request_id) is str and 0 < len(request_id) <= 128 \
+            quoted = _json(request_id) if type(request_id) is str and 0 < len(request_id) <= MAX_REQUEST_ID_CHARS \
                 and _REQUEST_ID.fullmatch(request_id) else None
             ok, rid = quoted is not None, request_id
         else:
