@@ -11,6 +11,9 @@ the balances counted. Guarantees, step by step:
   ReplacingMergeTree on the request id) keeps it from counting twice.
 - while ClickHouse is unreachable the batch is kept and retried with backoff;
   nothing more is consumed, so nothing is lost and memory stays bounded.
+- a stop, or a rebalance that takes partitions away, waits for ClickHouse at most
+  REVOKE_SECONDS: then the buffer is dropped uncommitted, and whoever reads those
+  partitions next (this sink after a restart, or another member) stores it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from meterline.sinks.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 _STATUS = RATED_FIELDS.index("status")
+# A slow or unreachable ClickHouse must not hold a rebalance or a stop for long (quix's rule):
+# partitions are handed over uncommitted instead.
+REVOKE_SECONDS = 10.0
 
 
 class ClickHouseSink:
@@ -48,6 +54,7 @@ class ClickHouseSink:
         self._next_offset: dict[int, int] = {}
         self._batch_started = time.monotonic()
         self._consumer: Consumer | None = None
+        self._stop: threading.Event | None = None  # run()'s, so a revoke during a stop ends at once
         self.rows_written = 0
         self.unreadable_skipped = 0
         self.batches_written = 0
@@ -69,8 +76,12 @@ class ClickHouseSink:
         return self._consumer
 
     def _on_revoke(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
-        # Store what we hold before another member takes the partitions over.
-        self.flush()
+        # Store what we hold before another member takes the partitions over, if ClickHouse lets us
+        # within REVOKE_SECONDS; else hand them over uncommitted (nothing is lost, nothing counted twice).
+        if not self.flush(self._stop, deadline=time.monotonic() + REVOKE_SECONDS):
+            log.warning("ClickHouse unreachable: %d buffered row(s) handed over uncommitted; they are read again",
+                        sum(len(rows) for rows in self._rows.values()))
+            self._clear_buffer()
 
     def add(self, message: Message) -> None:
         partition, offset = message.partition(), message.offset()
@@ -97,19 +108,24 @@ class ClickHouseSink:
                 token = f"{topic}:{partition}:{self._first_offset[partition]}-{self._next_offset[partition] - 1}"
                 self.warehouse.insert_rated(table, rows, dedupe_token=token)
 
-    def flush(self, stop: threading.Event | None = None) -> None:
-        """Write the buffer (retrying while ClickHouse is down), then commit its offsets."""
+    def flush(self, stop: threading.Event | None = None, deadline: float | None = None) -> bool:
+        """Write the buffer (retrying while ClickHouse is down), then commit its offsets.
+
+        Returns False if it gave up first (`stop` set, or past `deadline`): the buffer is kept and
+        nothing is committed, so the batch is read again by whoever reads these partitions next.
+        """
         if not self._next_offset:
-            return
+            return True
         delay = 0.5
         while True:
             try:
                 self.write()
                 break
             except Exception as error:  # noqa: BLE001 - any warehouse failure: keep the batch, retry
-                log.warning("ClickHouse write failed, retrying in %.1fs: %s", delay, error)
-                if (stop or threading.Event()).wait(delay):
-                    return  # stopping: offsets stay uncommitted, the batch is re-read next time
+                wait = delay if deadline is None else min(delay, deadline - time.monotonic())
+                log.warning("ClickHouse write failed, retrying in %.1fs: %s", max(wait, 0), error)
+                if wait <= 0 or (stop or threading.Event()).wait(wait):
+                    return False  # stopping or out of time: offsets stay uncommitted
                 delay = min(delay * 2, 10.0)
         self.rows_written += sum(len(rows) for rows in self._rows.values())  # once, however many retries
         self.batches_written += 1
@@ -122,6 +138,10 @@ class ClickHouseSink:
             # starts from the last commit and stores the batch again: harmless, inserts carry
             # dedupe tokens and the table keeps one row per request id. Dying here is not.
             log.warning("offset commit failed; the stored batch will be read again: %s", error)
+        self._clear_buffer()
+        return True
+
+    def _clear_buffer(self) -> None:
         self._rows.clear()
         self._first_offset.clear()
         self._next_offset.clear()
@@ -162,6 +182,7 @@ class ClickHouseSink:
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, then write what is buffered and close."""
+        self._stop = stop
         try:
             while not stop.is_set():
                 self.poll_once(stop=stop)

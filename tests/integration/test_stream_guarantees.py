@@ -104,3 +104,36 @@ def test_dedupe_window_is_bounded_and_configurable(make_settings):
         meter.send(first)  # past the window the id is forgotten, so this copy counts again
         meter.flush()
         assert wait_for(balances_match(pipeline, "org-window", {"u1": Decimal(3)}))
+
+
+def test_a_sink_stops_promptly_while_clickhouse_is_down_and_a_new_one_stores_everything(make_settings):
+    settings = make_settings(sink_batch_seconds=0.2)
+    with running_pipeline(settings, with_sink=False) as pipeline, Meter(settings) as meter:
+        events = [meter.build("org-outage-stop", f"u{i % 5}", "gpt-4o", i, i) for i in range(300)]
+        for event in events:
+            meter.send(event)
+        meter.flush()
+        assert wait_for(balances_match(pipeline, "org-outage-stop", expected_credits(events)))  # all rated
+        down = FlakyWarehouse(pipeline.warehouse, failures=10**9)  # ClickHouse never answers this one
+        stuck = ClickHouseSink(settings, down)  # type: ignore[arg-type]
+        stop = threading.Event()
+        thread = threading.Thread(target=stuck.run, args=(stop,))
+        thread.start()
+        assert wait_for(lambda: down.attempts >= 2, timeout=60)  # it holds a batch it cannot store
+        began = time.monotonic()
+        stop.set()
+        thread.join(30)
+        assert not thread.is_alive(), "the sink did not stop while ClickHouse was down"
+        assert time.monotonic() - began < 15
+        # Nothing was committed: a sink with ClickHouse back stores every event, once.
+        stop = threading.Event()
+        thread = threading.Thread(target=ClickHouseSink(settings, pipeline.warehouse).run, args=(stop,))
+        thread.start()
+        try:
+            assert wait_for(lambda: pipeline.warehouse.query(
+                queries.count_distinct_events("org-outage-stop"))[0][0] == 300, timeout=60)
+        finally:
+            stop.set()
+            thread.join(30)
+        stored = {u: c for _o, u, c, _n in pipeline.warehouse.query(queries.credits_per_user("org-outage-stop"))}
+        assert stored == expected_credits(events)

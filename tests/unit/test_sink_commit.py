@@ -111,3 +111,29 @@ def test_an_unreadable_rated_record_is_skipped_and_its_offset_still_committed(tm
         ("rated_events", ["r1"], f"{RATED_TOPIC}:0:7-8")
     ]
     assert consumer.commits == [[(RATED_TOPIC, 0, 9)]]  # past the skipped record too
+
+
+class _Unreachable:
+    def insert_rated(self, table: str, rows: list[Any], dedupe_token: str) -> None:
+        raise ConnectionError("ClickHouse unreachable")
+
+
+def test_a_revoke_while_clickhouse_is_down_hands_the_partitions_over_within_the_bound(monkeypatch: Any) -> None:
+    import threading
+    import time
+
+    from meterline.sinks import clickhouse_sink
+
+    monkeypatch.setattr(clickhouse_sink, "REVOKE_SECONDS", 1.0)
+    sink = ClickHouseSink(Settings(rated_topic=RATED_TOPIC), _Unreachable())  # type: ignore[arg-type]
+    sink.add(_Message(0, 5, _rated("r-1", "applied", 5)))
+    began = time.monotonic()
+    sink._on_revoke(None, [])  # type: ignore[arg-type]  # the consumer is not used: nothing is committed
+    assert 0.9 <= time.monotonic() - began < 3.0
+    assert not sink._next_offset and not sink._rows  # handed over uncommitted: the next owner reads them
+    sink.add(_Message(0, 6, _rated("r-2", "applied", 6)))
+    sink._stop = threading.Event()
+    sink._stop.set()  # stopping: the revoke that closing the consumer causes does not wait at all
+    began = time.monotonic()
+    sink._on_revoke(None, [])  # type: ignore[arg-type]
+    assert time.monotonic() - began < 0.5
