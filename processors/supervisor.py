@@ -64,21 +64,28 @@ def _tend(child: Child, log_dir: Path, say: Callable[[str], None]) -> None:
         if code is None:
             return
         ran = time.monotonic() - child.started_at
-        child.backoff = FIRST_BACKOFF_SECONDS if ran >= STEADY_SECONDS else min(child.backoff * 2, MAX_BACKOFF_SECONDS)
-        child.restart_at = time.monotonic() + (0.0 if ran >= STEADY_SECONDS else child.backoff)
         child.process = None
-        say(f"worker on port {port} exited with code {code} after {ran:.0f} s; starting it again")
+        if ran >= STEADY_SECONDS:
+            child.backoff = FIRST_BACKOFF_SECONDS
+        say(f"worker on port {port} exited with code {code} after {ran:.0f} s; "
+            f"starting it again in {_retry_later(child):.0f} s")
     if time.monotonic() < child.restart_at:
         return
     try:
         child.process = spawn_worker(child.settings, log_path=str(log_dir / f"worker-{port}.log"))
     except MeterlineError as error:  # it did not come up: try again later, never stop the others
-        child.restart_at = time.monotonic() + child.backoff
-        child.backoff = min(child.backoff * 2, MAX_BACKOFF_SECONDS)
-        say(f"worker on port {port} did not start ({error}); trying again in {child.backoff:.0f} s")
+        say(f"worker on port {port} did not start ({error}); trying again in {_retry_later(child):.0f} s")
         return
     child.started_at = time.monotonic()
     say(f"worker on port {port} serving (pid {child.process.pid}); log: {log_dir / f'worker-{port}.log'}")
+
+
+def _retry_later(child: Child) -> float:
+    """Start `child` again after its current backoff, doubled for the time after; returns the wait."""
+    wait = child.backoff
+    child.restart_at = time.monotonic() + wait
+    child.backoff = min(wait * 2, MAX_BACKOFF_SECONDS)
+    return wait
 
 
 def _stop_all(children: list[Child]) -> None:
