@@ -8,12 +8,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 from meterline.exceptions import MeterlineError
 from meterline.settings import Settings, load_settings, private_dir
 from meterline.stack import ensure_topics
+from meterline.stack.status import worker_health
 
 # A child worker gets these settings and no other METERLINE_ variable: no warehouse URL, and
 # the API secret only as a file (the environment of a process is readable in /proc/PID/environ).
@@ -47,8 +46,6 @@ def ensure_port_free(settings: Settings) -> None:
             return
         except OSError:
             pass
-    from meterline.stack.status import worker_health
-
     holder = "another program" if worker_health(settings) is None else "a meterline worker that is already running"
     raise MeterlineError(f"{settings.worker_url} is in use by {holder}; each worker needs its own port "
                          "(METERLINE_WORKER_PORT)")
@@ -114,9 +111,7 @@ def wait_until_healthy(settings: Settings, process: subprocess.Popen[bytes], tim
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise MeterlineError(f"the worker exited with code {process.returncode} while starting")
-        try:
-            with urllib.request.urlopen(f"{settings.worker_url}/healthz", timeout=1):
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.3)
+        if worker_health(settings) is not None:
+            return
+        time.sleep(0.3)
     raise MeterlineError(f"the worker did not answer on {settings.worker_url} within {timeout}s")
