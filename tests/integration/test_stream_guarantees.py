@@ -56,14 +56,20 @@ class FlakyWarehouse:
         self.warehouse.insert_rated(table, rows, dedupe_token)
 
 
+def rated_in_stream(pipeline, meter, org, count, users):
+    """`count` events sent and counted by the worker (so all are on the rated topic); returns them."""
+    events = [meter.build(org, f"u{i % users}", "gpt-4o", i, i) for i in range(count)]
+    for event in events:
+        meter.send(event)
+    meter.flush()
+    assert wait_for(balances_match(pipeline, org, expected_credits(events)))
+    return events
+
+
 def test_sink_crash_between_write_and_commit_counts_nothing_twice(make_settings):
     settings = make_settings(sink_batch_size=100_000, sink_batch_seconds=3600)
     with running_pipeline(settings, with_sink=False) as pipeline, Meter(settings) as meter:
-        events = [meter.build("org-sink", f"u{i % 7}", "gpt-4o", i, i) for i in range(500)]
-        for event in events:
-            meter.send(event)
-        meter.flush()
-        assert wait_for(balances_match(pipeline, "org-sink", expected_credits(events)))  # all rated
+        events = rated_in_stream(pipeline, meter, "org-sink", 500, users=7)
         crashed = ClickHouseSink(settings, pipeline.warehouse)
         assert wait_for(lambda: crashed.poll_once(timeout=0.5) >= 0 and sum(map(len, crashed._rows.values())) >= 500), \
             f"the sink buffered {sum(map(len, crashed._rows.values()))} of 500 rated records"
@@ -109,11 +115,7 @@ def test_dedupe_window_is_bounded_and_configurable(make_settings):
 def test_a_sink_stops_promptly_while_clickhouse_is_down_and_a_new_one_stores_everything(make_settings):
     settings = make_settings(sink_batch_seconds=0.2)
     with running_pipeline(settings, with_sink=False) as pipeline, Meter(settings) as meter:
-        events = [meter.build("org-outage-stop", f"u{i % 5}", "gpt-4o", i, i) for i in range(300)]
-        for event in events:
-            meter.send(event)
-        meter.flush()
-        assert wait_for(balances_match(pipeline, "org-outage-stop", expected_credits(events)))  # all rated
+        events = rated_in_stream(pipeline, meter, "org-outage-stop", 300, users=5)
         down = FlakyWarehouse(pipeline.warehouse, failures=10**9)  # ClickHouse never answers this one
         stuck = ClickHouseSink(settings, down)  # type: ignore[arg-type]
         stop = threading.Event()
