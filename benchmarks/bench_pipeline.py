@@ -12,7 +12,7 @@ Each contender reads with its own consumer group and fresh state; runs alternate
 medians are compared as ratios, because this machine is shared and noisy. Each is timed from
 its first processed event to its last, so start-up and group joins are left out. Then freshness:
 events emitted through the SDK at a steady rate, and the time until each probe event shows in
-the balance API. Bounded: about 8 minutes in all, every wait has a deadline.
+the balance API, on one and on two workers. Bounded: about 12 minutes in all, every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -49,8 +49,11 @@ EVENTS = 100_000
 USERS = 1_000
 RUNS = 3
 DEADLINE = 120.0  # seconds any one contender may take
-FRESHNESS_RATES = (500, 5_000)  # events/s: one the worker keeps up with, and the design's target
+# (events/s, workers): a rate one worker keeps up with, and the design's target on one and on two
+# workers. One worker at 5,000/s runs near its ceiling beside the SDK and the broker on 2 cores.
+FRESHNESS_CASES = ((500, 1), (5_000, 1), (5_000, 2))
 FRESHNESS_SECONDS = 15
+FRESHNESS_RUNS = 3
 console = Console()
 
 
@@ -199,17 +202,20 @@ def run_quix(settings: Settings, topic: str, events: int) -> float:
         return time.monotonic() - first[0]
 
 
-def measure_freshness(settings: Settings, rate: int) -> tuple[list[float], int]:
+def measure_freshness(settings: Settings, rate: int, workers: int = 1) -> tuple[list[float], int]:
     """Emit at `rate` events/s through the SDK; every 50th event goes to a probe user whose
     balance is polled; a probe's latency is emit -> first poll that shows it. Returns the
     latencies seen and the number of probes sent (probes not seen 30 s after the end are missing)."""
     run = uuid.uuid4().hex[:8]
-    fresh = settings.model_copy(update={"usage_topic": f"bench-fresh-{run}", "app_id": f"bench-fresh-{run}",
-                                        "worker_port": free_port(), "dead_letter_topic": f"bench-dlq-{run}"})
+    every = [settings.model_copy(update={"usage_topic": f"bench-fresh-{run}", "app_id": f"bench-fresh-{run}",
+                                         "worker_port": free_port(), "dead_letter_topic": f"bench-dlq-{run}"})
+             for _ in range(workers)]
+    fresh = every[0]
     from meterline.stack import ensure_topics
 
     ensure_topics(fresh)
-    worker = spawn_worker(fresh)
+    with ThreadPoolExecutor(workers) as pool:  # started together: one assignment shares the partitions
+        processes = list(pool.map(spawn_worker, every))
     token = org_key(resolve_secret(fresh), "fresh")
     emitted: list[float] = []
     latencies: list[float] = []
@@ -257,8 +263,10 @@ def measure_freshness(settings: Settings, rate: int) -> tuple[list[float], int]:
             poller.join(60)
     finally:
         done.set()
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(60)
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(60)
     return latencies, len(emitted)
 
 
@@ -324,14 +332,25 @@ def main() -> None:
                   f"2 workers once both process: {sustained:,.0f} events/s "
                   f"(runs: {' '.join(f'{rate:,.0f}' for rate in SUSTAINED_RATES)}), {sustained / one_worker:.2f}x one worker")
     console.print(f"memory per remembered request id: {bytes_per_remembered_id():,.0f} bytes")
-    for rate in FRESHNESS_RATES:
-        with console.status(f"freshness: {rate:,} events/s for {FRESHNESS_SECONDS} s..."):
-            latencies, probes = measure_freshness(settings, rate)
-        if latencies:
-            console.print(f"balance freshness at {rate:,} events/s: {len(latencies)} of {probes} probes seen, "
-                          f"p50 {_percentile(latencies, 0.5) * 1000:,.0f} ms, p99 {_percentile(latencies, 0.99) * 1000:,.0f} ms, "
-                          f"max {max(latencies) * 1000:,.0f} ms")
-
+    freshness: dict[tuple[int, int], list[tuple[float, float, float, int, int]]] = {case: [] for case in FRESHNESS_CASES}
+    for run in range(FRESHNESS_RUNS):
+        for rate, workers in FRESHNESS_CASES:
+            with console.status(f"freshness run {run + 1}/{FRESHNESS_RUNS}: {rate:,} events/s, {workers} worker(s), "
+                                f"{FRESHNESS_SECONDS} s..."):
+                latencies, probes = measure_freshness(settings, rate, workers)
+            if latencies:
+                freshness[(rate, workers)].append((_percentile(latencies, 0.5), _percentile(latencies, 0.99),
+                                                   max(latencies), len(latencies), probes))
+    table = Table(title=f"balance freshness: emit -> balance API, {FRESHNESS_RUNS} runs of {FRESHNESS_SECONDS} s, medians")
+    for column in ("events/s", "workers", "p50 ms", "p99 ms", "p99 per run (ms)", "max ms", "probes seen"):
+        table.add_column(column, justify="right")
+    for (rate, workers), runs in freshness.items():
+        if runs:
+            table.add_row(f"{rate:,}", str(workers), f"{statistics.median(r[0] for r in runs) * 1000:,.0f}",
+                          f"{statistics.median(r[1] for r in runs) * 1000:,.0f}",
+                          " ".join(f"{r[1] * 1000:,.0f}" for r in runs), f"{max(r[2] for r in runs) * 1000:,.0f}",
+                          f"{sum(r[3] for r in runs)} of {sum(r[4] for r in runs)}")
+    console.print(table)
 
 if __name__ == "__main__":
     main()

@@ -1,15 +1,26 @@
-"""Every METERLINE_ environment variable, in one typed, frozen object.
+"""Every METERLINE_ environment variable, in two typed, frozen objects.
 
-Secrets are `SecretStr`, so printing the settings never shows them.
+`SdkSettings` is what a service that emits usage reads (the broker, the topic, the outage
+spool); `Settings` adds everything the server side reads (broker process, worker, sink,
+warehouse, API secret). A name that is neither - a typo - is an error naming the nearest real
+one, for an environment variable as for a keyword override. Secrets are `SecretStr`, so
+printing the settings never shows them.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from meterline.exceptions import ConfigurationError
+
+ENV_PREFIX = "METERLINE_"
 
 
 def _default_home() -> Path:
@@ -20,21 +31,49 @@ def _default_cache() -> Path:
     return Path.home() / ".cache" / "meterline"
 
 
-class Settings(BaseSettings):
-    """Configuration for the CLI, the worker, the sink and the SDK.
+class SdkSettings(BaseSettings):
+    """What the SDK (`Meter`, `AsyncMeter`) and `meterline emit` read.
 
-    Each field is read from ``METERLINE_<FIELD>`` (e.g. ``METERLINE_KAFKA_PORT``).
+    Each field is read from ``METERLINE_<FIELD>`` (e.g. ``METERLINE_BOOTSTRAP``).
     """
 
-    model_config = SettingsConfigDict(env_prefix="METERLINE_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
-    home: Path = Field(default_factory=_default_home, description="Data directory: broker data, chDB, logs.")
-    cache_dir: Path = Field(default_factory=_default_cache, description="Kafka jars fetched by Maven.")
+    home: Path = Field(default_factory=_default_home, description="Data directory: broker data, chDB, logs, spool.")
 
     # Kafka. With `bootstrap` unset we talk to the local broker that `meterline stack` runs.
     bootstrap: str | None = None
     kafka_host: str = "127.0.0.1"
     kafka_port: int = 9092
+    usage_topic: str = "meterline.usage.v1"
+
+    # The outage spool (producers/README.md). With `spool_dir` unset it is `home`/spool.
+    spool_dir: Path | None = None
+    spool_max_bytes: int = Field(default=1 << 30, gt=0, description="Bound on the outage spool; past it emit raises.")
+    spool_fsync: Literal["always", "interval", "never"] = "interval"
+    spool_fsync_interval: float = Field(default=1.0, gt=0)
+    delivery_timeout_ms: int = Field(default=30_000, gt=0, description="Unacknowledged this long: to the spool.")
+    record_failures: bool = False  # measure(): a failed call records a zero-usage event
+
+    # Pricing: price book and plan catalogue files. Unset: the defaults shipped in meterline.pricing.
+    # `emit` warns about a model the price book cannot price.
+    prices: Path | None = None
+    plans: Path | None = None
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.bootstrap or f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_dir or self.home / "spool"
+
+
+class Settings(SdkSettings):
+    """Configuration for the CLI, the broker, the worker and the sink (and the SDK's part)."""
+
+    cache_dir: Path = Field(default_factory=_default_cache, description="Kafka jars fetched by Maven.")
+
     kafka_controller_port: int = 9093
     kafka_version: str = "4.4.0"
     kafka_heap: str = "512m"
@@ -42,7 +81,6 @@ class Settings(BaseSettings):
     # the first takes every partition and each later one forces a rebalance; measured here, two
     # workers on a pre-filled topic then did ~7,700 events/s instead of ~11,300.
     kafka_initial_rebalance_delay_ms: int = Field(default=3000, ge=0)
-    usage_topic: str = "meterline.usage.v1"
     dead_letter_topic: str = "meterline.usage.dlq.v1"
     rated_topic: str = "meterline.rated.v1"
     partitions: int = 8
@@ -71,34 +109,14 @@ class Settings(BaseSettings):
     clickhouse_database: str = "meterline"
     chdb_path: Path | None = None
 
-    # Pricing: price book and plan catalogue files. Unset: the defaults shipped in meterline.pricing.
-    prices: Path | None = None
-    plans: Path | None = None
-
-    # Producer SDK (producers/README.md). With `spool_dir` unset the outage spool is `home`/spool.
-    spool_dir: Path | None = None
-    spool_max_bytes: int = Field(default=1 << 30, gt=0, description="Bound on the outage spool; past it emit raises.")
-    spool_fsync: Literal["always", "interval", "never"] = "interval"
-    spool_fsync_interval: float = Field(default=1.0, gt=0)
-    delivery_timeout_ms: int = Field(default=30_000, gt=0, description="Unacknowledged this long: to the spool.")
-    record_failures: bool = False  # measure(): a failed call records a zero-usage event
-
     # Signs org API keys and end-user tokens. Unset: a random secret kept in `home` (mode 0600).
     api_secret: SecretStr | None = None
     # Or read from this file (mode 0600): how a parent hands the secret to a child without its environment.
     api_secret_file: Path | None = None
 
     @property
-    def kafka_bootstrap(self) -> str:
-        return self.bootstrap or f"{self.kafka_host}:{self.kafka_port}"
-
-    @property
     def chdb_dir(self) -> Path:
         return self.chdb_path or self.home / "chdb"
-
-    @property
-    def spool_path(self) -> Path:
-        return self.spool_dir or self.home / "spool"
 
     @property
     def kafka_data_dir(self) -> Path:
@@ -110,8 +128,52 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read the environment, with explicit keyword overrides winning."""
+    """Read the environment, with explicit keyword overrides winning; unknown names are errors."""
+    check_environment()
+    check_names(overrides, Settings, "option")
     return Settings(**overrides)  # type: ignore[arg-type]  # pydantic validates the values
+
+
+def load_sdk_settings(base: SdkSettings | None = None, **overrides: object) -> SdkSettings:
+    """The SDK's settings: `base` (default: the environment) with keyword overrides applied.
+
+    An override must be an SDK setting: a server one (``worker_port``) or a typo (``bootstrp``)
+    is an error naming the nearest SDK setting.
+    """
+    check_names(overrides, SdkSettings, "SDK option")
+    if base is None:
+        check_environment()
+        return SdkSettings(**overrides)  # type: ignore[arg-type]
+    if not overrides:
+        return base
+    return type(base)(**{**base.model_dump(), **overrides})
+
+
+def check_names(names: Mapping[str, object], settings: type[SdkSettings], what: str) -> None:
+    """Raise ConfigurationError for the first name that is not a field of `settings`."""
+    known = list(settings.model_fields)
+    for name in names:
+        if name not in settings.model_fields:
+            raise ConfigurationError(_unknown(name, known, what, server_only=name in Settings.model_fields))
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Raise ConfigurationError for a METERLINE_ variable that no setting reads (a typo, or a stale name).
+
+    Checked against every setting, the server's included: one environment often serves both.
+    """
+    known = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+    for variable in os.environ if environ is None else environ:
+        if variable.upper().startswith(ENV_PREFIX) and variable.upper() not in known:
+            raise ConfigurationError(_unknown(variable, known, "environment variable"))
+
+
+def _unknown(name: str, known: list[str], what: str, server_only: bool = False) -> str:
+    if server_only:
+        return f"{name!r} is a server setting; the SDK does not read it"
+    nearest = difflib.get_close_matches(name.upper() if what == "environment variable" else name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {nearest[0]!r}?" if nearest else "; see meterline/settings.py for the list"
+    return f"unknown {what} {name!r}{hint}"
 
 
 def private_dir(path: Path) -> Path:

@@ -43,7 +43,7 @@ def _settle(future: asyncio.Future[Status], status: Status, error: KafkaError | 
 
 class AsyncMeter(MeterBase):
     """Emit usage events from asyncio code. Arguments as for `Meter` (settings, producer_config,
-    on_delivery, spool, record_failures, source, **overrides of Settings fields)."""
+    on_delivery, spool, record_failures, source, **overrides of SdkSettings fields)."""
 
     async def emit(
         self,

@@ -15,16 +15,7 @@ from meterline.producers.events import build_event
 from meterline.producers.responses import usage_from_response
 from meterline.producers.stats import MeterStats
 from meterline.schemas import FieldProblem, InvalidEventError, UsageEvent
-from meterline.settings import Settings, load_settings
-
-
-def resolve_settings(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
-    """`settings` (default: the METERLINE_ environment) with keyword overrides applied and validated."""
-    if settings is None:
-        return load_settings(**overrides)
-    if not overrides:
-        return settings
-    return Settings(**{**settings.model_dump(), **overrides})
+from meterline.settings import SdkSettings, load_sdk_settings
 
 
 class MeterBase:
@@ -32,7 +23,7 @@ class MeterBase:
 
     def __init__(
         self,
-        settings: Settings | None = None,
+        settings: SdkSettings | None = None,
         producer_config: dict[str, Any] | None = None,
         *,
         on_delivery: DeliveryCallback | None = None,
@@ -41,7 +32,7 @@ class MeterBase:
         source: str | None = None,
         **overrides: Any,
     ):
-        self.settings = resolve_settings(settings, overrides)
+        self.settings = load_sdk_settings(settings, **overrides)
         self.record_failures = self.settings.record_failures if record_failures is None else record_failures
         self._encoder = EventEncoder(source)
         self._engine = Engine(self.settings, config=producer_config, on_delivery=on_delivery, spool=spool)

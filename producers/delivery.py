@@ -18,7 +18,7 @@ from confluent_kafka import KafkaError, Message
 from meterline.producers.exceptions import SpoolError
 from meterline.producers.spool import Spool
 from meterline.producers.stats import Counters, DeliveryReport, Status
-from meterline.settings import Settings
+from meterline.settings import SdkSettings
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ Done = Callable[[Status, "KafkaError | None"], None]  # final outcome of one eve
 class DeliveryReports:
     """The delivery-report half of `Engine` (which sets these attributes)."""
 
-    settings: Settings
+    settings: SdkSettings
     counters: Counters
     spool: Spool | None
     _lock: threading.Lock

@@ -42,13 +42,16 @@ from meterline.producers.events import ID_RANDOM, build_event, default_source
 from meterline.schemas import EVENT_TYPE, FieldProblem, InvalidEventError, UsageEvent
 from meterline.schemas.usage import (
     IDENTIFIER_PATTERN,
+    MAX_ACTION_CHARS,
     MAX_CLOCK_SKEW,
     MAX_EVENT_BYTES,
     MAX_IDENTIFIER_CHARS,
     MAX_LATENCY_MS,
     MAX_METADATA_BYTES,
+    MAX_MODEL_CHARS,
     MAX_REPORTED_COST_USD,
     MAX_REQUEST_ID_CHARS,
+    MAX_SOURCE_CHARS,
     MAX_TOKENS,
     MONEY_DECIMAL_PLACES,
     REQUEST_ID_PATTERN,
@@ -83,7 +86,7 @@ def _json(value: str) -> str | None:
 
 def _cost(value: object) -> str | None:
     """The cost as a decimal string when it is plainly valid, else None (the schema decides)."""
-    if type(value) is int and 0 <= value < 10**20:
+    if type(value) is int and 0 <= value <= MAX_REPORTED_COST_USD:
         return str(value)
     if type(value) is float and math.isfinite(value) and value >= 0:
         value = Decimal(repr(value))  # 0.1 stays 0.1, as in the schema
@@ -171,8 +174,8 @@ class EventEncoder:
     def __init__(self, source: str | None = None):
         self.source = source or default_source()
         escaped = _json(self.source)
-        if not 0 < len(self.source) <= 512 or escaped is None:
-            raise InvalidEventError([FieldProblem("source", "must be 1 to 512 characters of text")])
+        if not 0 < len(self.source) <= MAX_SOURCE_CHARS or escaped is None:
+            raise InvalidEventError([FieldProblem("source", f"must be 1 to {MAX_SOURCE_CHARS} characters of text")])
         self._source = escaped
         # (org, user, model) -> (JSON from the id's end to the time, JSON from the time's end to the
         # input token count, Kafka key)
@@ -194,7 +197,7 @@ class EventEncoder:
         return escaped
 
     def _model(self, value: object) -> str | None:
-        if type(value) is not str or not 0 < len(value) <= 256:
+        if type(value) is not str or not 0 < len(value) <= MAX_MODEL_CHARS:
             return None
         escaped = _json(value)
         if escaped is not None:
@@ -268,7 +271,7 @@ class EventEncoder:
             cost = _cost(cost_usd)
             ok, extra = cost is not None, f',"cost_usd":"{cost}"'
         if ok and action is not None:
-            escaped = _json(action) if type(action) is str and 0 < len(action) <= 64 else None
+            escaped = _json(action) if type(action) is str and 0 < len(action) <= MAX_ACTION_CHARS else None
             ok, extra = escaped is not None, f'{extra},"action":{escaped}'
         meta = _metadata(metadata) if ok else None
         ok = ok and meta is not None

@@ -36,14 +36,14 @@ from meterline.producers.exceptions import DeliveryError, MeterClosedError, Prod
 from meterline.producers.replay import ReplayBatch
 from meterline.producers.spool import Spool
 from meterline.producers.stats import Counters, MeterStats
-from meterline.settings import Settings
+from meterline.settings import SdkSettings
 
 log = logging.getLogger(__name__)
 
 QUEUE_FULL_WAIT = 1.0  # seconds a full local queue may block emit before events go to the spool
 
 
-def producer_config(settings: Settings, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def producer_config(settings: SdkSettings, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The SDK's librdkafka settings; `overrides` win."""
     return {
         "bootstrap.servers": settings.kafka_bootstrap,
@@ -63,7 +63,7 @@ def producer_config(settings: Settings, overrides: dict[str, Any] | None = None)
 class Engine(DeliveryReports):
     """Owns the producer, the spool and the poll thread of one meter (thread-safe)."""
 
-    def __init__(self, settings: Settings, *, config: dict[str, Any] | None = None,
+    def __init__(self, settings: SdkSettings, *, config: dict[str, Any] | None = None,
                  on_delivery: DeliveryCallback | None = None, spool: bool = True):
         self.settings = settings
         self.topic = settings.usage_topic

@@ -37,14 +37,14 @@ class Meter(MeterBase):
     `stats()` and `on_delivery` show what happened; nothing is dropped silently.
 
     Args:
-        settings: broker, topic and spool settings; default: read from METERLINE_* variables.
+        settings: broker, topic and spool settings (SdkSettings); default: read from METERLINE_* variables.
         producer_config: extra librdkafka settings, applied over ours.
         on_delivery: called with a DeliveryReport per event outcome, on the SDK's poll thread.
         spool: False disables the outage spool (failed events then raise DeliveryError at flush).
         record_failures: `measure()` records a zero-usage event for a failed call
             (default: METERLINE_RECORD_FAILURES, false).
         source: the CloudEvents `source` (default ``meterline-sdk://<hostname>``).
-        **overrides: any Settings field, e.g. ``bootstrap="kafka:9092"``, ``usage_topic=...``,
+        **overrides: any SdkSettings field (a server setting or a typo is a ConfigurationError), e.g. ``bootstrap="kafka:9092"``, ``usage_topic=...``,
             ``spool_dir=...`` (METERLINE_SPOOL_DIR, default ~/.meterline/spool),
             ``spool_max_bytes`` (1 GiB), ``spool_fsync`` ("always" | "interval" | "never",
             default "interval"), ``spool_fsync_interval`` (1.0 s), ``delivery_timeout_ms``

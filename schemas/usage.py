@@ -55,6 +55,9 @@ Identifier = Field(min_length=1, max_length=MAX_IDENTIFIER_CHARS, pattern=IDENTI
 REQUEST_ID_PATTERN = rf"^[^{_CONTROL}]*[^\s{_CONTROL}][^{_CONTROL}]*$"
 REQUEST_ID_RULE = "must be 1 to 128 characters, not all whitespace, without control characters"
 MAX_REQUEST_ID_CHARS = 128
+MAX_MODEL_CHARS = 256
+MAX_ACTION_CHARS = 64
+MAX_SOURCE_CHARS = 512
 # What a broken pattern means, in words (pydantic would print the regular expression).
 PATTERN_RULES = {IDENTIFIER_PATTERN: IDENTIFIER_RULE, REQUEST_ID_PATTERN: REQUEST_ID_RULE}
 
@@ -66,13 +69,13 @@ class UsageData(BaseModel):
 
     org_id: str = Identifier
     user_id: str = Identifier
-    model: str = Field(min_length=1, max_length=256)
+    model: str = Field(min_length=1, max_length=MAX_MODEL_CHARS)
     input_tokens: StrictInt = Field(ge=0, le=MAX_TOKENS)
     output_tokens: StrictInt = Field(ge=0, le=MAX_TOKENS)
     cached_input_tokens: StrictInt = Field(default=0, ge=0, le=MAX_TOKENS)
     latency_ms: StrictInt = Field(default=0, ge=0, le=MAX_LATENCY_MS)
     cost_usd: Decimal | None = Field(default=None, ge=0, le=MAX_REPORTED_COST_USD, decimal_places=MONEY_DECIMAL_PLACES)
-    action: str | None = Field(default=None, min_length=1, max_length=64)
+    action: str | None = Field(default=None, min_length=1, max_length=MAX_ACTION_CHARS)
     metadata: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("cost_usd", mode="before")
@@ -112,9 +115,9 @@ class UsageEvent(BaseModel):
     specversion: Literal["1.0"] = "1.0"
     id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_CHARS, pattern=REQUEST_ID_PATTERN,
                     description="The request id; reuse it on retry.")
-    source: str = Field(min_length=1, max_length=512)
+    source: str = Field(min_length=1, max_length=MAX_SOURCE_CHARS)
     type: Literal["dev.meterline.usage.v1"] = EVENT_TYPE
-    subject: str = Field(min_length=1, max_length=256, description="The end user's id.")
+    subject: str = Field(min_length=1, max_length=MAX_IDENTIFIER_CHARS, description="The end user's id.")
     time: AwareDatetime
     datacontenttype: Literal["application/json"] = "application/json"
     data: UsageData
