@@ -18,6 +18,10 @@ from meterline.settings import Settings, load_settings
 
 console = Console(stderr=True)
 
+# What `pip install meterline` leaves out, and the extra that brings it (pyproject.toml).
+EXTRA_OF_MODULE = {"faust": "server", "mode": "server", "aiokafka": "server", "uvloop": "server",
+                   "clickhouse_connect": "server", "chdb": "server", "quixstreams": "bench"}
+
 
 def _stack(settings: Settings, args: argparse.Namespace) -> int:
     from meterline.stack import fetch_jars, stack_down, stack_up
@@ -133,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(settings, args))
     except MeterlineError as error:
         console.print(f"[red]error:[/red] {error}")
+        return 2
+    except ModuleNotFoundError as error:
+        extra = EXTRA_OF_MODULE.get((error.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        console.print(f"[red]error:[/red] `meterline {args.command}` needs the {extra} extra "
+                      f"({error.name} is not installed): pip install 'meterline[{extra}]'", highlight=False)
         return 2
 
 

@@ -121,8 +121,10 @@ def _import_litellm(_settings: Settings, args: argparse.Namespace) -> int:
         Path(args.output).write_text(result.yaml_text, encoding="utf-8")
     else:
         sys.stdout.write(result.yaml_text)
-    Console(stderr=True).print(f"{result.models} models written, {len(result.skipped)} entries skipped"
-                               f"{f' -> {args.output}' if args.output else ''}")
+    Console(stderr=True).print(
+        f"{result.models} models written, {len(result.skipped)} entries skipped, {result.aliases} base-name aliases "
+        f"({len(result.ambiguous_aliases)} shared by several models), {result.rounded_prices} prices rounded to 12 "
+        f"decimals per 1,000 tokens{f' -> {args.output}' if args.output else ''}", highlight=False)
     return 0
 
 

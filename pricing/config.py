@@ -20,8 +20,11 @@ from meterline.pricing.exceptions import ConfigError, ConfigProblem
 M = TypeVar("M", bound=BaseModel)
 
 
-class DecimalLoader(yaml.SafeLoader):
-    """A safe YAML loader that reads every float literal as a `Decimal` from its text."""
+class DecimalLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """A safe YAML loader that reads every float literal as a `Decimal` from its text.
+
+    libyaml's parser when PyYAML has it (its wheels do): a full LiteLLM book loads ~5x faster.
+    """
 
 
 def _construct_decimal(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Decimal | str:

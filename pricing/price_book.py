@@ -20,6 +20,7 @@ cache (OpenAI's convention); see README.md.
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -90,20 +91,25 @@ class PriceBook(BaseModel):
                 owner.setdefault(alias, name)
         return found
 
+    @cached_property
+    def _canonical(self) -> dict[str, str]:
+        """Every name and alias -> the model it prices as: one lookup per event, however large the book."""
+        names = {alias: name for name, price in self.models.items() for alias in price.aliases}
+        names.update((name, name) for name in self.models)  # a name wins over an alias (problems() flags it)
+        return names
+
     def resolve(self, model: str) -> str:
         """The canonical name `model` is priced as (itself, via an alias, or the default model)."""
-        if model in self.models:
-            return model
-        for name, price in self.models.items():
-            if model in price.aliases:
-                return name
+        name = self._canonical.get(model)
+        if name is not None:
+            return name
         if self.default_model is not None:
             return self.default_model
         raise UnknownModelError(model, list(self.models))
 
     def knows(self, model: str) -> bool:
         """True when `model` is a name or an alias (the default model does not count)."""
-        return model in self.models or any(model in price.aliases for price in self.models.values())
+        return model in self._canonical
 
     def price_of(self, model: str) -> ModelPrice:
         """The prices of `model`; raises `UnknownModelError` when it cannot be priced."""

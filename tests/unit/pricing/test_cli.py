@@ -142,3 +142,24 @@ def test_bad_plans_file_names_the_key(capsys: pytest.CaptureFixture[str], write:
 def test_unknown_plan_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["billing", "preview", "--plan", "gold", "--credits-used", "1"]) == 2
     assert "gold" in capsys.readouterr().err
+
+
+def test_every_command_works_with_the_whole_real_litellm_map(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from tests.unit.pricing.test_litellm import REAL_MAP
+
+    prices = tmp_path / "prices.yaml"
+    assert main(["pricing", "import-litellm", str(REAL_MAP), "--output", str(prices)]) == 0
+    assert "base-name aliases" in capsys.readouterr().err
+    out = run_json(capsys, "pricing", "quote", "--model", "claude-sonnet-4", "--input-tokens", "1000",
+                   "--output-tokens", "0", "--prices", str(prices))
+    assert (out["provider_cost_usd"], out["credits"]) == ("0.003", "1")
+    # Every model of the book x tier is checked: some of LiteLLM's dearest models are below target (exit 1).
+    assert main(["plans", "check", "--prices", str(prices), "--format", "json"]) in (0, 1)
+    checked = {row["model"] for row in json.loads(capsys.readouterr().out)["rows"]}
+    from meterline.pricing import load_price_book
+
+    assert checked == set(load_price_book(prices).models)
+    assert main(["pricing", "render", "--prices", str(prices)]) == 0
+    assert json.loads(capsys.readouterr().out)["plans"][1]["id"] == "pro"
+    out = run_json(capsys, "billing", "preview", "--plan", "pro", "--credits-used", "130", "--prices", str(prices))
+    assert out["total"] == "29.00"

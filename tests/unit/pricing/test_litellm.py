@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import re
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from meterline.pricing.exceptions import ConfigError
-from meterline.pricing.litellm import convert_litellm, parse_litellm
+from meterline.pricing.catalogue import load_catalogue
+from meterline.pricing.litellm import LiteLLMImport, base_name, convert_litellm, parse_litellm
 from meterline.pricing.price_book import price_book_from_text
 
 D = Decimal
@@ -81,3 +83,64 @@ def test_a_million_tokens_cost_what_litellm_says() -> None:
 def test_bad_input(text: str, reason: str) -> None:
     with pytest.raises(ConfigError, match=reason):
         convert_litellm(parse_litellm(text))
+
+
+@pytest.mark.parametrize(("name", "base"), [
+    ("claude-opus-4-20250514", "claude-opus-4"),
+    ("anthropic.claude-opus-4-20250514-v1:0", "claude-opus-4"),
+    ("bedrock/us.anthropic.claude-3-5-haiku-20241022-v1:0", "claude-3-5-haiku"),
+    ("vertex_ai/claude-3-5-sonnet@20240620", "claude-3-5-sonnet"),
+    ("azure/eu/gpt-4o-2024-08-06", "gpt-4o"),
+    ("gpt-4.1", "gpt-4.1"),  # a version with a dot is no prefix
+    ("gemini-2.5-pro", "gemini-2.5-pro"),
+])
+def test_base_names_drop_provider_paths_prefixes_versions_and_dates(name: str, base: str) -> None:
+    assert base_name(name) == base
+
+
+# LiteLLM's real map, unchanged (tests/data/litellm/README.md says where it comes from).
+REAL_MAP = Path(__file__).resolve().parents[2] / "data" / "litellm" / "model_prices_and_context_window.json"
+
+
+@pytest.fixture(scope="module")
+def real_import() -> tuple[dict, LiteLLMImport]:
+    data = parse_litellm(REAL_MAP.read_bytes(), REAL_MAP.name)
+    return data, convert_litellm(data, source=REAL_MAP.name)
+
+
+def test_the_shipped_plans_work_with_the_whole_real_map(real_import: tuple[dict, LiteLLMImport],
+                                                        tmp_path: Path) -> None:
+    data, result = real_import
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(result.yaml_text, encoding="utf-8")
+    catalogue = load_catalogue(prices)  # raised 15 errors before: the plans' undated names were unknown
+    book = catalogue.prices
+    for name in ("claude-opus-4", "claude-sonnet-4", "claude-3-5-haiku"):
+        owner = book.resolve(name)
+        assert base_name(owner) == name and owner in data
+    # An undated name is priced as the entry it stands for, at LiteLLM's own prices.
+    opus = data[book.resolve("claude-opus-4")]
+    assert book.price_of("claude-opus-4").input_per_1k == opus["input_cost_per_token"] * 1000
+
+
+def test_every_chat_model_costs_what_litellms_per_token_rule_says(real_import: tuple[dict, LiteLLMImport]) -> None:
+    data, result = real_import
+    book = price_book_from_text(result.yaml_text)
+    chat = {name: entry for name, entry in data.items() if isinstance(entry, dict) and entry.get("mode", "chat") == "chat"
+            and entry.get("input_cost_per_token") is not None and entry.get("output_cost_per_token") is not None}
+    assert len(chat) > 2000
+    calls = ((120_000, 30_000, 4_000), (1, 0, 0), (0, 0, 1), (777, 333, 777))  # (input, cached, output)
+    rounded = 0
+    for name, entry in chat.items():
+        for input_tokens, cached, output_tokens in calls:
+            cache_rate = entry.get("cache_read_input_token_cost")
+            cache_rate = entry["input_cost_per_token"] if cache_rate is None else cache_rate
+            litellm = ((input_tokens - cached) * entry["input_cost_per_token"] + cached * cache_rate
+                       + output_tokens * entry["output_cost_per_token"])
+            ours = book.price_of(name).cost(input_tokens, output_tokens, cached)
+            # Exact, but for prices past 12 decimals per 1,000 tokens: each is rounded by at most
+            # half a unit of 10^-15 per token.
+            bound = Decimal("0.5e-15") * (input_tokens + output_tokens)
+            assert abs(ours - litellm) <= bound, name
+            rounded += ours != litellm
+    assert 0 < rounded <= len(calls) * result.rounded_prices
