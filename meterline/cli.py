@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-from importlib.metadata import version
 import signal
 import sys
 import threading
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from meterline.cli_emit import register as register_emit
 from meterline.cli_pricing import register as register_pricing
+from meterline.console import stderr_console
 from meterline.exceptions import MeterlineError
-from meterline.settings import Settings, load_settings
 
-console = Console(stderr=True)
+if TYPE_CHECKING:  # each command imports what it needs when it runs: `meterline --help` stays quick
+    from meterline.settings import Settings
 
 # What `pip install meterline` leaves out, and the extra that brings it (pyproject.toml).
 EXTRA_OF_MODULE = {"faust": "server", "mode": "server", "aiokafka": "server", "uvloop": "server",
@@ -27,18 +26,18 @@ def _stack(settings: Settings, args: argparse.Namespace) -> int:
     from meterline.stack import fetch_jars, stack_down, stack_up
 
     if args.action == "fetch":
-        console.print(f"Kafka {settings.kafka_version} jars in {fetch_jars(settings)}")
+        stderr_console().print(f"Kafka {settings.kafka_version} jars in {fetch_jars(settings)}")
     elif args.action == "up":
         status = stack_up(settings)
-        console.print(f"Kafka answering on {status.bootstrap} (pid {status.pid}), data in {settings.kafka_data_dir}")
+        stderr_console().print(f"Kafka answering on {status.bootstrap} (pid {status.pid}), data in {settings.kafka_data_dir}")
     elif args.action == "down":
-        console.print("Kafka stopped" if stack_down(settings) else "Kafka was not running")
+        stderr_console().print("Kafka stopped" if stack_down(settings) else "Kafka was not running")
     else:
         from meterline.stack.status import stack_report
 
         parts = stack_report(settings)
         for part in parts:
-            console.print(f"{part.name:8} {'[green]up[/green]  ' if part.up else '[red]down[/red]'} {part.detail}")
+            stderr_console().print(f"{part.name:8} {'[green]up[/green]  ' if part.up else '[red]down[/red]'} {part.detail}")
         return 0 if parts[0].up else 3
     return 0
 
@@ -73,7 +72,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    return supervise(settings, args.processes, stop, say=console.print)
+    return supervise(settings, args.processes, stop, say=stderr_console().print)
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -103,9 +102,18 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+class _Version(argparse.Action):
+    """`--version`, reading the installed metadata only when asked (importlib.metadata is slow to import)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any) -> None:
+        from importlib.metadata import version
+
+        parser.exit(message=f"meterline {version('meterline')}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meterline", description="Per-user metering for AI products.")
-    parser.add_argument("--version", action="version", version=f"meterline {version('meterline')}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", required=True)
     stack = commands.add_parser("stack", help="run the local single-node Kafka broker")
     stack.add_argument("action", choices=["up", "down", "status", "fetch"])
@@ -133,16 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from meterline.settings import load_settings
+
         settings = load_settings()
         return int(args.run(settings, args))
     except MeterlineError as error:
-        console.print(f"[red]error:[/red] {error}")
+        stderr_console().print(f"[red]error:[/red] {error}")
         return 2
     except ModuleNotFoundError as error:
         extra = EXTRA_OF_MODULE.get((error.name or "").partition(".")[0])
         if extra is None:
             raise
-        console.print(f"[red]error:[/red] `meterline {args.command}` needs the {extra} extra "
+        stderr_console().print(f"[red]error:[/red] `meterline {args.command}` needs the {extra} extra "
                       f"({error.name} is not installed): pip install 'meterline[{extra}]'", highlight=False)
         return 2
 

@@ -25,18 +25,15 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from meterline.console import stderr_console
 
-from meterline.pricing import PriceBook, UnknownModelError, load_price_book
-from meterline.producers import Meter, MeterStats
-from meterline.schemas import InvalidEventError, parse_event
-from meterline.settings import Settings
+if TYPE_CHECKING:  # the rest is imported when the command runs: `meterline --help` stays quick
+    from meterline.pricing import PriceBook
+    from meterline.producers import Meter, MeterStats
+    from meterline.settings import Settings
 
-console = Console(stderr=True)
 FIELDS = {"org_id", "user_id", "model", "input_tokens", "output_tokens", "latency_ms", "request_id", "action",
           "cost_usd", "cached_input_tokens", "metadata", "timestamp"}
 REQUIRED = ("org_id", "user_id", "model", "input_tokens", "output_tokens")
@@ -82,6 +79,8 @@ class ModelCheck:
         self.warned: set[str] = set()
 
     def __call__(self, model: object) -> None:
+        from meterline.pricing import UnknownModelError
+
         if not isinstance(model, str) or model in self.warned:
             return  # not text: the schema names the problem
         try:
@@ -96,10 +95,13 @@ class ModelCheck:
         if self.strict:
             raise ValueError(problem)
         self.warned.add(model)
-        console.print(f"[yellow]warning:[/yellow] {problem}; sending it anyway (--strict refuses it)")
+        stderr_console().print(f"[yellow]warning:[/yellow] {problem}; sending it anyway (--strict refuses it)")
 
 
 def run_emit(settings: Settings, args: argparse.Namespace) -> int:
+    from meterline.pricing import load_price_book
+    from meterline.producers import Meter
+
     check_model = ModelCheck(load_price_book(settings.prices), args.strict)
     # While Kafka is away librdkafka writes a raw line per connection attempt, and the meter logs
     # its switch to the spool: the summary below says it once, in words.
@@ -132,6 +134,8 @@ def _flag_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _reason(error: Exception) -> str:
+    from meterline.schemas import InvalidEventError
+
     if isinstance(error, (InvalidEventError, ValueError)):
         return str(error)
     return f"{type(error).__name__}: {error}"  # unforeseen: still a reason, and the next line goes on
@@ -142,6 +146,8 @@ def _emit_one(meter: Meter, fields: Any, check_model: Callable[[object], None]) 
     if not isinstance(fields, dict):
         raise ValueError("an event must be a JSON object")
     if "specversion" in fields:
+        from meterline.schemas import parse_event
+
         event = parse_event(fields)
         check_model(event.data.model)
         return meter.send(event)
@@ -161,13 +167,15 @@ def _emit_one(meter: Meter, fields: Any, check_model: Callable[[object], None]) 
 
 
 def _emit_file(meter: Meter, name: str, check_model: Callable[[object], None]) -> Outcome:
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
     outcome = Outcome()
     stream: TextIO = sys.stdin if name == "-" else open(name, encoding="utf-8")  # noqa: SIM115 - closed below
     total = None if name == "-" else Path(name).stat().st_size
     columns = (TextColumn("emitting"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
                TimeRemainingColumn())
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
+        with Progress(*columns, console=stderr_console(), transient=False) as progress:
             task = progress.add_task("emit", total=total, rate="")
             for number, line in enumerate(stream, start=1):
                 progress.advance(task, len(line.encode()))
@@ -190,6 +198,9 @@ def _emit_file(meter: Meter, name: str, check_model: Callable[[object], None]) -
 
 
 def _summarise(outcome: Outcome, stats: MeterStats, settings: Settings, many: bool) -> int:
+    from rich.table import Table
+
+    console = stderr_console()
     if outcome.rejects:
         table = Table(title=f"{len(outcome.rejects):,} rejected" + (" (nothing sent for these)" if many else ""))
         if many:

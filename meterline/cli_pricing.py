@@ -15,22 +15,18 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation, localcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+from meterline.console import stderr_console
 
-from meterline.pricing.catalogue import Catalogue, load_catalogue
-from meterline.pricing.cycles import BillingSchedule, parse_instant
-from meterline.pricing.exceptions import PricingError
-from meterline.pricing.invoice import CarriedCredits, Grant, Invoice, compute_invoice
-from meterline.pricing.litellm import TOKEN_MODES, convert_litellm, parse_litellm
-from meterline.pricing.margin import CreditMargin, call_margin, check_margins
-from meterline.pricing.money import EXACT
-from meterline.pricing.page import render_html, render_json
-from meterline.pricing.proration import prorate_change
-from meterline.pricing.rating import Rater, Rating
-from meterline.settings import Settings
+if TYPE_CHECKING:  # the domain is imported when a command runs: `meterline --help` stays quick
+    from rich.console import Console
+
+    from meterline.pricing.catalogue import Catalogue
+    from meterline.pricing.invoice import Grant, Invoice
+    from meterline.pricing.margin import CreditMargin
+    from meterline.pricing.rating import Rater, Rating
+    from meterline.settings import Settings
 
 
 def _decimal(text: str) -> Decimal:
@@ -50,12 +46,16 @@ def _count(text: str) -> int:
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     return Console(width=shutil.get_terminal_size((120, 24)).columns, soft_wrap=False)
 
 
 def _catalogue(settings: Settings, args: argparse.Namespace) -> Catalogue:
     """`--prices`/`--plans`, else METERLINE_PRICES/METERLINE_PLANS, else the shipped defaults."""
-    return load_catalogue(args.prices or settings.prices, args.plans or settings.plans)
+    from meterline.pricing.catalogue import load_catalogue
+
+    return load_catalogue(args.prices or settings.prices, args.plans or settings.plans, settings.cache_dir)
 
 
 def _dump(data: Any) -> int:
@@ -85,6 +85,12 @@ def _explain(rating: Rating, args: argparse.Namespace, rater: Rater) -> str:
 
 
 def _quote(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from meterline.pricing.margin import call_margin
+    from meterline.pricing.money import EXACT
+    from meterline.pricing.rating import Rater
+
     rater = Rater.from_catalogue(catalogue := _catalogue(settings, args))
     with localcontext(EXACT):  # the worker's context: the quote is the amount the stream would count
         rating = rater.rate_usage(args.model, args.input_tokens, args.output_tokens,
@@ -110,6 +116,9 @@ def _quote(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _import_litellm(_settings: Settings, args: argparse.Namespace) -> int:
+    from meterline.pricing.exceptions import PricingError
+    from meterline.pricing.litellm import TOKEN_MODES, convert_litellm, parse_litellm
+
     source = Path(args.file)
     try:
         raw = source.read_bytes()
@@ -121,7 +130,7 @@ def _import_litellm(_settings: Settings, args: argparse.Namespace) -> int:
         Path(args.output).write_text(result.yaml_text, encoding="utf-8")
     else:
         sys.stdout.write(result.yaml_text)
-    Console(stderr=True).print(
+    stderr_console().print(
         f"{result.models} models written, {len(result.skipped)} entries skipped, {result.aliases} base-name aliases "
         f"({len(result.ambiguous_aliases)} shared by several models), {result.rounded_prices} prices rounded to 12 "
         f"decimals per 1,000 tokens{f' -> {args.output}' if args.output else ''}", highlight=False)
@@ -129,6 +138,8 @@ def _import_litellm(_settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _render(settings: Settings, args: argparse.Namespace) -> int:
+    from meterline.pricing.page import render_html, render_json
+
     plan_file = _catalogue(settings, args).plan_file
     text = render_json(plan_file) if args.format == "json" else render_html(plan_file)
     if args.output:
@@ -139,6 +150,10 @@ def _render(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from meterline.pricing.margin import check_margins
+
     catalogue = _catalogue(settings, args)
     report = check_margins(catalogue, args.credit_price, args.plan)
     status = 1 if report.flagged else 0
@@ -166,6 +181,10 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cycles(_settings: Settings, args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from meterline.pricing.cycles import BillingSchedule, parse_instant
+
     schedule = BillingSchedule(parse_instant(args.anchor), args.interval)
     cycles = schedule.cycles(args.count)
     if args.format == "json":
@@ -182,11 +201,19 @@ def _cycles(_settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _grant(text: str) -> Grant:
+    from meterline.pricing.cycles import parse_instant
+    from meterline.pricing.invoice import Grant
+
     credits, _, expiry = text.partition("@")
     return Grant(f"grant-{credits}", _decimal(credits), "promo" if expiry else "topup", parse_instant(expiry) if expiry else None)
 
 
 def _preview(settings: Settings, args: argparse.Namespace) -> int:
+    from meterline.pricing.cycles import BillingSchedule, parse_instant
+    from meterline.pricing.exceptions import PricingError
+    from meterline.pricing.invoice import CarriedCredits, compute_invoice
+    from meterline.pricing.proration import prorate_change
+
     catalogue = _catalogue(settings, args)
     plan = catalogue.plan(args.plan)
     cycle = terms = None
@@ -213,6 +240,8 @@ def _invoice_json(invoice: Invoice) -> dict[str, Any]:
 
 
 def _print_invoice(invoice: Invoice) -> int:
+    from rich.table import Table
+
     span = f", cycle {invoice.cycle.start.isoformat()} - {invoice.cycle.end.isoformat()}" if invoice.cycle else ""
     table = Table(title=f"Invoice preview: plan {invoice.plan}, {invoice.credits_used} credits used{span}")
     for column in ("line", "credits", "unit price", "amount"):
@@ -244,7 +273,7 @@ def register(commands: Any) -> None:
     imp = pricing.add_parser("import-litellm", help="convert LiteLLM's model_prices_and_context_window.json to our YAML")
     imp.add_argument("file")
     imp.add_argument("--output", help="write here instead of stdout")
-    imp.add_argument("--mode", action="append", help=f"keep this mode (repeatable; default {', '.join(sorted(TOKEN_MODES))})")
+    imp.add_argument("--mode", action="append", help="keep this mode (repeatable; default: the modes priced per token)")
     imp.add_argument("--provider", action="append", help="keep only this litellm_provider (repeatable)")
     imp.set_defaults(run=_import_litellm)
     quote = pricing.add_parser("quote", help="provider cost and credits of one call")

@@ -41,9 +41,9 @@ def parse_plans(data: object, source: str, prices: PriceBook) -> PlanFile:
     return plan_file
 
 
-def load_catalogue(prices: Path | None = None, plans: Path | None = None) -> Catalogue:
-    """Load both files; `None` means the shipped default for that file."""
-    book = load_price_book(prices)
+def load_catalogue(prices: Path | None = None, plans: Path | None = None, cache_dir: Path | None = None) -> Catalogue:
+    """Load both files; `None` means the shipped default for that file (`cache_dir`: see load_price_book)."""
+    book = load_price_book(prices, cache_dir)
     plans_path = plans or default_path("plans.yaml")
     return Catalogue(book, parse_plans(read_yaml(plans_path), str(plans_path), book))
 

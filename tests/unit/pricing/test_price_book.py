@@ -110,3 +110,35 @@ def test_unreadable_files_are_config_errors(text: str) -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_price_book(tmp_path / "absent.yaml")
+
+
+def test_a_cached_book_is_the_same_book_and_skips_the_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from meterline.pricing import price_book
+
+    source = tmp_path / "prices.yaml"
+    source.write_text(SMALL_PRICES)
+    cache = tmp_path / "cache"
+    first = price_book.load_price_book(source, cache)
+    assert len(list((cache / "price-books").iterdir())) == 1
+
+    def no_yaml(_path: Path) -> None:
+        raise AssertionError("parsed the YAML again")
+
+    monkeypatch.setattr(price_book, "read_yaml", no_yaml)
+    assert price_book.load_price_book(source, cache) == first
+    monkeypatch.undo()
+    # An edited file is read again; a damaged cache entry is ignored.
+    source.write_text(SMALL_PRICES.replace("0.001", "0.004"))
+    assert price_book.load_price_book(source, cache).price_of("cheap").input_per_1k == Decimal("0.004")
+    for entry in (cache / "price-books").iterdir():
+        entry.write_text("{not json")
+    assert price_book.load_price_book(source, cache).price_of("cheap").input_per_1k == Decimal("0.004")
+
+
+def test_an_invalid_book_is_never_cached(tmp_path: Path) -> None:
+    source = tmp_path / "prices.yaml"
+    source.write_text("version: 1\nmodels:\n  x: {input_per_1k: -1, output_per_1k: 0}\n")
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="models.x.input_per_1k"):
+            load_price_book(source, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "price-books").exists()
