@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # each command imports what it needs when it runs: `meterline
     from meterline.settings import Settings
 
 # What `pip install meterline` leaves out, and the extra that brings it (pyproject.toml).
-EXTRA_OF_MODULE = {"faust": "server", "mode": "server", "aiokafka": "server", "uvloop": "server",
+EXTRA_OF_MODULE = {"rich": "cli", "faust": "server", "mode": "server", "aiokafka": "server", "uvloop": "server",
                    "clickhouse_connect": "server", "chdb": "server", "quixstreams": "bench"}
 
 

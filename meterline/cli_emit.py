@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
 from meterline.console import stderr_console
@@ -167,18 +168,13 @@ def _emit_one(meter: Meter, fields: Any, check_model: Callable[[object], None]) 
 
 
 def _emit_file(meter: Meter, name: str, check_model: Callable[[object], None]) -> Outcome:
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
-
     outcome = Outcome()
     stream: TextIO = sys.stdin if name == "-" else open(name, encoding="utf-8")  # noqa: SIM115 - closed below
     total = None if name == "-" else Path(name).stat().st_size
-    columns = (TextColumn("emitting"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
-               TimeRemainingColumn())
     try:
-        with Progress(*columns, console=stderr_console(), transient=False) as progress:
-            task = progress.add_task("emit", total=total, rate="")
+        with _progress_bar(total, outcome) as advance:
             for number, line in enumerate(stream, start=1):
-                progress.advance(task, len(line.encode()))
+                advance(len(line.encode()), number)
                 if not line.strip():
                     continue
                 try:
@@ -188,27 +184,41 @@ def _emit_file(meter: Meter, name: str, check_model: Callable[[object], None]) -
                     outcome.rejects.append((number, f"not JSON: {error}"))
                 except Exception as error:  # noqa: BLE001 - a bulk load finishes every line it can
                     outcome.rejects.append((number, _reason(error)))
-                if number % 1000 == 0:
-                    progress.update(task, rate=f"{outcome.accepted:,} ok, {len(outcome.rejects):,} rejected")
-            progress.update(task, rate=f"{outcome.accepted:,} ok, {len(outcome.rejects):,} rejected")
     finally:
         if stream is not sys.stdin:
             stream.close()
     return outcome
 
 
-def _summarise(outcome: Outcome, stats: MeterStats, settings: Settings, many: bool) -> int:
-    from rich.table import Table
+@contextmanager
+def _progress_bar(total: int | None, outcome: Outcome) -> Iterator[Callable[[int, int], None]]:
+    """rich's progress bar on stderr, fed (bytes read, line number); without rich, none."""
+    try:
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+    except ModuleNotFoundError:  # the SDK alone: the summary at the end says it all
+        yield lambda _size, _number: None
+        return
+    columns = (TextColumn("emitting"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=stderr_console(), transient=False) as progress:  # type: ignore[arg-type]
+        task = progress.add_task("emit", total=total, rate="")
 
+        def advance(size: int, number: int) -> None:
+            progress.advance(task, size)
+            if number % 1000 == 0:
+                progress.update(task, rate=f"{outcome.accepted:,} ok, {len(outcome.rejects):,} rejected")
+
+        yield advance
+        progress.update(task, rate=f"{outcome.accepted:,} ok, {len(outcome.rejects):,} rejected")
+
+
+def _summarise(outcome: Outcome, stats: MeterStats, settings: Settings, many: bool) -> int:
     console = stderr_console()
     if outcome.rejects:
-        table = Table(title=f"{len(outcome.rejects):,} rejected" + (" (nothing sent for these)" if many else ""))
-        if many:
-            table.add_column("line", justify="right")
-        table.add_column("reason", overflow="fold")
+        # One line a reject, "line N: reason": easy to read, to grep, and to fix in the file.
+        console.print(f"[red]{len(outcome.rejects):,} rejected[/red]" + (" (nothing sent for these):" if many else ":"))
         for number, reason in outcome.rejects[:SHOWN_REJECTS]:
-            table.add_row(*([str(number)] if many else []), reason)
-        console.print(table)
+            console.print(f"  line {number}: {reason}" if many else f"  {reason}", markup=False, highlight=False)
         if len(outcome.rejects) > SHOWN_REJECTS:
             console.print(f"... and {len(outcome.rejects) - SHOWN_REJECTS:,} more")
     if many or stats.sent:

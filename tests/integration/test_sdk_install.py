@@ -19,7 +19,8 @@ from meterline.stack import ensure_topics
 from tests.integration.test_producer_sdk import consume_all
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER_DISTRIBUTIONS = {"faust-streaming", "aiokafka", "chdb", "clickhouse-connect", "uvloop", "quixstreams", "mode-streaming"}
+SERVER_DISTRIBUTIONS = {"faust-streaming", "aiokafka", "chdb", "clickhouse-connect", "uvloop", "quixstreams", "mode-streaming",
+                        "rich"}
 # What any virtualenv holds before the SDK: not the SDK's size.
 VENV_TOOLS = ("pip", "setuptools", "_distutils_hack", "pkg_resources", "distutils-precedence.pth")
 MAX_SDK_BYTES = 40 * 1024 * 1024
@@ -29,18 +30,23 @@ MAX_SDK_BYTES = 40 * 1024 * 1024
 def sdk_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A virtualenv holding the meterline wheel and its base dependencies, nothing else."""
     work = tmp_path_factory.mktemp("sdk")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work), str(ROOT)],
-                   check=True, timeout=600)
-    (wheel,) = work.glob("meterline-*.whl")
     venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], check=True, timeout=900)
+    _step(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work), str(ROOT))
+    (wheel,) = work.glob("meterline-*.whl")  # this checkout's wheel, never a package of that name on PyPI
+    _step(sys.executable, "-m", "venv", str(venv))
+    _step(str(venv / "bin" / "pip"), "install", "-q", str(wheel))
     yield venv
 
 
+def _step(*command: str) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{' '.join(command)}:\n{done.stdout}\n{done.stderr}"
+
+
 def _run(venv: Path, *command: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    # Run outside this checkout: from here, `python -c` would import the source tree's `meterline`.
     return subprocess.run([str(venv / "bin" / command[0]), *command[1:]], capture_output=True, text=True,
-                          timeout=120, **kwargs)  # type: ignore[call-overload]
+                          timeout=120, cwd=venv.parent, **kwargs)  # type: ignore[call-overload]
 
 
 def test_the_sdk_installs_without_the_server_side_and_stays_small(sdk_venv: Path) -> None:
@@ -74,9 +80,31 @@ def test_the_sdk_alone_emits_to_the_real_broker(sdk_venv: Path, make_settings: C
     assert event["data"]["input_tokens"] == 1200 and event["data"]["output_tokens"] == 340
 
 
-def test_a_server_command_names_the_extra_to_install(sdk_venv: Path, tmp_path: Path) -> None:
-    for command in ("worker", "sink"):
-        done = _run(sdk_venv, "meterline", command, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
-        assert done.returncode == 2, done.stderr
-        assert "pip install 'meterline[server]'" in done.stderr
-        assert "Traceback" not in done.stderr
+def test_the_sdk_alone_runs_meterline_emit(sdk_venv: Path, make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    ensure_topics(settings)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(settings.home), "METERLINE_BOOTSTRAP": settings.kafka_bootstrap,
+           "METERLINE_USAGE_TOPIC": settings.usage_topic}
+    done = _run(sdk_venv, "meterline", "emit", "--org", "acme", "--user", "user-2", "--model", "gpt-4o-mni",
+                "--input-tokens", "10", "--output-tokens", "5", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "warning: model 'gpt-4o-mni' is not in the price book" in done.stderr  # markup removed, words kept
+    (event,) = consume_all(settings, 1)
+    assert event["id"] == done.stdout.strip() and event["data"]["model"] == "gpt-4o-mni"
+    lines = sdk_venv.parent / "events.jsonl"
+    lines.write_text('{"org_id": "acme", "user_id": "u", "model": "gpt-4o", "input_tokens": 1, "output_tokens": 1}\n'
+                     '{"org_id": "acme", "user_id": "u", "model": "gpt-4o", "input_tokens": -1, "output_tokens": 1}\n')
+    done = _run(sdk_venv, "meterline", "emit", "--file", str(lines), env=env)
+    assert done.returncode == 1, done.stderr
+    assert "1 rejected" in done.stderr and "line 2: " in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("command", "extra"), [(("worker",), "server"), (("sink",), "server"),
+                                                (("pricing", "quote", "--model", "gpt-4o", "--input-tokens", "1",
+                                                  "--output-tokens", "1"), "cli")])
+def test_a_command_of_an_extra_names_the_extra_to_install(sdk_venv: Path, tmp_path: Path, command: tuple[str, ...],
+                                                          extra: str) -> None:
+    done = _run(sdk_venv, "meterline", *command, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert done.returncode == 2, done.stderr
+    assert f"pip install 'meterline[{extra}]'" in done.stderr
+    assert "Traceback" not in done.stderr
