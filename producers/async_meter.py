@@ -32,11 +32,11 @@ from meterline.producers.stats import MeterStats, Status
 from meterline.schemas import UsageEvent
 
 
-def _settle(future: asyncio.Future[Status], status: Status, error: KafkaError | None) -> None:
+def _settle(future: asyncio.Future[Status], status: Status, error: KafkaError | None, value: bytes) -> None:
     if future.done():
         return
     if status == "lost":
-        future.set_exception(DeliveryError([error] if error is not None else []))
+        future.set_exception(DeliveryError([error] if error is not None else [], [value]))
     else:
         future.set_result(status)
 
@@ -95,7 +95,7 @@ class AsyncMeter(MeterBase):
             future = waiter
 
             def done(status: Status, error: KafkaError | None) -> None:
-                loop.call_soon_threadsafe(_settle, waiter, status, error)
+                loop.call_soon_threadsafe(_settle, waiter, status, error, value)
 
         if engine.spooling:  # file appends (and fsync) go to a worker thread
             await asyncio.to_thread(engine.submit, key, value, done=done)

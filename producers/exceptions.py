@@ -40,7 +40,9 @@ class DeliveryError(ProducerError):
     def __init__(self, errors: list[KafkaError], payloads: list[bytes] | None = None):
         self.errors = errors
         self.payloads = payloads or []
-        super().__init__(f"{len(errors)} event(s) neither delivered nor spooled; first reason: {errors[0]}")
+        reason = f"; first reason: {errors[0]}" if errors else ""
+        super().__init__(f"{max(len(errors), len(self.payloads))} event(s) neither delivered nor spooled "
+                         f"(the spool is disabled or full){reason}")
 
     @property
     def codes(self) -> list[int]:

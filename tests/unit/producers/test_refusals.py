@@ -95,3 +95,21 @@ def test_a_meter_inherited_through_fork_refuses_in_the_child_and_keeps_working_i
     meter.emit("acme", "u-1", "gpt-4o", 3, 3)
     stats = meter.close(0.5)
     assert stats.sent == 2 and stats.spooled + stats.in_flight == 2
+
+
+def test_an_async_event_lost_without_a_kafka_reason_raises_delivery_error_with_its_payload() -> None:
+    import asyncio
+
+    from meterline.producers import DeliveryError
+    from meterline.producers.async_meter import _settle
+
+    async def settle() -> DeliveryError:
+        future = asyncio.get_running_loop().create_future()
+        _settle(future, "lost", None, b'{"id": "r-1"}')  # used to raise IndexError: no reason to quote
+        with pytest.raises(DeliveryError) as raised:
+            await future
+        return raised.value
+
+    error = asyncio.run(settle())
+    assert error.payloads == [b'{"id": "r-1"}'] and error.errors == []
+    assert str(error) == "1 event(s) neither delivered nor spooled (the spool is disabled or full)"
