@@ -35,9 +35,6 @@ if TYPE_CHECKING:  # the rest is imported when the command runs: `meterline --he
     from meterline.producers import Meter, MeterStats
     from meterline.settings import Settings
 
-FIELDS = {"org_id", "user_id", "model", "input_tokens", "output_tokens", "latency_ms", "request_id", "action",
-          "cost_usd", "cached_input_tokens", "metadata", "timestamp"}
-REQUIRED = ("org_id", "user_id", "model", "input_tokens", "output_tokens")
 SHOWN_REJECTS = 50
 
 
@@ -125,7 +122,10 @@ def run_emit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _flag_fields(args: argparse.Namespace) -> dict[str, Any]:
-    fields = {name: getattr(args, name) for name in FIELDS - {"metadata"} if getattr(args, name, None) is not None}
+    from meterline.producers.events import EMIT_OPTIONS, EMIT_REQUIRED
+
+    fields = {name: getattr(args, name) for name in (*EMIT_REQUIRED, *EMIT_OPTIONS)
+              if name != "metadata" and getattr(args, name, None) is not None}
     if args.metadata:
         pairs = [item.partition("=") for item in args.metadata]
         if any(not sep for _k, sep, _v in pairs):
@@ -152,8 +152,10 @@ def _emit_one(meter: Meter, fields: Any, check_model: Callable[[object], None]) 
         event = parse_event(fields)
         check_model(event.data.model)
         return meter.send(event)
-    unknown = sorted(set(fields) - FIELDS)
-    missing = [name for name in REQUIRED if name not in fields]
+    from meterline.producers.events import EMIT_OPTIONS, EMIT_REQUIRED
+
+    unknown = sorted(set(fields) - {*EMIT_REQUIRED, *EMIT_OPTIONS})
+    missing = [name for name in EMIT_REQUIRED if name not in fields]
     if unknown or missing:
         raise ValueError("; ".join([f"unknown field {name!r}" for name in unknown] +
                                    [f"missing field {name!r}" for name in missing]))
@@ -163,7 +165,7 @@ def _emit_one(meter: Meter, fields: Any, check_model: Callable[[object], None]) 
         except ValueError:
             raise ValueError(f"timestamp: not ISO 8601: {fields['timestamp']!r}") from None
     check_model(fields["model"])
-    positional = [fields.pop(name) for name in REQUIRED]
+    positional = [fields.pop(name) for name in EMIT_REQUIRED]
     return meter.emit(*positional, **fields)
 
 

@@ -5,7 +5,7 @@ guarantees, and how to emit without the SDK.
 """
 
 from meterline.producers.async_meter import AsyncMeter
-from meterline.producers.events import build_event, new_request_id
+from meterline.producers.events import build_event
 from meterline.producers.exceptions import (
     DeliveryError,
     InvalidEventError,
@@ -17,6 +17,7 @@ from meterline.producers.exceptions import (
 )
 from meterline.producers.measure import AsyncMeasurement, Measurement
 from meterline.producers.meter import Meter
+from meterline.producers.request_ids import new_request_id
 from meterline.producers.responses import ResponseUsage, usage_from_response
 from meterline.producers.stats import DeliveryReport, MeterStats
 

@@ -16,8 +16,6 @@ confluent-kafka's asyncio example). Disk work (the spool while Kafka is away) an
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from confluent_kafka import KafkaError
@@ -26,6 +24,7 @@ from meterline.producers.base import MeterBase
 from meterline.producers.delivery import Done
 from meterline.producers.engine import QUEUE_FULL_WAIT
 from meterline.producers.encoder import EventEncoder
+from meterline.producers.events import emit_arguments
 from meterline.producers.exceptions import DeliveryError
 from meterline.producers.measure import AsyncMeasurement
 from meterline.producers.stats import MeterStats, Status
@@ -45,23 +44,8 @@ class AsyncMeter(MeterBase):
     """Emit usage events from asyncio code. Arguments as for `Meter` (settings, producer_config,
     on_delivery, spool, record_failures, source, **overrides of SdkSettings fields)."""
 
-    async def emit(
-        self,
-        org_id: str,
-        user_id: str,
-        model: str,
-        input_tokens: int,
-        output_tokens: int,
-        *,
-        latency_ms: int = 0,
-        request_id: str | None = None,
-        action: str | None = None,
-        cost_usd: Decimal | float | str | None = None,
-        cached_input_tokens: int = 0,
-        metadata: dict[str, str] | None = None,
-        timestamp: datetime | None = None,
-        wait: bool = False,
-    ) -> str:
+    @emit_arguments
+    async def emit(self, *args: Any, wait: bool = False, **options: Any) -> str:
         """Validate and queue one event; return its request id. Arguments as for `Meter.emit`.
 
         A retry must reuse the first attempt's `request_id`. With ``wait=True``, return only once
@@ -72,10 +56,7 @@ class AsyncMeter(MeterBase):
             SpoolFullError: Kafka is unreachable and the spool is full; the event was not accepted.
             DeliveryError: (``wait=True`` only) the event was neither delivered nor spooled.
         """
-        request, key, value = self._encoder.encode(
-            org_id, user_id, model, input_tokens, output_tokens, latency_ms, request_id, action, cost_usd,
-            cached_input_tokens, metadata, timestamp,
-        )
+        request, key, value = self._encode(*args, **options)
         await self._submit(key, value, wait)
         return request
 

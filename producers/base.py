@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from confluent_kafka import Producer
@@ -11,7 +9,7 @@ from confluent_kafka import Producer
 from meterline.producers.delivery import DeliveryCallback
 from meterline.producers.engine import Engine
 from meterline.producers.encoder import EventEncoder
-from meterline.producers.events import build_event
+from meterline.producers.events import build_event, emit_arguments
 from meterline.producers.responses import usage_from_response
 from meterline.producers.stats import MeterStats
 from meterline.schemas import FieldProblem, InvalidEventError, UsageEvent
@@ -36,6 +34,9 @@ class MeterBase:
         self.record_failures = self.settings.record_failures if record_failures is None else record_failures
         self._encoder = EventEncoder(source)
         self._engine = Engine(self.settings, config=producer_config, on_delivery=on_delivery, spool=spool)
+        # emit's two steps, bound once: it is called for every AI call of the service.
+        self._encode = self._encoder.encode
+        self._queue = self._engine.submit
 
     @property
     def producer(self) -> Producer:
@@ -50,31 +51,13 @@ class MeterBase:
         """Counts of sent, delivered, failed, spooled, replayed and lost events (see MeterStats)."""
         return self._engine.stats()
 
-    def build(
-        self,
-        org_id: str,
-        user_id: str,
-        model: str,
-        input_tokens: int,
-        output_tokens: int,
-        *,
-        latency_ms: int = 0,
-        request_id: str | None = None,
-        action: str | None = None,
-        cost_usd: Decimal | float | str | None = None,
-        cached_input_tokens: int = 0,
-        metadata: dict[str, str] | None = None,
-        timestamp: datetime | None = None,
-    ) -> UsageEvent:
+    @emit_arguments
+    def build(self, *args: Any, **options: Any) -> UsageEvent:
         """Validate into an event without sending it; keep it to `send` again on retry (same id).
 
         Raises InvalidEventError naming every bad field. Arguments as for `emit`.
         """
-        return build_event(
-            org_id, user_id, model, input_tokens, output_tokens, latency_ms=latency_ms, request_id=request_id,
-            action=action, cost_usd=cost_usd, cached_input_tokens=cached_input_tokens, metadata=metadata,
-            timestamp=timestamp, source=self._encoder.source,
-        )
+        return build_event(*args, source=self._encoder.source, **options)
 
     @staticmethod
     def _response_fields(response: Any, model: str | None, fields: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:

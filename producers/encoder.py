@@ -12,25 +12,14 @@ Strings are JSON-escaped by orjson and cached per distinct value (orgs, users an
 repeat); numbers are formatted from exact ints; the request id and timestamp come from one
 clock reading.
 
-Generated request ids are UUIDv7 with a 12-bit counter in `rand_a` (RFC 9562 section 6.2,
-method 1): 48 bits of Unix milliseconds, the counter, and 62 random bits drawn once per
-millisecond. Everything but the counter is formatted once a millisecond, so an id costs a
-table lookup. Ids of one encoder are unique and increase with the wall clock; past 4,096 ids
-in one millisecond the random bits are drawn again and the counter restarts (still unique,
-no longer ordered within that millisecond). Ids from other processes differ in their random
-bits; a forked child starts a fresh millisecond.
+Generated request ids come from the encoder's own `request_ids.RequestIdClock`, whose state
+the common call reads inline.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
 import math
-import os
-import random
 import re
-import weakref
-from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
 from time import time_ns as _time_ns
@@ -38,7 +27,8 @@ from typing import Any
 
 import orjson
 
-from meterline.producers.events import ID_RANDOM, build_event, default_source
+from meterline.producers.events import EMIT_OPTIONS, build_event, default_source
+from meterline.producers.request_ids import HEX3, RequestIdClock
 from meterline.schemas import EVENT_TYPE, FieldProblem, InvalidEventError, UsageEvent
 from meterline.schemas.usage import (
     IDENTIFIER_PATTERN,
@@ -66,10 +56,10 @@ _CACHE_LIMIT = 100_000  # distinct strings kept escaped; cleared past this
 # The common call (no request id, action, cost, metadata or timestamp given) is one f-string of
 # cached pieces; the id's counter is looked up as text rather than formatted (~0.2 us).
 _HEAD = '{"specversion":"1.0","id":"'
-_HEX3 = [f"{n:03x}" for n in range(4096)]
 _SMALL = 10_000
 _DECIMAL = [str(n) for n in range(_SMALL)]
-_VARIANT = 0b10 << 62  # RFC 9562 variant bits above 62 random ones
+_COUNTS = frozenset({"latency_ms", "cached_input_tokens"})  # the options the common call may take
+_OPTIONS = frozenset(EMIT_OPTIONS)
 _TEMPLATE = (
     '{"specversion":"1.0","id":%s,"source":%s,"type":"' + EVENT_TYPE + '","subject":%s,"time":"%s",'
     '"datacontenttype":"application/json","data":{"org_id":%s,"user_id":%s,"model":%s,"input_tokens":%d,'
@@ -123,35 +113,13 @@ def _metadata(metadata: object) -> str | None:
         return None
 
 
-# What ids and times share within one millisecond, as text: (Unix ms, the id up to its counter
-# "tttttttt-tttt-7", the id after it "-vrrr-rrrrrrrrrrrr", the time "YYYY-MM-DDTHH:MM:SS.mmmZ",
-# the counter's next value). A plain tuple: unpacked on every emit, faster than named fields.
-_Millisecond = tuple[int, str, str, str, Callable[[], int]]
+def _unknown_option(name: str) -> TypeError:
+    """The error a plain function raises for a misspelt keyword, with the nearest real one."""
+    import difflib
 
-
-def _millisecond(millis: int, rand: random.Random) -> _Millisecond:
-    second, fraction = divmod(millis, 1000)
-    return (millis, f"{millis >> 16:08x}-{millis & 0xFFFF:04x}-7",
-            f"-{(_VARIANT | rand.getrandbits(62)).to_bytes(8, 'big').hex('-', 6)}",
-            f"{_second_text(second)}.{fraction:03d}Z", itertools.count().__next__)
-
-
-@functools.lru_cache(maxsize=2)  # formatting a datetime costs ~2 us; it changes once a second
-def _second_text(second: int) -> str:
-    return datetime.fromtimestamp(second, _UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-_STOPPED: _Millisecond = (-1, "", "", "", itertools.count().__next__)
-_ENCODERS: weakref.WeakSet[EventEncoder] = weakref.WeakSet()
-
-
-def _after_fork() -> None:
-    # A child must not continue its parent's counter within the same millisecond.
-    for encoder in _ENCODERS:
-        encoder._clock = _STOPPED
-
-
-os.register_at_fork(after_in_child=_after_fork)
+    nearest = difflib.get_close_matches(name, EMIT_OPTIONS, n=1)
+    return TypeError(f"emit() got an unexpected keyword argument {name!r}"
+                     + (f"; did you mean {nearest[0]!r}?" if nearest else ""))
 
 
 def _time(timestamp: object, now: datetime) -> str | None:
@@ -182,9 +150,7 @@ class EventEncoder:
         self._heads: dict[tuple[str, str, str], tuple[str, str, bytes]] = {}
         self._identifiers: dict[str, str] = {}  # valid org/user id -> JSON string
         self._models: dict[str, str] = {}  # valid model -> JSON string
-        self._clock = _STOPPED
-        self._random: random.Random = ID_RANDOM
-        _ENCODERS.add(self)
+        self.ids = RequestIdClock()
 
     def _identifier(self, value: object) -> str | None:
         if type(value) is not str or not 0 < len(value) <= MAX_IDENTIFIER_CHARS or _IDENTIFIER.fullmatch(value) is None:
@@ -206,23 +172,12 @@ class EventEncoder:
             self._models[value] = escaped
         return escaped
 
-    def encode(
-        self,
-        org_id: str,
-        user_id: str,
-        model: str,
-        input_tokens: int,
-        output_tokens: int,
-        latency_ms: int = 0,
-        request_id: str | None = None,
-        action: str | None = None,
-        cost_usd: Decimal | float | str | None = None,
-        cached_input_tokens: int = 0,
-        metadata: dict[str, str] | None = None,
-        timestamp: datetime | None = None,
-    ) -> tuple[str, bytes, bytes]:
-        """Validate and encode one event; raise InvalidEventError naming every bad field."""
-        if request_id is None and action is None and cost_usd is None and metadata is None and timestamp is None:
+    def encode(self, org_id: str, user_id: str, model: str, input_tokens: int, output_tokens: int,
+               **options: Any) -> tuple[str, bytes, bytes]:
+        """Validate and encode one event (`build_event`'s arguments); raise InvalidEventError naming every bad field."""
+        if not options or options.keys() <= _COUNTS:
+            latency_ms = options.get("latency_ms", 0) if options else 0
+            cached_input_tokens = options.get("cached_input_tokens", 0) if options else 0
             head = self._heads.get((org_id, user_id, model)) if type(org_id) is type(user_id) is type(model) is str \
                 else None
             if (  # the rules of the slow path below, chained: ~60 ns less
@@ -231,16 +186,17 @@ class EventEncoder:
                 and 0 <= cached_input_tokens <= input_tokens <= MAX_TOKENS and 0 <= output_tokens <= MAX_TOKENS
                 and 0 <= latency_ms <= MAX_LATENCY_MS
             ):
-                # `_id_and_time`, inlined: a call costs ~70 ns.
+                # `RequestIdClock.next`, inlined: a call costs ~70 ns.
                 millis = _time_ns() // 1_000_000
-                stamp, id_head, id_tail, when, count = self._clock
+                ids = self.ids
+                stamp, id_head, id_tail, when, count = ids.state
                 if stamp != millis:
-                    _, id_head, id_tail, when, count = self._tick(millis)
+                    _, id_head, id_tail, when, count = ids.tick(millis)
                 number = count()
                 if number > 4095:
-                    _, id_head, id_tail, when, count = self._tick(millis)
+                    _, id_head, id_tail, when, count = ids.tick(millis)
                     number = count()
-                rid = f"{id_head}{_HEX3[number]}{id_tail}"
+                rid = f"{id_head}{HEX3[number]}{id_tail}"
                 # A count's text is looked up when small: str(int) is a fifth of this path.
                 return rid, head[2], (
                     f'{_HEAD}{rid}{head[0]}{when}{head[1]}'
@@ -250,6 +206,12 @@ class EventEncoder:
                     f'{_DECIMAL[cached_input_tokens] if cached_input_tokens < _SMALL else cached_input_tokens},'
                     f'"latency_ms":{_DECIMAL[latency_ms] if latency_ms < _SMALL else latency_ms},"metadata":{{}}}}}}'
                 ).encode()
+        elif not options.keys() <= _OPTIONS:
+            raise _unknown_option(sorted(options.keys() - _OPTIONS)[0])
+        get = options.get
+        latency_ms, request_id, action = get("latency_ms", 0), get("request_id"), get("action")
+        cost_usd, cached_input_tokens = get("cost_usd"), get("cached_input_tokens", 0)
+        metadata, timestamp = get("metadata"), get("timestamp")
         org = self._identifiers.get(org_id) if type(org_id) is str else None
         if org is None:
             org = self._identifier(org_id)
@@ -276,7 +238,7 @@ class EventEncoder:
         meta = _metadata(metadata) if ok else None
         ok = ok and meta is not None
         # One clock reading gives both the id's milliseconds and the event time.
-        rid, now = self._id_and_time()
+        rid, now = self.ids.next()
         if ok and timestamp is not None:
             when = _time(timestamp, datetime.now(_UTC))
             ok = when is not None
@@ -288,9 +250,9 @@ class EventEncoder:
             ok, rid = quoted is not None, request_id
         else:
             quoted = f'"{rid}"'
-        if not ok:
-            return self._through_schema(org_id, user_id, model, input_tokens, output_tokens, latency_ms, request_id,
-                                        action, cost_usd, cached_input_tokens, metadata, timestamp)
+        if not ok:  # the schema decides, and says what is wrong
+            event = build_event(org_id, user_id, model, input_tokens, output_tokens, source=self.source, **options)
+            return event.id, event.user_key.encode(), event.to_json()
         document = _TEMPLATE % (quoted, self._source, user, when, org, user, name, input_tokens, output_tokens,
                                 cached_input_tokens, latency_ms, extra, meta)
         key = f"{org_id}/{user_id}".encode()
@@ -302,33 +264,6 @@ class EventEncoder:
                 f'","datacontenttype":"application/json","data":{{"org_id":{org},"user_id":{user},"model":{name},'
                 '"input_tokens":', key)
         return rid, key, document.encode()
-
-    def _id_and_time(self) -> tuple[str, str]:
-        """A new request id and the current time, as text (the template path inlines this)."""
-        millis = _time_ns() // 1_000_000
-        stamp, id_head, id_tail, when, count = self._clock
-        if stamp != millis:
-            _, id_head, id_tail, when, count = self._tick(millis)
-        number = count()
-        if number > 4095:
-            _, id_head, id_tail, when, count = self._tick(millis)
-            number = count()
-        return f"{id_head}{_HEX3[number]}{id_tail}", when
-
-    def _tick(self, millis: int) -> _Millisecond:
-        """Start a new millisecond (or, after 4,096 ids in one, draw new random bits)."""
-        self._clock = _millisecond(millis, self._random)
-        return self._clock
-
-    def _through_schema(self, *args: Any) -> tuple[str, bytes, bytes]:
-        (org_id, user_id, model, input_tokens, output_tokens, latency_ms, request_id, action, cost_usd,
-         cached_input_tokens, metadata, timestamp) = args
-        event = build_event(
-            org_id, user_id, model, input_tokens, output_tokens, latency_ms=latency_ms, request_id=request_id,
-            action=action, cost_usd=cost_usd, cached_input_tokens=cached_input_tokens, metadata=metadata,
-            timestamp=timestamp, source=self.source,
-        )
-        return event.id, event.user_key.encode(), event.to_json()
 
     @staticmethod
     def encode_event(event: UsageEvent) -> tuple[str, bytes, bytes]:

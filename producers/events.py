@@ -1,44 +1,25 @@
-"""Request ids and the schema's validated path: `build_event` returns a `UsageEvent`.
+"""The schema's validated path, `build_event`, whose signature is emit's (declared here once).
 
-`emit` uses the faster `meterline.producers.encoder.EventEncoder`, which falls back to
-`build_event` for anything unusual, so the schema stays the one authority on validity.
+`Meter.emit`, `AsyncMeter.emit` and `build` take `build_event`'s arguments (`emit_arguments`
+copies its signature onto them for `help()` and editors) and pass them on unchanged. `emit`
+uses the faster `meterline.producers.encoder.EventEncoder`, which falls back to `build_event`
+for anything unusual, so the schema stays the one authority on validity.
 """
 
 from __future__ import annotations
 
-import os
-import random
+import inspect
 import socket
-import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
+from meterline.producers.request_ids import new_request_id
 from meterline.schemas import InvalidEventError, UsageEvent, parse_event
 
 _UTC = timezone.utc
-# A private generator seeded from os.urandom: 10x cheaper than a syscall per id, untouched by an
-# app's random.seed(), and reseeded in a forked child so two workers never share a sequence.
-ID_RANDOM = random.Random()
-os.register_at_fork(after_in_child=ID_RANDOM.seed)
-
-
-def new_request_id() -> str:
-    """A fresh, time-ordered request id: a UUIDv7 (RFC 9562, method 3).
-
-    48 bits of Unix milliseconds, 12 bits of sub-millisecond fraction, 62 random bits (a private
-    generator seeded from os.urandom, reseeded after fork). Ids sort by creation time, so
-    ClickHouse keeps them clustered. Written here rather than taken from the uuid6 package
-    because that costs 4 us an event, a large share of the emit budget. Ids are unique, not
-    secret. A retry of the same AI call must reuse its first id.
-    """
-    ms, rest = divmod(time.time_ns(), 1_000_000)
-    value = (
-        (ms << 80) | (0x7 << 76) | ((rest * 4096 // 1_000_000) << 64)
-        | (0b10 << 62) | ID_RANDOM.getrandbits(62)
-    )
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def default_source() -> str:
@@ -62,7 +43,24 @@ def build_event(
     timestamp: datetime | None = None,
     source: str | None = None,
 ) -> UsageEvent:
-    """Validate the arguments into a UsageEvent; raise InvalidEventError naming each bad field."""
+    """Validate the arguments into a UsageEvent; raise InvalidEventError naming each bad field.
+
+    These are emit's arguments (`Meter.emit`, `AsyncMeter.emit`, `build`), documented once here:
+
+    Args:
+        org_id, user_id: who; 1-256 characters, no "/", whitespace or control character.
+        model: the model called.
+        input_tokens: all input tokens, cached ones included (int >= 0).
+        output_tokens: output tokens, reasoning included (int >= 0).
+        latency_ms: the call's latency (int >= 0, default 0).
+        request_id: the id of this AI call; default a new UUIDv7. A RETRY MUST REUSE IT.
+        action: a credit tier such as "simple_query" (optional).
+        cost_usd: the provider cost, if known (finite, >= 0, at most $1,000,000).
+        cached_input_tokens: the part of input_tokens read from a prompt cache.
+        metadata: str -> str, at most 8 KiB.
+        timestamp: when the call happened (timezone-aware, at most 5 min ahead); default now.
+        source: the CloudEvents `source` (the meters give their own; default ``meterline-sdk://<hostname>``).
+    """
     data: dict[str, Any] = {
         "org_id": org_id,
         "user_id": user_id,
@@ -91,3 +89,19 @@ def build_event(
         if "data.user_id" in error.fields:  # `subject` is user_id here: name the argument once
             raise InvalidEventError([p for p in error.problems if p.field != "subject"]) from None
         raise
+
+
+_PARAMETERS = inspect.signature(build_event).parameters
+# emit's arguments: the five it needs, then the options it takes by keyword (`source` is the meter's).
+EMIT_REQUIRED = tuple(name for name, p in _PARAMETERS.items() if p.kind is p.POSITIONAL_OR_KEYWORD)
+EMIT_OPTIONS = tuple(name for name, p in _PARAMETERS.items() if p.kind is p.KEYWORD_ONLY and name != "source")
+
+
+def emit_arguments(method: F) -> F:
+    """Show `method(self, *args, **options)` with build_event's arguments (help(), editors, docs)."""
+    own = inspect.signature(method).parameters
+    extra = [p for name, p in own.items() if p.kind is p.KEYWORD_ONLY]  # e.g. AsyncMeter.emit's `wait`
+    arguments = [p for name, p in _PARAMETERS.items() if name != "source"]
+    method.__signature__ = inspect.signature(method).replace(  # type: ignore[attr-defined]
+        parameters=[own["self"], *arguments, *extra])
+    return method

@@ -13,15 +13,14 @@ Producer idempotence only covers librdkafka's own retries within one producer se
 
 from __future__ import annotations
 
-from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from meterline.producers.base import MeterBase
 from meterline.producers.encoder import EventEncoder
-from meterline.producers.events import build_event, new_request_id
+from meterline.producers.events import build_event, emit_arguments
 from meterline.producers.exceptions import DeliveryError
 from meterline.producers.measure import Measurement
+from meterline.producers.request_ids import new_request_id
 from meterline.producers.stats import MeterStats
 from meterline.schemas import UsageEvent
 
@@ -51,46 +50,20 @@ class Meter(MeterBase):
             (30000: unacknowledged this long, an event moves to the spool).
     """
 
-    def emit(
-        self,
-        org_id: str,
-        user_id: str,
-        model: str,
-        input_tokens: int,
-        output_tokens: int,
-        *,
-        latency_ms: int = 0,
-        request_id: str | None = None,
-        action: str | None = None,
-        cost_usd: Decimal | float | str | None = None,
-        cached_input_tokens: int = 0,
-        metadata: dict[str, str] | None = None,
-        timestamp: datetime | None = None,
-    ) -> str:
+    @emit_arguments
+    def emit(self, *args: Any, **options: Any) -> str:
         """Validate and queue one event; return its request id.
 
-        Args:
-            org_id, user_id: who; 1-256 characters, no "/" or whitespace.
-            model: the model called.
-            input_tokens: all input tokens, cached ones included (int >= 0).
-            output_tokens: output tokens, reasoning included (int >= 0).
-            latency_ms: the call's latency (int >= 0, default 0).
-            request_id: the id of this AI call; default a new UUIDv7. A RETRY MUST REUSE IT.
-            action: a credit tier such as "simple_query" (optional).
-            cost_usd: the provider cost, if known (finite, >= 0).
-            cached_input_tokens: the part of input_tokens read from a prompt cache.
-            metadata: str -> str, at most 8 KiB.
-            timestamp: when the call happened (timezone-aware, at most 5 min ahead); default now.
+        Arguments: those of `meterline.producers.build_event` (org_id, user_id, model,
+        input_tokens, output_tokens, then by keyword latency_ms, request_id, action, cost_usd,
+        cached_input_tokens, metadata, timestamp). A retry must reuse the first `request_id`.
 
         Raises:
             InvalidEventError: naming every bad field and rule; nothing was sent.
             SpoolFullError: Kafka is unreachable and the spool is full; the event was not accepted.
         """
-        request, key, value = self._encoder.encode(
-            org_id, user_id, model, input_tokens, output_tokens, latency_ms, request_id, action, cost_usd,
-            cached_input_tokens, metadata, timestamp,
-        )
-        self._engine.submit(key, value)
+        request, key, value = self._encode(*args, **options)
+        self._queue(key, value)
         return request
 
     def send(self, event: UsageEvent) -> str:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from meterline.producers.events import new_request_id
+from meterline.producers.request_ids import new_request_id
 from meterline.producers.exceptions import SpoolError, SpoolFullError
 
 log = logging.getLogger(__name__)

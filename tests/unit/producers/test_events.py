@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import uuid
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -143,9 +144,15 @@ def test_common_call_means_what_the_schema_builds(user, inp, out, cached, latenc
     assert key == f"acme/{user}".encode()
 
 
+def freeze_clock(monkeypatch: pytest.MonkeyPatch, nanoseconds: int) -> None:
+    """Stop the clock for ids (the encoder's inline read of it included)."""
+    for module in ("meterline.producers.encoder", "meterline.producers.request_ids"):
+        monkeypatch.setattr(f"{module}._time_ns", lambda: nanoseconds)
+
+
 def test_ids_stay_unique_past_4096_in_one_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
     frozen = 1_795_000_000_123_456_789
-    monkeypatch.setattr("meterline.producers.encoder._time_ns", lambda: frozen)
+    freeze_clock(monkeypatch, frozen)
     fresh = EventEncoder("meterline-sdk://test")
     generated = [fresh.encode(**VALID)[0] for _ in range(10_000)]
     assert len(set(generated)) == len(generated)
@@ -169,7 +176,7 @@ def test_threads_sharing_an_encoder_get_unique_ids() -> None:
 
 
 def test_a_forked_child_does_not_repeat_its_parents_ids(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("meterline.producers.encoder._time_ns", lambda: 1_795_000_000_123_456_789)
+    freeze_clock(monkeypatch, 1_795_000_000_123_456_789)
     fresh = EventEncoder("meterline-sdk://test")
     fresh.encode(**VALID)
     read, write = os.pipe()
@@ -245,3 +252,27 @@ def test_blank_ids_and_control_characters_are_refused_with_the_rule(field: str, 
         (problem,) = error.value.problems
         assert problem.field == {"request_id": "id", "org_id": "data.org_id", "user_id": "data.user_id"}[field]
         assert "control character" in problem.rule  # the rule in words, not a regular expression
+
+
+def test_new_request_id_is_the_encoders_generator(monkeypatch: pytest.MonkeyPatch) -> None:
+    freeze_clock(monkeypatch, 1_796_000_000_000_000_000)
+    ids = [new_request_id() for _ in range(3)] + [EventEncoder("meterline-sdk://test").encode(**VALID)[0]]
+    # One method (RFC 9562 6.2, method 1): the 12 bits after the version count ids within a millisecond.
+    assert [int(rid.replace("-", "")[13:16], 16) for rid in ids] == [0, 1, 2, 0]
+    assert {rid[:15] for rid in ids} == {ids[0][:15]}  # the same millisecond, the same version
+
+
+def test_emit_takes_build_events_arguments_and_names_a_misspelt_one(tmp_path: Path) -> None:
+    import inspect
+
+    from meterline.producers import AsyncMeter, Meter
+
+    expected = [name for name in inspect.signature(build_event).parameters if name != "source"]
+    assert list(inspect.signature(Meter.emit).parameters)[1:] == expected
+    assert list(inspect.signature(Meter.build).parameters)[1:] == expected
+    assert list(inspect.signature(AsyncMeter.emit).parameters)[1:] == [*expected, "wait"]
+    meter = Meter(bootstrap="127.0.0.1:1", spool_dir=tmp_path, producer_config={"log_level": 0})
+    with pytest.raises(TypeError, match="'latency'; did you mean 'latency_ms'"):
+        meter.emit("acme", "u-1", "gpt-4o", 10, 5, latency=120)
+    assert meter.stats().sent == 0
+    meter.close(0)
