@@ -1,24 +1,20 @@
 """Delivery reports: what the poll thread does with each event's outcome.
 
-A success is counted (and reported to `on_delivery`); a failure is queued and then moved to the
-spool in one append (one fsync) after the poll that reported it. If the spool cannot take it
-(disabled or full) the event is counted lost and kept, with its reason, for `flush()` to raise.
+A success is counted (and reported to `on_delivery`); a failure is queued, and the engine moves
+it to the spool in one append (one fsync) after the poll that reported it. If the spool cannot
+take it (disabled or full) the event is counted lost and kept, with its reason, for `flush()`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections import deque
 from collections.abc import Callable
 
 import orjson
 from confluent_kafka import KafkaError, Message
 
-from meterline.producers.exceptions import SpoolError
-from meterline.producers.spool import Spool
 from meterline.producers.stats import Counters, DeliveryReport, Status
-from meterline.settings import SdkSettings
 
 log = logging.getLogger(__name__)
 
@@ -26,76 +22,53 @@ DeliveryCallback = Callable[[DeliveryReport], None]
 Done = Callable[[Status, "KafkaError | None"], None]  # final outcome of one event, for AsyncMeter
 
 
-class DeliveryReports:
-    """The delivery-report half of `Engine` (which sets these attributes)."""
+class Deliveries:
+    """Each event's outcome as the poll thread learns it; owned by `Engine`, which spools the failures.
 
-    settings: SdkSettings
-    counters: Counters
-    spool: Spool | None
-    _lock: threading.Lock
-    _on_delivery: DeliveryCallback | None
-    _failed: deque[tuple[bytes, bytes, KafkaError, Done | None]]
-    _lost: list[tuple[KafkaError, bytes]]
-    _fatal: KafkaError | None
+    Only the poll thread runs librdkafka's callbacks, so `delivered` has one writer and no lock.
+    """
 
-    def enter_spooling(self, reason: str) -> None:
-        raise NotImplementedError
+    def __init__(self, counters: Counters, on_delivery: DeliveryCallback | None):
+        self.counters = counters
+        self.on_delivery = on_delivery
+        self.failed: deque[tuple[bytes, bytes, KafkaError, Done | None]] = deque()  # for the spool, in order
+        self.lost: list[tuple[KafkaError, bytes]] = []  # neither delivered nor spooled: `flush()` raises
 
-    def _set_spooling(self, value: bool) -> None:
-        raise NotImplementedError
-
-    def _delivered(self, error: KafkaError | None, message: Message, done: Done | None = None) -> None:
+    def delivered(self, error: KafkaError | None, message: Message, done: Done | None = None) -> None:
+        """librdkafka's delivery callback."""
         if error is None:
-            self.counters.delivered += 1  # only the poll thread runs callbacks: one writer, no lock
-            if self._on_delivery is not None:
-                self._report(message.value(), "delivered", None, message)
+            self.counters.delivered += 1
+            if self.on_delivery is not None:
+                self.report(message.value(), "delivered", None, message)
             if done is not None:
                 done("delivered", None)
         else:
-            self._failed.append((message.key() or b"", message.value() or b"", error, done))
+            self.failed.append((message.key() or b"", message.value() or b"", error, done))
 
-    def _on_error(self, error: KafkaError) -> None:
-        if error.code() == KafkaError._ALL_BROKERS_DOWN:
-            self.enter_spooling(str(error))
-        elif error.fatal():
-            self._fatal = error
-        else:
-            log.debug("meterline: producer error %s", error)
-
-    def _spool_failed(self) -> None:
-        """Move failed deliveries to the spool, in one append (one fsync)."""
+    def take_failed(self) -> list[tuple[bytes, bytes, KafkaError, Done | None]]:
+        """The failures so far, oldest first, each reported "failed" (its final outcome follows)."""
         failed = []
-        while self._failed:
-            failed.append(self._failed.popleft())
-        if not failed:
-            return
+        while self.failed:
+            failed.append(self.failed.popleft())
         self.counters.add(failed=len(failed))
         for _key, value, error, _done in failed:
-            self._report(value, "failed", error)
-        status: Status = "spooled"
-        try:
-            if self.spool is None:
-                raise SpoolError("the spool is disabled", self.settings.spool_path)
-            with self._lock:
-                self.spool.append([(key, value) for key, value, _e, _d in failed])
-                self._set_spooling(True)
-            self.counters.add(spooled=len(failed))
-        except (SpoolError, ValueError) as spool_error:
-            log.error("meterline: %d event(s) neither delivered nor spooled: %s", len(failed), spool_error)
-            status = "lost"
-            self._lost.extend((error, value) for _k, value, error, _d in failed)
+            self.report(value, "failed", error)
+        return failed
+
+    def settle(self, failed: list[tuple[bytes, bytes, KafkaError, Done | None]], status: Status) -> None:
+        """The final outcome of failed events: "spooled", or "lost" (kept for `flush()` to raise)."""
+        if status == "lost":
+            self.lost.extend((error, value) for _k, value, error, _d in failed)
             self.counters.add(lost=len(failed))
+        else:
+            self.counters.add(spooled=len(failed))
         for _key, value, error, done in failed:
-            self._report(value, status, error)
+            self.report(value, status, error)
             if done is not None:
                 done(status, error)
 
-    def report_replayed(self, value: bytes) -> None:
-        if self._on_delivery is not None:
-            self._report(value, "replayed", None)
-
-    def _report(self, value: bytes, status: Status, error: KafkaError | None, message: Message | None = None) -> None:
-        if self._on_delivery is None:
+    def report(self, value: bytes, status: Status, error: KafkaError | None, message: Message | None = None) -> None:
+        if self.on_delivery is None:
             return
         try:
             request_id = str(orjson.loads(value)["id"])
@@ -104,6 +77,6 @@ class DeliveryReports:
         report = DeliveryReport(request_id, status, error, message.partition() if message else None,
                                 message.offset() if message else None)
         try:
-            self._on_delivery(report)
+            self.on_delivery(report)
         except Exception:  # a broken callback must not stop deliveries
             log.exception("meterline: on_delivery callback failed")

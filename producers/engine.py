@@ -25,15 +25,14 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from meterline.producers.delivery import DeliveryCallback, DeliveryReports, Done
-from meterline.producers.exceptions import DeliveryError, MeterClosedError, ProducerError
-from meterline.producers.replay import ReplayBatch
+from meterline.producers.delivery import Deliveries, DeliveryCallback, Done
+from meterline.producers.exceptions import DeliveryError, MeterClosedError, ProducerError, SpoolError
+from meterline.producers.replay import replay_spool
 from meterline.producers.spool import Spool
 from meterline.producers.stats import Counters, MeterStats
 from meterline.settings import SdkSettings
@@ -60,8 +59,12 @@ def producer_config(settings: SdkSettings, overrides: dict[str, Any] | None = No
     }
 
 
-class Engine(DeliveryReports):
-    """Owns the producer, the spool and the poll thread of one meter (thread-safe)."""
+class Engine:
+    """Owns the producer, the spool, the poll thread and the delivery reports of one meter (thread-safe).
+
+    Its parts: `deliveries` (each event's outcome, `delivery.py`), `spool` (`spool.py`), the
+    replay of the spool (`replay.py`, run on the poll thread), and the producer itself.
+    """
 
     def __init__(self, settings: SdkSettings, *, config: dict[str, Any] | None = None,
                  on_delivery: DeliveryCallback | None = None, spool: bool = True):
@@ -69,23 +72,22 @@ class Engine(DeliveryReports):
         self.topic = settings.usage_topic
         # The delivery callback is the producer's default rather than a `produce` argument: keyword
         # arguments cost confluent-kafka ~0.4 us a call to parse, a tenth of emit's whole cost.
-        self._config = {**producer_config(settings, config), "error_cb": self._on_error, "on_delivery": self._delivered}
+        self.counters = Counters()
+        self.deliveries = Deliveries(self.counters, on_delivery)
+        self._config = {**producer_config(settings, config), "error_cb": self._on_error,
+                        "on_delivery": self.deliveries.delivered}
         self._producer: Producer | None = None
         self._lock = threading.Lock()
         # While True, events still in the producer's queue are being moved to the spool, and new
         # events wait for them, so the spool keeps emission order across the start of an outage.
         self._handing_over = False
         self._handed_over = threading.Condition(self._lock)
-        self.counters = Counters()
-        self._on_delivery = on_delivery
         self.spool = (Spool(settings.spool_path, settings.spool_max_bytes, settings.spool_fsync,
                             settings.spool_fsync_interval) if spool else None)
         self._spooling = bool(self.spool and self.spool.pending)
         self._fast: Callable[..., None] | None = None  # producer.produce while plain producing is allowed
         self._count_sent = self.counters.count_sent
-        self._failed: deque[tuple[bytes, bytes, KafkaError, Done | None]] = deque()
-        self._lost: list[tuple[KafkaError, bytes]] = []
-        self._fatal: KafkaError | None = None
+        self._fatal: KafkaError | None = None  # set by a fatal producer error: the poll thread renews the producer
         self._closed = False
         self._closed_reason = "this meter is closed"
         self._stop = threading.Event()
@@ -158,7 +160,8 @@ class Engine(DeliveryReports):
             self._start()
         if self.spooling and self._spool_new(key, value, done):
             return True
-        callback = self._delivered if done is None else (lambda e, m: self._delivered(e, m, done))
+        delivered = self.deliveries.delivered
+        callback = delivered if done is None else (lambda e, m: delivered(e, m, done))
         deadline = 0.0
         while True:
             producer = self.producer
@@ -201,7 +204,7 @@ class Engine(DeliveryReports):
                 return False
             self.spool.append([(key, value)])  # SpoolFullError reaches the caller: not accepted
             self.counters.add(sent=1, spooled=1)
-        self._report(value, "spooled", None)
+        self.deliveries.report(value, "spooled", None)
         if done is not None:
             done("spooled", None)
         return True
@@ -230,8 +233,34 @@ class Engine(DeliveryReports):
     def serve(self, timeout: float) -> None:
         """Serve delivery reports for up to `timeout` seconds (poll thread only)."""
         self.producer.poll(timeout)
-        if self._failed:
+        if self.deliveries.failed:
             self._spool_failed()
+
+    def _on_error(self, error: KafkaError) -> None:
+        """librdkafka's error callback (poll thread)."""
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.enter_spooling(str(error))
+        elif error.fatal():
+            self._fatal = error
+        else:
+            log.debug("meterline: producer error %s", error)
+
+    def _spool_failed(self) -> None:
+        """Move failed deliveries to the spool, in one append (one fsync)."""
+        failed = self.deliveries.take_failed()
+        if not failed:
+            return
+        try:
+            if self.spool is None:
+                raise SpoolError("the spool is disabled", self.settings.spool_path)
+            with self._lock:
+                self.spool.append([(key, value) for key, value, _e, _d in failed])
+                self._set_spooling(True)
+        except (SpoolError, ValueError) as spool_error:
+            log.error("meterline: %d event(s) neither delivered nor spooled: %s", len(failed), spool_error)
+            self.deliveries.settle(failed, "lost")
+        else:
+            self.deliveries.settle(failed, "spooled")
 
     @property
     def stopping(self) -> bool:
@@ -258,7 +287,7 @@ class Engine(DeliveryReports):
             self.spool.sync_if_due()
             now = time.monotonic()
             if self.spooling and now >= next_replay:
-                if ReplayBatch.run_all(self):
+                if replay_spool(self):
                     backoff = 0.5
                 else:
                     next_replay, backoff = now + backoff, min(backoff * 2, 5.0)
@@ -306,13 +335,13 @@ class Engine(DeliveryReports):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self._thread is not None and self._thread.is_alive():
             stats = self.stats()
-            if stats.in_flight == 0 and not self._failed and stats.spool_pending == 0:
+            if stats.in_flight == 0 and not self.deliveries.failed and stats.spool_pending == 0:
                 break
             time.sleep(0.01)
         if self.spool is not None:
             self.spool.sync()
-        if self._lost:
-            lost, self._lost = self._lost, []
+        if self.deliveries.lost:
+            lost, self.deliveries.lost = self.deliveries.lost, []
             raise DeliveryError([error for error, _v in lost], [value for _e, value in lost])
         return self.stats()
 

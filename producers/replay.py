@@ -42,21 +42,22 @@ class ReplayBatch:
         else:
             self.errors.append(error)
 
-    @staticmethod
-    def run_all(engine: Engine) -> bool:
-        """Replay until the spool is empty (True) or Kafka fails or the meter stops (False)."""
-        if engine.spool is None or not kafka_answers(engine):
-            return False
-        while not engine.stopping:
-            batch = engine.spool.read(REPLAY_BATCH)
-            if batch is None:
-                if engine.resume_if_drained():
-                    log.warning("meterline: spool replayed; Kafka is back, events go straight to it again")
-                    return True
-                continue  # events were appended meanwhile
-            if not replay(engine, batch):
-                return False
+
+
+def replay_spool(engine: Engine) -> bool:
+    """Replay until the spool is empty (True) or Kafka fails or the meter stops (False)."""
+    if engine.spool is None or not kafka_answers(engine):
         return False
+    while not engine.stopping:
+        batch = engine.spool.read(REPLAY_BATCH)
+        if batch is None:
+            if engine.resume_if_drained():
+                log.warning("meterline: spool replayed; Kafka is back, events go straight to it again")
+                return True
+            continue  # events were appended meanwhile
+        if not replay(engine, batch):
+            return False
+    return False
 
 
 def kafka_answers(engine: Engine) -> bool:
@@ -96,5 +97,5 @@ def replay(engine: Engine, batch: Batch) -> bool:
     engine.spool.commit(batch)
     engine.counters.add(replayed=acks.acked)
     for _key, value in batch.records:
-        engine.report_replayed(value)
+        engine.deliveries.report(value, "replayed", None)
     return True
