@@ -10,7 +10,6 @@ argument here; nothing in this module reads a clock.
 from __future__ import annotations
 
 import calendar
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -103,14 +102,6 @@ class BillingSchedule:
     def cycles(self, count: int, first: int = 0) -> list[Cycle]:
         """`count` consecutive cycles starting at index `first`."""
         return [self.cycle(index) for index in range(first, first + count)]
-
-    def cycles_between(self, start: datetime, end: datetime) -> Iterator[Cycle]:
-        """Every cycle overlapping `[start, end)`, in order."""
-        start, end = as_utc(start, "start"), as_utc(end, "end")
-        cycle = self.cycle_at(max(start, self.anchor))
-        while cycle.start < end:
-            yield cycle
-            cycle = self.cycle(cycle.index + 1)
 
 
 def parse_instant(text: str) -> datetime:

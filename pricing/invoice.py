@@ -3,8 +3,8 @@
 Burn order for the cycle's usage: (1) credits carried over from earlier cycles, fewest
 cycles left first; (2) this cycle's included credits; (3) grants active in the cycle,
 soonest expiry first, non-expiring top-ups last; (4) overage at the plan's price per credit
-(a hard-cap plan charges nothing past the cap: enforcement refuses that usage, and any that
-slips through is shown, not billed). Amounts stay exact; only the total is rounded, to cents,
+(a hard-cap plan charges nothing past the cap: usage past it is shown, not billed; nothing
+refuses it yet, as quota enforcement is still to come). Amounts stay exact; only the total is rounded, to cents,
 ROUND_HALF_UP, once.
 """
 
@@ -151,7 +151,7 @@ def compute_invoice(
         price = terms.overage.price_per_credit or ZERO
         lines.append(InvoiceLine("overage", f"overage credits x ${price}", left, left * price, price))
     else:
-        lines.append(InvoiceLine("over_cap", "usage past the hard cap (refused by enforcement, not billed)", left))
+        lines.append(InvoiceLine("over_cap", "usage past the hard cap (not billed)", left))
 
     carry_out, lapsed = _roll(kept, terms.included_credits - used_included, terms)
     lines.append(InvoiceLine("carried_over", "credits carried to the next cycle", sum((b.credits for b in carry_out), ZERO)))

@@ -1,4 +1,4 @@
-"""The public pricing page, rendered from the same plan catalogue enforcement reads.
+"""The public pricing page, rendered from the plan catalogue that rating and invoices read.
 
 JSON for a marketing site to consume; HTML as a self-contained page. Money and credits are
 written as decimal strings ("0.30"), so no consumer re-introduces float rounding.

@@ -1,7 +1,7 @@
 """The plan catalogue (``plans.yaml``): credit rules and plans, defined once.
 
-Enforcement, rating, invoices and the public pricing page all read this one file, so they
-cannot drift. Each section below documents its keys; README.md states the rules in prose.
+Rating, invoices and the public pricing page all read this one file, so they cannot drift
+(quota enforcement, still to come, will read its limits and degradation chains too). Each section below documents its keys; README.md states the rules in prose.
 """
 
 from __future__ import annotations
@@ -115,7 +115,11 @@ class Plan(_Frozen):
         return self.overage.mode == "hard_cap"
 
     def fallback(self, model: str) -> str | None:
-        """The cheaper model to route to when `model` is rate-limited, or None (refuse)."""
+        """The cheaper model a request for `model` would fall back to, or None.
+
+        Only `plans check` reads the chain today (a fallback must be cheaper); nothing routes a
+        request to it until quota enforcement exists.
+        """
         return self.degradation.get(model)
 
     def chain(self, model: str) -> list[str]:

@@ -13,8 +13,9 @@ not; `cached_input_tokens` is the part of it read from the provider's prompt cac
 OpenAI's prompt counts already include cached tokens, and its output counts include reasoning
 tokens. Anthropic's `input_tokens` counts only the uncached part after the last cache
 breakpoint, so we add both cache counts back. Cache writes (`cache_creation_input_tokens`) are
-uncached input to us; as Anthropic prices them higher, their count is also kept in the event's
-metadata under ``anthropic.cache_creation_input_tokens`` so pricing can charge the premium.
+uncached input to us, priced at the input rate. Anthropic prices them higher; the price book
+has no cache-write price yet, so their count is kept in the event's metadata under
+``anthropic.cache_creation_input_tokens`` for whoever needs it (the warehouse stores it).
 """
 
 from __future__ import annotations

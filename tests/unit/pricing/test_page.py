@@ -1,4 +1,4 @@
-"""The pricing page is rendered from the plan catalogue, so it shows what enforcement enforces."""
+"""The pricing page is rendered from the plan catalogue, so it shows the plans rating and invoices use."""
 
 from __future__ import annotations
 
