@@ -52,7 +52,11 @@ def resolve_secret(settings: Settings) -> str:
     if settings.api_secret is not None:
         return settings.api_secret.get_secret_value()
     if settings.api_secret_file is not None:
-        secret = settings.api_secret_file.read_text().strip()
+        try:
+            secret = settings.api_secret_file.read_text().strip()
+        except OSError as error:
+            raise ConfigurationError(f"{settings.api_secret_file} (METERLINE_API_SECRET_FILE) cannot be read: "
+                                     f"{error.strerror or error}") from None
         if not secret:
             raise ConfigurationError(f"{settings.api_secret_file} (METERLINE_API_SECRET_FILE) is empty")
         return secret

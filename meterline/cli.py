@@ -111,9 +111,36 @@ class _Version(argparse.Action):
         parser.exit(message=f"meterline {version('meterline')}\n")
 
 
+# The commands that read the price book and plans (the others never open them).
+PRICED_COMMANDS = frozenset({"worker", "demo", "emit", "pricing", "plans", "billing"})
+LONG_RUNNING = frozenset({"worker", "sink", "demo"})
+
+
+def check_configuration(settings: Settings, command: str) -> list[str]:
+    """Validate everything `command` reads before it starts; raise MeterlineError on the first problem.
+
+    The settings themselves were validated when they were read (names and values). Returns what
+    was checked, in words.
+    """
+    checked = ["METERLINE_ variables"]
+    if command in PRICED_COMMANDS:
+        from meterline.pricing.catalogue import load_catalogue
+
+        load_catalogue(settings.prices, settings.plans, settings.cache_dir)
+        checked.append(f"price book ({settings.prices or 'shipped'}) and plans ({settings.plans or 'shipped'})")
+    if command in LONG_RUNNING and settings.api_secret is None and settings.api_secret_file is not None:
+        from meterline.auth import resolve_secret
+
+        resolve_secret(settings)
+        checked.append(f"API secret file ({settings.api_secret_file})")
+    return checked
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meterline", description="Per-user metering for AI products.")
     parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the command's whole configuration (variables, price book, plans) and exit")
     commands = parser.add_subparsers(dest="command", required=True)
     stack = commands.add_parser("stack", help="run the local single-node Kafka broker")
     stack.add_argument("action", choices=["up", "down", "status", "fetch"])
@@ -144,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         from meterline.settings import load_settings
 
         settings = load_settings()
+        if args.check_config or args.command in LONG_RUNNING:  # before anything is wired or started
+            checked = check_configuration(settings, args.command)
+            if args.check_config:
+                print(f"configuration of `meterline {args.command}` is valid: {'; '.join(checked)}")
+                return 0
         return int(args.run(settings, args))
     except MeterlineError as error:
         stderr_console().print(f"[red]error:[/red] {error}")

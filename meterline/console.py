@@ -33,4 +33,4 @@ def stderr_console() -> Printer:
         from rich.console import Console
     except ModuleNotFoundError:
         return PlainConsole()
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)  # a message stays one line: logs and grep read it whole

@@ -18,13 +18,14 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from meterline.exceptions import ConfigurationError
 
 ENV_PREFIX = "METERLINE_"
+S = TypeVar("S", bound="SdkSettings")
 
 
 def _default_home() -> Path:
@@ -144,7 +145,7 @@ def load_settings(**overrides: object) -> Settings:
     """Read the environment, with explicit keyword overrides winning; unknown names are errors."""
     check_environment()
     check_names(overrides, Settings, "option")
-    return Settings(**overrides)  # type: ignore[arg-type]  # pydantic validates the values
+    return _validated(Settings, overrides)
 
 
 def load_sdk_settings(base: SdkSettings | None = None, **overrides: object) -> SdkSettings:
@@ -156,10 +157,26 @@ def load_sdk_settings(base: SdkSettings | None = None, **overrides: object) -> S
     check_names(overrides, SdkSettings, "SDK option")
     if base is None:
         check_environment()
-        return SdkSettings(**overrides)  # type: ignore[arg-type]
+        return _validated(SdkSettings, overrides)
     if not overrides:
         return base
-    return type(base)(**{**base.model_dump(), **overrides})
+    return _validated(type(base), {**base.model_dump(), **overrides}, given=overrides)
+
+
+def _validated(settings: type[S], values: Mapping[str, object], given: Mapping[str, object] | None = None) -> S:
+    """`settings(**values)`, with a bad value a ConfigurationError naming its variable or option and the rule."""
+    try:
+        return settings(**values)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            name = str(item["loc"][0]) if item["loc"] else "?"
+            where = f"option {name!r}" if name in (values if given is None else given) else f"{ENV_PREFIX}{name.upper()}"
+            field = settings.model_fields.get(name)
+            secret = field is None or "SecretStr" in str(field.annotation)  # never echo a secret's value
+            shown = "" if secret else f" (got {item.get('input')!r})"
+            problems.append(f"{where}: {item['msg']}{shown}")
+        raise ConfigurationError("; ".join(problems)) from None
 
 
 def check_names(names: Mapping[str, object], settings: type[SdkSettings], what: str) -> None:
