@@ -7,6 +7,7 @@ pip's cache), then used from that virtualenv against the real broker.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -31,7 +32,12 @@ def sdk_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A virtualenv holding the meterline wheel and its base dependencies, nothing else."""
     work = tmp_path_factory.mktemp("sdk")
     venv = work / "venv"
-    _step(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work), str(ROOT))
+    # Built from a copy: setuptools leaves a build/ directory behind, and one left in the checkout
+    # would carry files deleted since into later wheels.
+    source = work / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "tests",
+                                                                 "__pycache__", ".pytest_cache", ".hypothesis"))
+    _step(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work), str(source))
     (wheel,) = work.glob("meterline-*.whl")  # this checkout's wheel, never a package of that name on PyPI
     _step(sys.executable, "-m", "venv", str(venv))
     _step(str(venv / "bin" / "pip"), "install", "-q", str(wheel))
