@@ -2,5 +2,6 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY . /app
-RUN pip install --no-cache-dir .
+# The server extra: the SDK alone (`pip install .`) has neither the worker nor the sink.
+RUN pip install --no-cache-dir '.[server]'
 ENTRYPOINT ["meterline"]

@@ -24,3 +24,9 @@ def test_compose_uses_only_settings_that_exist():
         variables = set(services[name]["environment"])
         assert variables <= known, variables - known
         assert "METERLINE_BOOTSTRAP" in variables and "METERLINE_CLICKHOUSE_URL" in variables
+
+
+def test_the_image_installs_the_server_side() -> None:
+    """The compose file runs the worker and the sink from this image: the SDK alone lacks both."""
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    assert "pip install --no-cache-dir '.[server]'" in dockerfile
