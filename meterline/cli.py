@@ -15,7 +15,7 @@ from meterline.console import stderr_console
 from meterline.exceptions import MeterlineError
 
 if TYPE_CHECKING:  # each command imports what it needs when it runs: `meterline --help` stays quick
-    from meterline.settings import Settings
+    from meterline.settings import SdkSettings, Settings
 
 # What `pip install meterline` leaves out, and the extra that brings it (pyproject.toml).
 EXTRA_OF_MODULE = {"rich": "cli", "faust": "server", "mode": "server", "aiokafka": "server", "uvloop": "server",
@@ -114,21 +114,26 @@ class _Version(argparse.Action):
 # The commands that read the price book and plans (the others never open them).
 PRICED_COMMANDS = frozenset({"worker", "demo", "emit", "pricing", "plans", "billing"})
 LONG_RUNNING = frozenset({"worker", "sink", "demo"})
+# The commands that read only SdkSettings (every METERLINE_ name is still checked).
+SDK_COMMANDS = frozenset({"emit", "pricing", "plans", "billing"})
 
 
-def check_configuration(settings: Settings, command: str) -> list[str]:
+def check_configuration(settings: SdkSettings, command: str) -> list[str]:
     """Validate everything `command` reads before it starts; raise MeterlineError on the first problem.
 
     The settings themselves were validated when they were read (names and values). Returns what
     was checked, in words.
     """
+    from meterline.settings import Settings
+
     checked = ["METERLINE_ variables"]
     if command in PRICED_COMMANDS:
         from meterline.pricing.catalogue import load_catalogue
 
         load_catalogue(settings.prices, settings.plans, settings.cache_dir)
         checked.append(f"price book ({settings.prices or 'shipped'}) and plans ({settings.plans or 'shipped'})")
-    if command in LONG_RUNNING and settings.api_secret is None and settings.api_secret_file is not None:
+    if isinstance(settings, Settings) and command in LONG_RUNNING and settings.api_secret is None \
+            and settings.api_secret_file is not None:
         from meterline.auth import resolve_secret
 
         resolve_secret(settings)
@@ -168,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from meterline.settings import load_settings
+        from meterline.settings import load_sdk_settings, load_settings
 
-        settings = load_settings()
+        settings = load_sdk_settings() if args.command in SDK_COMMANDS else load_settings()
         if args.check_config or args.command in LONG_RUNNING:  # before anything is wired or started
             checked = check_configuration(settings, args.command)
             if args.check_config:

@@ -33,7 +33,7 @@ from meterline.console import stderr_console
 if TYPE_CHECKING:  # the rest is imported when the command runs: `meterline --help` stays quick
     from meterline.pricing import PriceBook
     from meterline.producers import Meter, MeterStats
-    from meterline.settings import Settings
+    from meterline.settings import SdkSettings
 
 SHOWN_REJECTS = 50
 
@@ -96,7 +96,7 @@ class ModelCheck:
         stderr_console().print(f"[yellow]warning:[/yellow] {problem}; sending it anyway (--strict refuses it)")
 
 
-def run_emit(settings: Settings, args: argparse.Namespace) -> int:
+def run_emit(settings: SdkSettings, args: argparse.Namespace) -> int:
     from meterline.pricing import load_price_book
     from meterline.producers import Meter
 
@@ -214,7 +214,7 @@ def _progress_bar(total: int | None, outcome: Outcome) -> Iterator[Callable[[int
         progress.update(task, rate=f"{outcome.accepted:,} ok, {len(outcome.rejects):,} rejected")
 
 
-def _summarise(outcome: Outcome, stats: MeterStats, settings: Settings, many: bool) -> int:
+def _summarise(outcome: Outcome, stats: MeterStats, settings: SdkSettings, many: bool) -> int:
     console = stderr_console()
     if outcome.rejects:
         # One line a reject, "line N: reason": easy to read, to grep, and to fix in the file.

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the domain is imported when a command runs: `meterline --he
     from meterline.pricing.invoice import Grant, Invoice
     from meterline.pricing.margin import CreditMargin
     from meterline.pricing.rating import Rater, Rating
-    from meterline.settings import Settings
+    from meterline.settings import SdkSettings
 
 
 def _decimal(text: str) -> Decimal:
@@ -51,7 +51,7 @@ def _console() -> Console:
     return Console(width=shutil.get_terminal_size((120, 24)).columns, soft_wrap=False)
 
 
-def _catalogue(settings: Settings, args: argparse.Namespace) -> Catalogue:
+def _catalogue(settings: SdkSettings, args: argparse.Namespace) -> Catalogue:
     """`--prices`/`--plans`, else METERLINE_PRICES/METERLINE_PLANS, else the shipped defaults."""
     from meterline.pricing.catalogue import load_catalogue
 
@@ -84,7 +84,7 @@ def _explain(rating: Rating, args: argparse.Namespace, rater: Rater) -> str:
     return f"({args.input_tokens} + {args.output_tokens}) tokens / 1000 x {per_1k} credit{'' if per_1k == 1 else 's'} per 1,000 tokens"
 
 
-def _quote(settings: Settings, args: argparse.Namespace) -> int:
+def _quote(settings: SdkSettings, args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from meterline.pricing.margin import call_margin
@@ -115,7 +115,7 @@ def _quote(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_litellm(_settings: Settings, args: argparse.Namespace) -> int:
+def _import_litellm(_settings: SdkSettings, args: argparse.Namespace) -> int:
     from meterline.pricing.exceptions import PricingError
     from meterline.pricing.litellm import TOKEN_MODES, convert_litellm, parse_litellm
 
@@ -137,7 +137,7 @@ def _import_litellm(_settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _render(settings: Settings, args: argparse.Namespace) -> int:
+def _render(settings: SdkSettings, args: argparse.Namespace) -> int:
     from meterline.pricing.page import render_html, render_json
 
     plan_file = _catalogue(settings, args).plan_file
@@ -149,7 +149,7 @@ def _render(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(settings: Settings, args: argparse.Namespace) -> int:
+def _check(settings: SdkSettings, args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from meterline.pricing.margin import check_margins
@@ -180,7 +180,7 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     return status
 
 
-def _cycles(_settings: Settings, args: argparse.Namespace) -> int:
+def _cycles(_settings: SdkSettings, args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from meterline.pricing.cycles import BillingSchedule, parse_instant
@@ -208,7 +208,7 @@ def _grant(text: str) -> Grant:
     return Grant(f"grant-{credits}", _decimal(credits), "promo" if expiry else "topup", parse_instant(expiry) if expiry else None)
 
 
-def _preview(settings: Settings, args: argparse.Namespace) -> int:
+def _preview(settings: SdkSettings, args: argparse.Namespace) -> int:
     from meterline.pricing.cycles import BillingSchedule, parse_instant
     from meterline.pricing.exceptions import PricingError
     from meterline.pricing.invoice import CarriedCredits, compute_invoice

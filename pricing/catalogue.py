@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from meterline.pricing.config import default_path, read_yaml, validate
+from meterline.pricing.config import default_path, load_cached, read_yaml, validate
 from meterline.pricing.exceptions import ConfigError
 from meterline.pricing.plans import CreditRules, Plan, PlanFile
 from meterline.pricing.price_book import PriceBook, load_price_book
@@ -45,7 +45,10 @@ def load_catalogue(prices: Path | None = None, plans: Path | None = None, cache_
     """Load both files; `None` means the shipped default for that file (`cache_dir`: see load_price_book)."""
     book = load_price_book(prices, cache_dir)
     plans_path = plans or default_path("plans.yaml")
-    return Catalogue(book, parse_plans(read_yaml(plans_path), str(plans_path), book))
+    # The plans are checked against the book: a cached plan file holds for that book file only.
+    plan_file = load_cached(plans_path, PlanFile, cache_dir, lambda: parse_plans(read_yaml(plans_path), str(plans_path), book),
+                            inputs=(prices or default_path("prices.yaml"),))
+    return Catalogue(book, plan_file)
 
 
 @lru_cache(maxsize=1)

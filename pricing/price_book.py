@@ -19,8 +19,6 @@ cache (OpenAI's convention); see README.md.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from meterline.pricing.config import default_path, read_yaml, read_yaml_text, validate
+from meterline.pricing.config import default_path, load_cached, read_yaml, read_yaml_text, validate
 from meterline.pricing.exceptions import ConfigError, ConfigProblem, InvalidUsageError, UnknownModelError
 from meterline.pricing.money import CONFIG_DECIMAL_PLACES, EXACT, THOUSAND
 
@@ -127,39 +125,9 @@ def parse_price_book(data: object, source: str) -> PriceBook:
 
 
 def load_price_book(path: Path | None = None, cache_dir: Path | None = None) -> PriceBook:
-    """Load a price book file; `None` loads the shipped defaults.
-
-    With `cache_dir`, a book once validated is kept there as JSON, keyed by the file's path,
-    size and modification time and by this module's (which defines what a valid book is): YAML parsing is most of the time a
-    large book takes (a full LiteLLM import: ~0.3 s, ~0.04 s from the cache). Only a book that
-    validated is cached, so every mistake is still reported from the file itself.
-    """
+    """Load a price book file; `None` loads the shipped defaults (`cache_dir`: see `config.load_cached`)."""
     path = path or default_path("prices.yaml")
-    cached = _cache_file(path, cache_dir) if cache_dir is not None else None
-    if cached is not None:
-        try:
-            return PriceBook.model_validate_json(cached.read_bytes())
-        except (OSError, ValueError):
-            pass  # absent, unreadable or from another version of the model: parse the file
-    book = parse_price_book(read_yaml(path), str(path))
-    if cached is not None:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            partial = cached.with_suffix(f".{os.getpid()}.tmp")
-            partial.write_text(book.model_dump_json(), encoding="utf-8")
-            partial.replace(cached)  # atomic: a reader sees a whole book or none
-        except OSError:
-            pass  # a read-only cache only costs time
-    return book
-
-
-def _cache_file(path: Path, cache_dir: Path) -> Path | None:
-    try:
-        book, code = path.stat(), Path(__file__).stat()
-    except OSError:
-        return None  # read_yaml reports it
-    key = f"{path.resolve()}|{book.st_size}|{book.st_mtime_ns}|{code.st_size}|{code.st_mtime_ns}"
-    return cache_dir / "price-books" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+    return load_cached(path, PriceBook, cache_dir, lambda: parse_price_book(read_yaml(path), str(path)))
 
 
 def price_book_from_text(text: str, source: str = "<text>") -> PriceBook:

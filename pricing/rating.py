@@ -11,13 +11,15 @@ from __future__ import annotations
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from meterline.pricing.catalogue import Catalogue, default_catalogue, load_catalogue
 from meterline.pricing.plans import CreditRules
 from meterline.pricing.money import THOUSAND
 from meterline.pricing.price_book import PriceBook
-from meterline.schemas import UsageEvent
+
+if TYPE_CHECKING:  # pricing reads events, never builds them: `pricing quote` need not load the schema
+    from meterline.schemas import UsageEvent
 
 
 class Rating(NamedTuple):

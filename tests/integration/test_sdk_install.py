@@ -7,19 +7,17 @@ pip's cache), then used from that virtualenv against the real broker.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from meterline.benchmarks.installed import install_checkout
 from meterline.settings import Settings
 from meterline.stack import ensure_topics
 from tests.integration.test_producer_sdk import consume_all
 
-ROOT = Path(__file__).resolve().parents[2]
 SERVER_DISTRIBUTIONS = {"faust-streaming", "aiokafka", "chdb", "clickhouse-connect", "uvloop", "quixstreams", "mode-streaming",
                         "rich"}
 # What any virtualenv holds before the SDK: not the SDK's size.
@@ -28,25 +26,9 @@ MAX_SDK_BYTES = 40 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def sdk_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def sdk_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A virtualenv holding the meterline wheel and its base dependencies, nothing else."""
-    work = tmp_path_factory.mktemp("sdk")
-    venv = work / "venv"
-    # Built from a copy: setuptools leaves a build/ directory behind, and one left in the checkout
-    # would carry files deleted since into later wheels.
-    source = work / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "tests",
-                                                                 "__pycache__", ".pytest_cache", ".hypothesis"))
-    _step(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work), str(source))
-    (wheel,) = work.glob("meterline-*.whl")  # this checkout's wheel, never a package of that name on PyPI
-    _step(sys.executable, "-m", "venv", str(venv))
-    _step(str(venv / "bin" / "pip"), "install", "-q", str(wheel))
-    yield venv
-
-
-def _step(*command: str) -> None:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"{' '.join(command)}:\n{done.stdout}\n{done.stderr}"
+    return install_checkout(tmp_path_factory.mktemp("sdk"))
 
 
 def _run(venv: Path, *command: str, **kwargs: object) -> subprocess.CompletedProcess[str]:

@@ -119,7 +119,7 @@ def test_a_cached_book_is_the_same_book_and_skips_the_yaml(tmp_path: Path, monke
     source.write_text(SMALL_PRICES)
     cache = tmp_path / "cache"
     first = price_book.load_price_book(source, cache)
-    assert len(list((cache / "price-books").iterdir())) == 1
+    assert len(list((cache / "pricing").iterdir())) == 1
 
     def no_yaml(_path: Path) -> None:
         raise AssertionError("parsed the YAML again")
@@ -130,7 +130,7 @@ def test_a_cached_book_is_the_same_book_and_skips_the_yaml(tmp_path: Path, monke
     # An edited file is read again; a damaged cache entry is ignored.
     source.write_text(SMALL_PRICES.replace("0.001", "0.004"))
     assert price_book.load_price_book(source, cache).price_of("cheap").input_per_1k == Decimal("0.004")
-    for entry in (cache / "price-books").iterdir():
+    for entry in (cache / "pricing").iterdir():
         entry.write_text("{not json")
     assert price_book.load_price_book(source, cache).price_of("cheap").input_per_1k == Decimal("0.004")
 
@@ -141,4 +141,4 @@ def test_an_invalid_book_is_never_cached(tmp_path: Path) -> None:
     for _ in range(2):
         with pytest.raises(ConfigError, match="models.x.input_per_1k"):
             load_price_book(source, tmp_path / "cache")
-    assert not (tmp_path / "cache" / "price-books").exists()
+    assert not (tmp_path / "cache" / "pricing").exists()
