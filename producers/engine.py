@@ -40,6 +40,7 @@ from meterline.settings import SdkSettings
 log = logging.getLogger(__name__)
 
 QUEUE_FULL_WAIT = 1.0  # seconds a full local queue may block emit before events go to the spool
+LIBRDKAFKA_MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's default `message.max.bytes`
 
 
 def producer_config(settings: SdkSettings, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -77,6 +78,8 @@ class Engine:
         self._config = {**producer_config(settings, config), "error_cb": self._on_error,
                         "on_delivery": self.deliveries.delivered}
         self._producer: Producer | None = None
+        # What Kafka would refuse as too large must not enter the spool either: it could never leave.
+        self._max_record_bytes = int(self._config.get("message.max.bytes", LIBRDKAFKA_MAX_MESSAGE_BYTES))
         self._lock = threading.Lock()
         # While True, events still in the producer's queue are being moved to the spool, and new
         # events wait for them, so the spool keeps emission order across the start of an outage.
@@ -197,6 +200,9 @@ class Engine:
     def _spool_new(self, key: bytes, value: bytes, done: Done | None) -> bool:
         """Append a new event to the spool if in spool mode; False if normal mode resumed."""
         assert self.spool is not None
+        if len(key) + len(value) > self._max_record_bytes:  # as librdkafka's produce() would say at once
+            raise ProducerError(f"Kafka refused the event: {len(key) + len(value):,} bytes is more than "
+                                f"message.max.bytes ({self._max_record_bytes:,})")
         with self._lock:
             while self._handing_over and not self._stop.is_set():
                 self._handed_over.wait(0.1)

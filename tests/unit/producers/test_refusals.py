@@ -48,6 +48,20 @@ def test_a_record_kafka_refuses_is_an_error_for_the_caller_not_a_stuck_spool(tmp
     meter.close(0)
 
 
+def test_an_event_too_large_for_kafka_is_refused_while_spooling_too(tmp_path: Path) -> None:
+    """It could never leave the spool: replay would fail on it forever (this raced with the
+    broker-down report in the test above, about 1 run in 25)."""
+    meter = Meter(bootstrap="127.0.0.1:1", spool_dir=tmp_path, producer_config={"message.max.bytes": 1000,
+                                                                                   "log_level": 0})
+    meter._engine.enter_spooling("Kafka is away (test)")
+    with pytest.raises(ProducerError, match="refused.*message.max.bytes"):
+        meter.emit("acme", "u-1", "gpt-4o", 10, 5, metadata={"note": "y" * 2000})
+    assert meter.stats().spool_pending == 0
+    meter.emit("acme", "u-1", "gpt-4o", 10, 5)  # an ordinary event is still spooled
+    assert meter.stats().spool_pending == 1
+    meter.close(0)
+
+
 def test_close_under_load_keeps_every_accepted_event(tmp_path: Path, silent_broker: str) -> None:
     meter = Meter(bootstrap=silent_broker, spool_dir=tmp_path, producer_config={"log_level": 0})
     accepted = [0] * 8
