@@ -58,6 +58,19 @@ def _sink(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def _warehouse(settings: Settings, _args: argparse.Namespace) -> int:
+    from meterline.sinks import Warehouse
+    from meterline.sinks.migrations import MIGRATIONS
+
+    warehouse = Warehouse(settings)  # opening it applies what is missing
+    for migration in warehouse.migrated:
+        print(f"applied {migration.version}: {migration.description}")
+    where = "server" if settings.clickhouse_url else f"chDB at {settings.chdb_dir}"
+    print(f"warehouse {settings.clickhouse_database} ({where}) is at version {MIGRATIONS[-1].version}"
+          + ("" if warehouse.migrated else ", nothing to apply"))
+    return 0
+
+
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from meterline.processors.worker import prepare_topics, run_worker
 
@@ -156,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run N workers on ports METERLINE_WORKER_PORT, +1, ...; each restarted when it exits")
     worker.set_defaults(run=_worker)
     commands.add_parser("sink", help="run the Kafka -> ClickHouse sink").set_defaults(run=_sink)
+    warehouse = commands.add_parser("warehouse", help="the ClickHouse schema: apply its migrations (the sink does on start)")
+    warehouse.add_argument("action", choices=["migrate"])
+    warehouse.set_defaults(run=_warehouse)
     demo = commands.add_parser("demo", help="run the whole pipeline on simulated traffic and check it")
     demo.add_argument("--events", type=int, default=20_000)
     demo.add_argument("--users", type=int, default=300)

@@ -21,7 +21,6 @@ from clickhouse_connect.driver.client import Client
 from meterline.exceptions import MeterlineError
 from meterline.schemas.rated import RATED_FIELDS
 from meterline.settings import Settings, private_dir
-from meterline.sinks import queries
 from meterline.sinks.queries import Query
 
 # chDB allows one open data directory per process: share the client among threads.
@@ -66,20 +65,20 @@ def _connect(settings: Settings) -> Client:
 
 
 class Warehouse:
-    """Create the schema, insert event batches, run read queries."""
+    """Bring the schema up to date (`migrations.py`), insert event batches, run read queries."""
 
     def __init__(self, settings: Settings):
+        from meterline.sinks.migrations import migrate
+
         self.database = settings.clickhouse_database
         self._client = _connect(settings)
         self._lock = threading.Lock()  # the chDB client is not safe to use from two threads at once
-        self.command(queries.create_database(self.database))
-        for ddl in queries.create_tables(self.database):
-            self.command(ddl)
+        self.migrated = migrate(self)
         self._client.database = self.database  # unqualified table names in queries.py resolve here
 
-    def command(self, sql: str) -> Any:
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         with self._lock:
-            return self._client.command(sql)
+            return self._client.command(sql, parameters=parameters)
 
     def insert_rated(self, table: str, rows: Sequence[Sequence[Any]], dedupe_token: str) -> None:
         """Insert a batch of rated rows (RATED_FIELDS order); a retry with the same token is dropped."""
