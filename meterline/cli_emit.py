@@ -77,15 +77,10 @@ class ModelCheck:
         self.warned: set[str] = set()
 
     def __call__(self, model: object) -> None:
-        from meterline.pricing import UnknownModelError
-
         if not isinstance(model, str) or model in self.warned:
             return  # not text: the schema names the problem
-        try:
-            self.prices.resolve(model)
-            return
-        except UnknownModelError:
-            pass
+        if self.prices.knows(model) or self.prices.default_model is not None:
+            return  # priced: by its name or an alias, or as the default model
         names = [*self.prices.models, *(alias for price in self.prices.models.values() for alias in price.aliases)]
         near = difflib.get_close_matches(model, names, n=3, cutoff=0.5)
         problem = (f"model {model!r} is not in the price book, so the worker would dead-letter the event"

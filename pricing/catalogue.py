@@ -42,7 +42,7 @@ def parse_plans(data: object, source: str, prices: PriceBook) -> PlanFile:
 
 
 def load_catalogue(prices: Path | None = None, plans: Path | None = None, cache_dir: Path | None = None) -> Catalogue:
-    """Load both files; `None` means the shipped default for that file (`cache_dir`: see load_price_book)."""
+    """Load both files; `None` means the shipped default for that file (`cache_dir`: see `config.load_cached`)."""
     book = load_price_book(prices, cache_dir)
     plans_path = plans or default_path("plans.yaml")
     # The plans are checked against the book: a cached plan file holds for that book file only.
