@@ -147,7 +147,7 @@ def load_cached(path: Path, model: type[M], cache_dir: Path | None, parse: Calla
 
 def _cache_entry(path: Path, inputs: Sequence[Path], cache_dir: Path) -> Path | None:
     try:
-        stamps = [f"{file.resolve()}|{file.stat().st_size}|{file.stat().st_mtime_ns}" for file in (path, *inputs)]
+        stamps = [_stamp(file.resolve()) for file in (path, *inputs)]
     except OSError:
         return None  # read_yaml reports it
     key = "\n".join([*stamps, *_code_stamps()])
@@ -156,5 +156,10 @@ def _cache_entry(path: Path, inputs: Sequence[Path], cache_dir: Path) -> Path | 
 
 @cache
 def _code_stamps() -> tuple[str, ...]:
-    package = Path(__file__).parent
-    return tuple(f"{file.name}|{file.stat().st_size}|{file.stat().st_mtime_ns}" for file in sorted(package.glob("*.py")))
+    return tuple(_stamp(file) for file in sorted(Path(__file__).parent.glob("*.py")))
+
+
+def _stamp(file: Path) -> str:
+    """What changes when the file does: its path, size and modification time (one stat)."""
+    stat = file.stat()
+    return f"{file}|{stat.st_size}|{stat.st_mtime_ns}"
