@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from meterline.cli_emit import register as register_emit
 from meterline.cli_pricing import register as register_pricing
+from meterline.cli_subscriptions import register as register_subscriptions
 from meterline.console import stderr_console
 from meterline.exceptions import MeterlineError
 
@@ -125,7 +126,7 @@ class _Version(argparse.Action):
 
 
 # The commands that read the price book and plans (the others never open them).
-PRICED_COMMANDS = frozenset({"worker", "demo", "emit", "pricing", "plans", "billing"})
+PRICED_COMMANDS = frozenset({"worker", "demo", "emit", "pricing", "plans", "billing", "subscriptions"})
 LONG_RUNNING = frozenset({"worker", "sink", "demo"})
 # The commands that read only SdkSettings (every METERLINE_ name is still checked).
 SDK_COMMANDS = frozenset({"emit", "pricing", "plans", "billing"})
@@ -143,7 +144,11 @@ def check_configuration(settings: SdkSettings, command: str) -> list[str]:
     if command in PRICED_COMMANDS:
         from meterline.pricing.catalogue import load_catalogue
 
-        load_catalogue(settings.prices, settings.plans, settings.cache_dir)
+        catalogue = load_catalogue(settings.prices, settings.plans, settings.cache_dir)
+        if isinstance(settings, Settings):
+            from meterline.subscriptions import check_default_plan
+
+            check_default_plan(settings, catalogue)
         checked.append(f"price book ({settings.prices or 'shipped'}) and plans ({settings.plans or 'shipped'})")
     if isinstance(settings, Settings) and command in LONG_RUNNING and settings.api_secret is None \
             and settings.api_secret_file is not None:
@@ -183,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.set_defaults(run=_keys)
     register_emit(commands)
     register_pricing(commands)
+    register_subscriptions(commands)
     return parser
 
 

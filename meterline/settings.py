@@ -101,6 +101,8 @@ class Settings(SdkSettings):
     kafka_initial_rebalance_delay_ms: int = Field(default=3000, ge=0)
     dead_letter_topic: str = "meterline.usage.dlq.v1"
     rated_topic: str = "meterline.rated.v1"
+    subscriptions_topic: str = "meterline.subscriptions.v1"  # compacted, keyed by org or org/user
+    default_plan: str = "free"  # the plan of a user with no subscription of its own or its org's
     partitions: int = 8
 
     # Processor (Faust worker).

@@ -74,6 +74,10 @@ def test_check_config_validates_and_starts_nothing(monkeypatch: pytest.MonkeyPat
     assert main(["--check-config", "worker"]) == 2
     assert "models.x.input_per_1k" in capsys.readouterr().err
     monkeypatch.delenv("METERLINE_PRICES")
+    monkeypatch.setenv("METERLINE_DEFAULT_PLAN", "gold")
+    assert main(["--check-config", "worker"]) == 2
+    assert "METERLINE_DEFAULT_PLAN: unknown plan 'gold'" in capsys.readouterr().err
+    monkeypatch.delenv("METERLINE_DEFAULT_PLAN")
     monkeypatch.setenv("METERLINE_WORKER_PROT", "7000")
     assert main(["--check-config", "sink"]) == 2
     assert "did you mean 'METERLINE_WORKER_PORT'" in capsys.readouterr().err
