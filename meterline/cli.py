@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from meterline.cli_emit import register as register_emit
 from meterline.cli_pricing import register as register_pricing
+from meterline.cli_report import register as register_report
 from meterline.cli_subscriptions import register as register_subscriptions
 from meterline.console import stderr_console
 from meterline.exceptions import MeterlineError
@@ -189,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_emit(commands)
     register_pricing(commands)
     register_subscriptions(commands)
+    register_report(commands)
     return parser
 
 

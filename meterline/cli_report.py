@@ -1,0 +1,115 @@
+"""`meterline report distribution|heavy-users`: the power law of cost per user, and who carries it."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from meterline.exceptions import MeterlineError
+
+if TYPE_CHECKING:
+    from meterline.settings import Settings
+
+DEFAULT_DAYS = 30
+
+
+def _instant(text: str) -> datetime:
+    from meterline.pricing.cycles import parse_instant
+
+    try:
+        return parse_instant(text)
+    except MeterlineError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _period(args: argparse.Namespace) -> tuple[datetime, datetime]:
+    end = args.to or datetime.now(timezone.utc)
+    start = args.start or end - timedelta(days=DEFAULT_DAYS)
+    if start >= end:
+        raise MeterlineError(f"--from ({start.isoformat()}) must be before --to ({end.isoformat()})")
+    return start, end
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return format(value.normalize() if value == value.to_integral() else value, "f")
+    return "" if value is None else str(value)
+
+
+def _print(rows: list[dict[str, Any]], title: str, output_format: str) -> None:
+    if output_format == "json":
+        print(json.dumps(rows, indent=2, default=_text))
+    elif output_format == "csv":
+        writer = csv.writer(sys.stdout)
+        if rows:
+            writer.writerow(rows[0])
+        writer.writerows([[_text(value) for value in row.values()] for row in rows])
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for name in rows[0] if rows else ["(no rows)"]:
+            table.add_column(name, justify="left" if name in ("org_id", "user_id", "top_model") else "right")
+        for row in rows:
+            table.add_row(*(_text(value) for value in row.values()))
+        Console().print(table)
+
+
+def _distribution(settings: Settings, args: argparse.Namespace) -> int:
+    from meterline.sinks import Warehouse
+    from meterline.sinks.reports import cost_distribution
+
+    start, end = _period(args)
+    report = cost_distribution(Warehouse(settings), start, end, args.org)
+    _print([report.as_row()], f"provider cost per user, {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
+           + (f", org {args.org}" if args.org else ""), args.format)
+    return 0
+
+
+def _heavy_users(settings: Settings, args: argparse.Namespace) -> int:
+    from meterline.sinks import Warehouse
+    from meterline.sinks.reports import heavy_users
+
+    start, end = _period(args)
+    found = heavy_users(Warehouse(settings), start, end, args.org, args.times_median, args.limit)
+    _print([user.as_row() for user in found], f"users above {args.times_median} x the median cost, "
+           f"{start:%Y-%m-%d} to {end:%Y-%m-%d}", args.format)
+    return 0
+
+
+def _positive_decimal(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not value.is_finite() or value <= 0 or value > 10**12:
+        raise argparse.ArgumentTypeError(f"must be a number > 0 and <= 10^12, got {text!r}")
+    return value
+
+
+def _limit(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 100000, got {text!r}")
+    return int(text)
+
+
+def register(commands: Any) -> None:
+    """Add `report` to the `meterline` sub-command parsers."""
+    reports = commands.add_parser("report", help="operator reports from the warehouse (dedupe-correct)") \
+        .add_subparsers(dest="action", required=True)
+    distribution = reports.add_parser("distribution", help="cost per user: p50 p90 p99 p99.9, top 1 %% share, p99 / median")
+    heavy = reports.add_parser("heavy-users", help="users above K x the median user's cost, costliest first")
+    heavy.add_argument("--times-median", type=_positive_decimal, default=Decimal(10), metavar="K")
+    heavy.add_argument("--limit", type=_limit, default=20)
+    for parser, run in ((distribution, _distribution), (heavy, _heavy_users)):
+        parser.add_argument("--org", help="one org only (default: every org's users)")
+        parser.add_argument("--from", dest="start", type=_instant, help=f"ISO 8601 (default: --to minus {DEFAULT_DAYS} days)")
+        parser.add_argument("--to", type=_instant, help="ISO 8601, excluded (default: now)")
+        parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
+        parser.set_defaults(run=run)

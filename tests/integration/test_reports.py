@@ -1,0 +1,118 @@
+"""Operator reports on real chDB, over a generated power-law population whose figures the test
+computes itself: the cost distribution per user, and the users above k x the median."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from meterline.schemas.rated import RATED_FIELDS
+from meterline.settings import Settings
+from meterline.sinks import Warehouse
+from meterline.sinks.queries import RATED_EVENTS
+from meterline.sinks.reports import LEVELS, cost_distribution, heavy_users
+
+START = datetime(2026, 11, 1, tzinfo=timezone.utc)
+END = datetime(2026, 12, 1, tzinfo=timezone.utc)
+
+
+def _row(org: str, user: str, request_id: str, cost: Decimal, when: datetime, model: str = "gpt-4o") -> list[object]:
+    values = {name: 0 for name in RATED_FIELDS} | {
+        "org_id": org, "user_id": user, "request_id": request_id, "event_time": when, "model": model, "action": "",
+        "reported_cost_usd": None, "provider_cost_usd": cost, "credits": cost * 100, "credit_rule": "tokens",
+        "price_version": "v", "source": "test", "metadata": {}, "status": "applied", "processed_at": when}
+    return [values[name] for name in RATED_FIELDS]
+
+
+@pytest.fixture(scope="module")
+def report_settings(broker_settings: Settings) -> Settings:
+    return broker_settings.model_copy(update={"clickhouse_database": f"reports_{uuid.uuid4().hex[:8]}"})
+
+
+@pytest.fixture(scope="module")
+def population(report_settings: Settings) -> tuple[Warehouse, dict[str, Decimal]]:
+    """1,000 users of org `pl` with Pareto-distributed costs, 1-5 events each, every 7th event written twice
+    (a replay: the same row again), plus events outside the period and another org's, which must not count."""
+    warehouse = Warehouse(report_settings)
+    rng = random.Random(7)
+    cost_of: dict[str, Decimal] = {}
+    rows: list[list[object]] = []
+    for n in range(1000):
+        user = f"u{n}"
+        for event in range(rng.randint(1, 5)):
+            cost = Decimal(str(round(rng.paretovariate(1.2) * 0.001, 6)))
+            when = START + timedelta(seconds=rng.randrange(int((END - START).total_seconds())))
+            row = _row("pl", user, f"r{n}-{event}", cost, when, model=rng.choice(["gpt-4o", "claude-opus-4"]))
+            rows.append(row)
+            if len(rows) % 7 == 0:
+                rows.append(list(row))  # replayed: one row per request id after FINAL
+            cost_of[user] = cost_of.get(user, Decimal(0)) + cost
+        rows.append(_row("pl", user, f"late-{n}", Decimal(5), END))  # the period is half-open: END is outside
+    rows.append(_row("other", "u0", "x", Decimal(10**6), START))
+    for first in range(0, len(rows), 700):  # several parts, so FINAL has something to do
+        warehouse.insert_rated(RATED_EVENTS, rows[first:first + 700], dedupe_token=uuid.uuid4().hex)
+    return warehouse, cost_of
+
+
+def _quantile(ordered: list[Decimal], level: float) -> Decimal:
+    return ordered[min(len(ordered) - 1, math.floor(level * len(ordered)))]
+
+
+def test_the_cost_distribution_matches_a_recomputation(population: tuple[Warehouse, dict[str, Decimal]]) -> None:
+    warehouse, cost_of = population
+    ordered = sorted(cost_of.values())
+    report = cost_distribution(warehouse, START, END, org_id="pl")
+    assert report.users == 1000 and report.total_cost == sum(ordered)
+    assert report.quantiles == {level: _quantile(ordered, level) for level in LEVELS}
+    top = sum(sorted(ordered, reverse=True)[:10])  # the top 1 % of 1,000 users
+    assert report.top_1pct_cost == top and report.top_1pct_share == top / sum(ordered)
+    assert report.p99_over_median == _quantile(ordered, 0.99) / _quantile(ordered, 0.5)
+    assert report.p99_over_median > 10  # a power law: the point of the report
+
+
+def test_heavy_users_are_those_above_k_times_the_median(population: tuple[Warehouse, dict[str, Decimal]]) -> None:
+    warehouse, cost_of = population
+    median = _quantile(sorted(cost_of.values()), 0.5)
+    expected = sorted(((cost, user) for user, cost in cost_of.items() if cost > median * 20), reverse=True)
+    found = heavy_users(warehouse, START, END, org_id="pl", times_median=Decimal(20), limit=1000)
+    assert [(u.cost, u.user_id) for u in found] == expected
+    assert all(u.times_median == u.cost / median for u in found)
+    assert len(heavy_users(warehouse, START, END, org_id="pl", times_median=Decimal(20), limit=3)) == 3
+
+
+def test_an_empty_period_is_an_empty_report(population: tuple[Warehouse, dict[str, Decimal]]) -> None:
+    warehouse, _cost_of = population
+    report = cost_distribution(warehouse, START - timedelta(days=60), START - timedelta(days=30))
+    assert report.users == 0 and report.top_1pct_share is None and report.p99_over_median is None
+    assert heavy_users(warehouse, START - timedelta(days=60), START - timedelta(days=30)) == []
+
+
+def test_the_report_command_prints_the_same_figures_as_json_and_csv(
+        population: tuple[Warehouse, dict[str, Decimal]], report_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from meterline.cli import main
+
+    _warehouse, cost_of = population
+    for name in ("home", "chdb_path", "clickhouse_database"):
+        monkeypatch.setenv(f"METERLINE_{name.upper()}", str(getattr(report_settings, name)))
+    period = ["--org", "pl", "--from", START.isoformat(), "--to", END.isoformat()]
+    assert main(["report", "distribution", *period, "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    ordered = sorted(cost_of.values())
+    assert row["users"] == 1000 and Decimal(row["total_cost_usd"]) == sum(ordered)
+    assert Decimal(row["p99.9_usd"]) == _quantile(ordered, 0.999)
+    assert main(["report", "heavy-users", *period, "--times-median", "20", "--format", "csv", "--limit", "5"]) == 0
+    lines = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    top = max(cost_of, key=lambda user: cost_of[user])
+    assert len(lines) == 5 and lines[0]["user_id"] == top and Decimal(lines[0]["cost_usd"]) == cost_of[top]
+    assert main(["report", "distribution", "--from", END.isoformat(), "--to", START.isoformat()]) == 2
+    assert "must be before --to" in capsys.readouterr().err
