@@ -1,8 +1,9 @@
 """Org API keys and end-user tokens, signed with one server secret (HMAC-SHA256).
 
-An org key opens every balance of that org; a user token opens one user's own
-balance. Neither opens another org. The operator key opens only the worker's
-own counters. Comparisons are constant-time.
+An org key opens every balance of that org; a user token (for a customer portal) opens one
+user's own balance until it expires: its expiry is part of what is signed, so it cannot be
+extended. Neither opens another org. The operator key opens only the worker's own counters.
+Comparisons are constant-time.
 """
 
 from __future__ import annotations
@@ -29,8 +30,14 @@ def org_key(secret: str, org_id: str) -> str:
     return ORG_PREFIX + _sign(secret, f"org:{org_id}")
 
 
-def user_token(secret: str, org_id: str, user_id: str) -> str:
-    return USER_PREFIX + _sign(secret, f"user:{org_id}/{user_id}")
+DEFAULT_TOKEN_TTL_SECONDS = 24 * 3600
+MAX_TOKEN_TTL_SECONDS = 366 * 24 * 3600
+REFUSED = "an org API key or this user's unexpired token is required"
+
+
+def user_token(secret: str, org_id: str, user_id: str, expires_at: int) -> str:
+    """A token for one user's balance, valid until `expires_at` (epoch seconds)."""
+    return f"{USER_PREFIX}{expires_at}.{_sign(secret, f'user:{org_id}/{user_id}:{expires_at}')}"
 
 
 def operator_key(secret: str) -> str:
@@ -43,8 +50,15 @@ def same_key(presented: str, expected: str) -> bool:
     return hmac.compare_digest(presented.encode(), expected.encode())
 
 
-def may_read_balance(secret: str, presented: str, org_id: str, user_id: str) -> bool:
-    return same_key(presented, org_key(secret, org_id)) or same_key(presented, user_token(secret, org_id, user_id))
+def balance_refusal(secret: str, presented: str, org_id: str, user_id: str, now: float) -> str | None:
+    """None if `presented` may read this user's balance at `now`; else why not, safe to show the caller."""
+    if same_key(presented, org_key(secret, org_id)):
+        return None
+    expiry, dot, _signature = presented.removeprefix(USER_PREFIX).partition(".")
+    if presented.startswith(USER_PREFIX) and dot and expiry.isascii() and expiry.isdigit() and len(expiry) <= 12 \
+            and same_key(presented, user_token(secret, org_id, user_id, int(expiry))):
+        return None if int(expiry) > now else "this user token has expired: ask for a new one"
+    return REFUSED
 
 
 def resolve_secret(settings: Settings) -> str:

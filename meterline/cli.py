@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from meterline.cli_emit import register as register_emit
@@ -97,7 +98,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
-    from meterline.auth import operator_key, org_key, resolve_secret, user_token
+    from meterline.auth import DEFAULT_TOKEN_TTL_SECONDS, operator_key, org_key, resolve_secret, user_token
 
     from meterline.schemas.usage import identifier_problem
 
@@ -113,8 +114,19 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
     elif args.org is None:
         raise MeterlineError("give an org id (and --user for a user token), or --operator")
     else:
-        print(org_key(secret, args.org) if args.user is None else user_token(secret, args.org, args.user))
+        print(org_key(secret, args.org) if args.user is None
+              else user_token(secret, args.org, args.user, int(time.time()) + (args.ttl or DEFAULT_TOKEN_TTL_SECONDS)))
     return 0
+
+
+def _duration(text: str) -> int:
+    """`90s`, `30m`, `24h`, `7d` (or seconds alone) as seconds, within 1 s and MAX_TOKEN_TTL_SECONDS."""
+    from meterline.auth import MAX_TOKEN_TTL_SECONDS
+
+    number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION_UNITS else (text, "s")
+    if not (number.isascii() and number.isdigit()) or not 1 <= int(number) * DURATION_UNITS[unit] <= MAX_TOKEN_TTL_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be a duration from 1s to 366d such as 30m, 24h or 7d, got {text!r}")
+    return int(number) * DURATION_UNITS[unit]
 
 
 class _Version(argparse.Action):
@@ -125,6 +137,8 @@ class _Version(argparse.Action):
 
         parser.exit(message=f"meterline {version('meterline')}\n")
 
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 # The commands that read the price book and plans (the others never open them).
 PRICED_COMMANDS = frozenset({"worker", "demo", "emit", "pricing", "plans", "billing", "subscriptions"})
@@ -186,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("org", nargs="?")
     keys.add_argument("--user")
     keys.add_argument("--operator", action="store_true", help="the key for the worker's own counters")
+    keys.add_argument("--ttl", type=_duration,
+                      help="how long a --user token stays valid: 30m, 24h, 7d (default 24h, at most 366d)")
     keys.set_defaults(run=_keys)
     register_emit(commands)
     register_pricing(commands)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 import faust
@@ -10,7 +11,7 @@ from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 
-from meterline.auth import may_read_balance, operator_key, same_key
+from meterline.auth import balance_refusal, operator_key, same_key
 from meterline.stack import broker_answers
 
 if TYPE_CHECKING:
@@ -37,8 +38,9 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
     @app.page("/v1/orgs/{org_id}/users/{user_id}/balance")
     class BalanceView(View):
         async def get(self, request: Request, org_id: str, user_id: str) -> Response:
-            if not may_read_balance(secret, _bearer(request), org_id, user_id):
-                return self.json({"error": "an org API key or this user's token is required"}, status=401)
+            refusal = balance_refusal(secret, _bearer(request), org_id, user_id, time.time())
+            if refusal is not None:
+                return self.json({"error": refusal}, status=401)
             key = f"{org_id}/{user_id}".encode()
             try:
                 return await app.router.route_req(engine.states.name, key, self.web, request)

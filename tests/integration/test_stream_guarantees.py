@@ -24,10 +24,12 @@ def test_balance_api_is_scoped_to_the_org_and_to_the_user(make_settings):
     with running_pipeline(settings, with_sink=False):
         url = settings.worker_url
         assert get_balance(url, org_key(secret, "acme"), "acme", "u1")["events"] == 0
-        assert get_balance(url, user_token(secret, "acme", "u1"), "acme", "u1")["events"] == 0
+        later, earlier = int(time.time()) + 3600, int(time.time()) - 1
+        assert get_balance(url, user_token(secret, "acme", "u1", later), "acme", "u1")["events"] == 0
         for token, org, user in [
             (org_key(secret, "globex"), "acme", "u1"),  # another org's key
-            (user_token(secret, "acme", "u2"), "acme", "u1"),  # another user's token
+            (user_token(secret, "acme", "u2", later), "acme", "u1"),  # another user's token
+            (user_token(secret, "acme", "u1", earlier), "acme", "u1"),  # an expired token
             ("", "acme", "u1"),  # no credentials
         ]:
             with pytest.raises(urllib.error.HTTPError) as raised:
