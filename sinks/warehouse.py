@@ -88,7 +88,13 @@ class Warehouse:
                 settings={"insert_deduplication_token": dedupe_token},
             )
 
-    def query(self, query: Query) -> list[Sequence[Any]]:
+    def query(self, query: Query, settings: dict[str, Any] | None = None) -> list[Sequence[Any]]:
         sql, parameters = query
         with self._lock:
-            return list(self._client.query(sql, parameters=parameters).result_rows)
+            return list(self._client.query(sql, parameters=parameters, settings=settings).result_rows)
+
+    def query_with_columns(self, sql: str, settings: dict[str, Any] | None = None) -> tuple[list[str], list[Sequence[Any]]]:
+        """A statement with no parameters (as a person typed it): its column names and rows."""
+        with self._lock:
+            result = self._client.query(sql, settings=settings)
+            return list(result.column_names), list(result.result_rows)

@@ -1,4 +1,4 @@
-"""`meterline report distribution|heavy-users`: the power law of cost per user, and who carries it."""
+"""`meterline report distribution|heavy-users` (the power law of cost per user, and who carries it) and `meterline sql`."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _print(rows: list[dict[str, Any]], title: str, output_format: str) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=title)
+        table = Table(title=title or None)
         for name in rows[0] if rows else ["(no rows)"]:
             table.add_column(name, justify="left" if name in ("org_id", "user_id", "top_model") else "right")
         for row in rows:
@@ -83,6 +83,15 @@ def _heavy_users(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _sql(settings: Settings, args: argparse.Namespace) -> int:
+    from meterline.sinks import Warehouse
+    from meterline.sinks.sql import run_read_only
+
+    columns, rows = run_read_only(Warehouse(settings), args.statement)
+    _print([dict(zip(columns, row)) for row in rows], "", args.format)
+    return 0
+
+
 def _positive_decimal(text: str) -> Decimal:
     try:
         value = Decimal(text)
@@ -100,7 +109,11 @@ def _limit(text: str) -> int:
 
 
 def register(commands: Any) -> None:
-    """Add `report` to the `meterline` sub-command parsers."""
+    """Add `report` and `sql` to the `meterline` sub-command parsers."""
+    sql = commands.add_parser("sql", help="run one read-only SQL statement on the warehouse")
+    sql.add_argument("statement", help='e.g. "SELECT model, sum(credits) FROM rated_events FINAL GROUP BY model"')
+    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.set_defaults(run=_sql)
     reports = commands.add_parser("report", help="operator reports from the warehouse (dedupe-correct)") \
         .add_subparsers(dest="action", required=True)
     distribution = reports.add_parser("distribution", help="cost per user: p50 p90 p99 p99.9, top 1 %% share, p99 / median")
