@@ -15,20 +15,10 @@ if TYPE_CHECKING:
     from meterline.settings import Settings
 
 
-def _catalogue(settings: Settings) -> Catalogue:
-    from meterline.pricing.catalogue import load_catalogue
-
-    from meterline.subscriptions import check_default_plan
-
-    catalogue = load_catalogue(settings.prices, settings.plans, settings.cache_dir)
-    check_default_plan(settings, catalogue)
-    return catalogue
-
-
 def _load(settings: Settings, args: argparse.Namespace) -> int:
-    from meterline.subscriptions import publish, read_file
+    from meterline.subscriptions import load_checked_catalogue, publish, read_file
 
-    subscriptions = read_file(Path(args.file), _catalogue(settings))
+    subscriptions = read_file(Path(args.file), load_checked_catalogue(settings))
     for subscription in subscriptions:
         history = " -> ".join([subscription.plan, *(f"{c.plan} at {c.at.isoformat()}" for c in subscription.changes)])
         print(f"{subscription.subscriber_key}: {history}, since {subscription.since.isoformat()}")
@@ -55,12 +45,12 @@ def _describe(subscription: Subscription, catalogue: Catalogue, now: datetime) -
 def _show(settings: Settings, args: argparse.Namespace) -> int:
     from meterline.schemas.subscription import BEGINNING, effective_subscription
     from meterline.schemas.usage import identifier_problem
-    from meterline.subscriptions import read_topic
+    from meterline.subscriptions import load_checked_catalogue, read_topic
 
     for name, value in (("org", args.org), ("user", args.user)):
         if value is not None and (problem := identifier_problem(value)):
             raise MeterlineError(f"{name} id {value!r}: {problem}")
-    catalogue = _catalogue(settings)
+    catalogue = load_checked_catalogue(settings)
     unreadable: list[str] = []
     subscriptions = read_topic(settings, unreadable)
     now = datetime.now(timezone.utc)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from meterline.settings import Settings
 
 DEFAULT_DAYS = 30
+WIDE_COLUMNS = 8
 
 
 def _instant(text: str) -> datetime:
@@ -53,6 +54,13 @@ def _print(rows: list[dict[str, Any]], title: str, output_format: str) -> None:
         from rich.console import Console
         from rich.table import Table
 
+        if rows and len(rows[0]) > WIDE_COLUMNS:  # too wide for a terminal: one field per line, a table per row
+            for row in rows:
+                table = Table(title=title or None, show_header=False)
+                for name, value in row.items():
+                    table.add_row(name, _text(value))
+                Console().print(table)
+            return
         table = Table(title=title or None)
         for name in rows[0] if rows else ["(no rows)"]:
             table.add_column(name, justify="left" if name in ("org_id", "user_id", "top_model") else "right")
@@ -80,6 +88,26 @@ def _heavy_users(settings: Settings, args: argparse.Namespace) -> int:
     found = heavy_users(Warehouse(settings), start, end, args.org, args.times_median, args.limit)
     _print([user.as_row() for user in found], f"users above {args.times_median} x the median cost, "
            f"{start:%Y-%m-%d} to {end:%Y-%m-%d}", args.format)
+    return 0
+
+
+def _cycle(settings: Settings, args: argparse.Namespace) -> int:
+    from meterline.schemas.usage import identifier_problem
+    from meterline.sinks import Warehouse
+    from meterline.sinks.reports import cycle_usage
+    from meterline.subscriptions import load_checked_catalogue, read_topic
+
+    if problem := identifier_problem(args.org):
+        raise MeterlineError(f"org id {args.org!r}: {problem}")
+    catalogue = load_checked_catalogue(settings)
+    unreadable: list[str] = []
+    subscriptions = read_topic(settings, unreadable)
+    at = args.at or datetime.now(timezone.utc)
+    found = cycle_usage(Warehouse(settings), args.org, subscriptions, catalogue, settings.default_plan, at)
+    _print([usage.as_row() for usage in found], f"org {args.org}: the billing cycle containing {at.isoformat()} "
+           "(revenue before grants and carried-over credits)", args.format)
+    for where in unreadable:
+        print(f"skipped a subscriptions record that is not a subscription: {where}", file=sys.stderr)
     return 0
 
 
@@ -120,6 +148,11 @@ def register(commands: Any) -> None:
     heavy = reports.add_parser("heavy-users", help="users above K x the median user's cost, costliest first")
     heavy.add_argument("--times-median", type=_positive_decimal, default=Decimal(10), metavar="K")
     heavy.add_argument("--limit", type=_limit, default=20)
+    cycle = reports.add_parser("cycle", help="an org's billing entities in their current cycle: usage, cost, revenue, margin")
+    cycle.add_argument("org")
+    cycle.add_argument("--at", type=_instant, help="the cycle containing this instant (default: now)")
+    cycle.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    cycle.set_defaults(run=_cycle)
     for parser, run in ((distribution, _distribution), (heavy, _heavy_users)):
         parser.add_argument("--org", help="one org only (default: every org's users)")
         parser.add_argument("--from", dest="start", type=_instant, help=f"ISO 8601 (default: --to minus {DEFAULT_DAYS} days)")

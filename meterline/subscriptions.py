@@ -67,6 +67,15 @@ def check_default_plan(settings: Settings, catalogue: Catalogue) -> None:
                              f"(known: {', '.join(sorted(catalogue.plans))})")
 
 
+def load_checked_catalogue(settings: Settings) -> Catalogue:
+    """The price book and plans, with METERLINE_DEFAULT_PLAN checked against them."""
+    from meterline.pricing.catalogue import load_catalogue
+
+    catalogue = load_catalogue(settings.prices, settings.plans, settings.cache_dir)
+    check_default_plan(settings, catalogue)
+    return catalogue
+
+
 def read_file(path: Path, catalogue: Catalogue) -> list[Subscription]:
     """The file's subscriptions, checked whole; raise SubscriptionFileError listing every problem."""
     try:

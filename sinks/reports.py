@@ -11,11 +11,17 @@ the cost at position floor(q * n) (0-based, the last one for q * n >= n - 1): Cl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from meterline.pricing.catalogue import Catalogue
+from meterline.pricing.cycles import BillingSchedule, Cycle
+from meterline.pricing.invoice import compute_invoice
+from meterline.pricing.proration import CycleTerms, prorate_change
+from meterline.schemas.subscription import BEGINNING, Subscription
 from meterline.sinks.queries import RATED_EVENTS, Query
 from meterline.sinks.warehouse import Warehouse
 
@@ -107,3 +113,97 @@ def heavy_users(warehouse: Warehouse, start: datetime, end: datetime, org_id: st
     return [HeavyUser(org, user, Decimal(cost), Decimal(credits), int(events), model,
                       Decimal(cost) / Decimal(median) if median else None)
             for org, user, cost, credits, events, model, median in rows]
+
+
+@dataclass(frozen=True)
+class CycleUsage:
+    """One billing entity's current cycle: an org pooling its users, or one user on their own plan.
+
+    Revenue is the cycle's invoice total from the pricing domain (fee, prorated on a plan change,
+    plus overage), before grants and carried-over credits, which the warehouse does not hold yet.
+    """
+
+    entity: str  # "acme" (an org's pool) or "acme/alice"
+    plan: str
+    cycle_start: datetime
+    cycle_end: datetime
+    users: int
+    events: int
+    credits: Decimal
+    input_tokens: int
+    output_tokens: int
+    provider_cost: Decimal
+    included_credits: Decimal
+    overage_credits: Decimal
+    revenue: Decimal
+    note: str = ""
+
+    @property
+    def margin(self) -> Decimal | None:
+        return 1 - self.provider_cost / self.revenue if self.revenue else None
+
+    def as_row(self) -> dict[str, Any]:
+        return {"entity": self.entity, "plan": self.plan, "cycle_start": self.cycle_start.isoformat(),
+                "cycle_end": self.cycle_end.isoformat(), "users": self.users, "events": self.events,
+                "credits": self.credits, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "provider_cost_usd": self.provider_cost, "included_credits": self.included_credits,
+                "overage_credits": self.overage_credits, "revenue_usd": self.revenue, "margin": self.margin,
+                "note": self.note}
+
+
+def _usage_in(start: datetime, end: datetime, org_id: str, only: list[str] | None, excluded: list[str]) -> Query:
+    users = " AND user_id IN {only:Array(String)}" if only is not None else " AND user_id NOT IN {excluded:Array(String)}"
+    sql = (f"SELECT user_id, count(), sum(credits), sum(input_tokens), sum(output_tokens), sum(provider_cost_usd) "
+           f"FROM {RATED_EVENTS} FINAL WHERE org_id = {{org:String}} AND event_time >= {{start:DateTime64(3, 'UTC')}} "
+           "AND event_time < {end:DateTime64(3, 'UTC')}" + users + " GROUP BY user_id ORDER BY user_id")
+    return sql, {"org": org_id, "start": start, "end": end, "only": only or [], "excluded": excluded}
+
+
+def _cycle_of(subscription: Subscription, catalogue: Catalogue, at: datetime) -> Cycle:
+    plan = catalogue.plan(subscription.plan_at(at) or subscription.plan)
+    return BillingSchedule(subscription.billing_anchor, plan.interval).cycle_at(at)
+
+
+def _entity(name: str, subscription: Subscription, catalogue: Catalogue, cycle: Cycle, at: datetime,
+            rows: list[Sequence[Any]]) -> CycleUsage:
+    """One entity's cycle from its users' usage rows (user, events, credits, input, output, cost)."""
+    plan_id = subscription.plan_at(at) or subscription.plan
+    plan = catalogue.plan(plan_id)
+    inside = [change for change in subscription.changes if cycle.start < change.at < cycle.end]
+    terms, note = CycleTerms.of(plan), ""
+    if inside:
+        before = subscription.plan_at(inside[-1].at - timedelta(microseconds=1)) or subscription.plan
+        terms = prorate_change(catalogue.plan(before), catalogue.plan(inside[-1].plan), cycle, inside[-1].at)
+        note = terms.note + (" (several changes this cycle: prorated on the last)" if len(inside) > 1 else "")
+    credits = sum((Decimal(row[2]) for row in rows), Decimal(0))
+    invoice = compute_invoice(plan_id, plan, credits, cycle=cycle, terms=terms)
+    beyond = next(line.quantity for line in invoice.lines if line.kind in ("overage", "over_cap"))
+    return CycleUsage(name, plan_id, cycle.start, cycle.end, len(rows), sum(int(row[1]) for row in rows), credits,
+                      sum(int(row[3]) for row in rows), sum(int(row[4]) for row in rows),
+                      sum((Decimal(row[5]) for row in rows), Decimal(0)), terms.included_credits, beyond,
+                      invoice.total, note)
+
+
+def cycle_usage(warehouse: Warehouse, org_id: str, subscriptions: dict[str, Subscription], catalogue: Catalogue,
+                default_plan: str, at: datetime) -> list[CycleUsage]:
+    """Each billing entity of `org_id` in its cycle that contains `at`: the org's pool (or, with no
+    org subscription, each user on the default plan, in calendar months) and each user with a
+    subscription of their own (`schemas/subscription.py` says which applies)."""
+    own = {key.partition("/")[2]: subscription for key, subscription in subscriptions.items()
+           if key.startswith(f"{org_id}/") and subscription.since <= at}
+    pool = subscriptions.get(org_id)
+    found: list[CycleUsage] = []
+    if pool is not None and pool.since <= at:
+        cycle = _cycle_of(pool, catalogue, at)
+        found.append(_entity(org_id, pool, catalogue, cycle, at,
+                             warehouse.query(_usage_in(cycle.start, cycle.end, org_id, None, sorted(own)))))
+    else:
+        default = Subscription(org_id=org_id, plan=default_plan, since=BEGINNING)
+        cycle = _cycle_of(default, catalogue, at)
+        for row in warehouse.query(_usage_in(cycle.start, cycle.end, org_id, None, sorted(own))):
+            found.append(_entity(f"{org_id}/{row[0]}", default, catalogue, cycle, at, [row]))
+    for user, subscription in sorted(own.items()):
+        cycle = _cycle_of(subscription, catalogue, at)
+        found.append(_entity(f"{org_id}/{user}", subscription, catalogue, cycle, at,
+                             warehouse.query(_usage_in(cycle.start, cycle.end, org_id, [user], []))))
+    return found

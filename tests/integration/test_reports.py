@@ -116,3 +116,79 @@ def test_the_report_command_prints_the_same_figures_as_json_and_csv(
     assert len(lines) == 5 and lines[0]["user_id"] == top and Decimal(lines[0]["cost_usd"]) == cost_of[top]
     assert main(["report", "distribution", "--from", END.isoformat(), "--to", START.isoformat()]) == 2
     assert "must be before --to" in capsys.readouterr().err
+
+
+def test_cycle_usage_worked_out_by_hand(report_settings: Settings) -> None:
+    """The seeds' Pro plan pooled by an org at 130 credits; a user on their own plan and anchor; a default
+    (free) user past the cap; a mid-cycle upgrade at exactly half the cycle."""
+    from meterline.pricing.catalogue import default_catalogue
+    from meterline.schemas.subscription import Subscription
+    from meterline.sinks.reports import cycle_usage
+
+    warehouse = Warehouse(report_settings)
+
+    def event(org: str, user: str, credits: int, when: datetime, cost: str = "0.01") -> list[object]:
+        row = _row(org, user, uuid.uuid4().hex, Decimal(cost), when)
+        row[RATED_FIELDS.index("credits")] = Decimal(credits)
+        row[RATED_FIELDS.index("input_tokens")] = credits * 1000
+        return row
+
+    nov = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    rows = [event("cyc", "u1", 80, nov + timedelta(days=2)), event("cyc", "u2", 30, nov + timedelta(days=3)),
+            event("cyc", "u2", 20, nov + timedelta(days=29, hours=23)),
+            event("cyc", "u2", 999, nov + timedelta(days=30)),  # Dec 1 00:00: the next cycle
+            event("cyc", "vip", 40, nov + timedelta(days=9)),  # Nov 10: vip's previous cycle (Oct 15 - Nov 15)
+            event("cyc", "vip", 100, nov + timedelta(days=15), cost="2.5"),
+            event("solo", "a", 60, nov + timedelta(days=5)),
+            event("chg", "b", 10, nov + timedelta(days=20))]
+    warehouse.insert_rated(RATED_EVENTS, rows, dedupe_token=uuid.uuid4().hex)
+    warehouse.insert_rated(RATED_EVENTS, rows[:2], dedupe_token=uuid.uuid4().hex)  # a replay: counted once
+    subscriptions = {
+        "cyc": Subscription(org_id="cyc", plan="pro", since=nov),
+        "cyc/vip": Subscription(org_id="cyc", user_id="vip", plan="enterprise", since=datetime(2026, 10, 15, tzinfo=timezone.utc)),
+        "chg": Subscription(org_id="chg", plan="pro", since=nov, changes=[{"plan": "enterprise", "at": nov + timedelta(days=15)}]),
+    }
+    at = datetime(2026, 11, 20, 12, tzinfo=timezone.utc)
+    catalogue = default_catalogue()
+
+    pool, vip = cycle_usage(warehouse, "cyc", subscriptions, catalogue, "free", at)
+    assert (pool.entity, pool.plan, pool.users, pool.events, pool.credits) == ("cyc", "pro", 2, 3, Decimal(130))
+    assert (pool.cycle_start, pool.cycle_end) == (nov, datetime(2026, 12, 1, tzinfo=timezone.utc))
+    assert pool.included_credits == 100 and pool.overage_credits == 30
+    assert pool.revenue == Decimal("29.00")  # $20 + 30 x $0.30
+    assert pool.provider_cost == Decimal("0.03") and pool.margin == 1 - Decimal("0.03") / Decimal("29.00")
+    assert (vip.entity, vip.plan, vip.credits, vip.events) == ("cyc/vip", "enterprise", Decimal(100), 1)
+    assert vip.cycle_start == datetime(2026, 11, 15, tzinfo=timezone.utc) and vip.revenue == Decimal("750.00")
+    assert vip.overage_credits == 0 and vip.margin == 1 - Decimal("2.5") / 750
+
+    (solo,) = cycle_usage(warehouse, "solo", subscriptions, catalogue, "free", at)
+    assert (solo.entity, solo.plan, solo.credits, solo.included_credits) == ("solo/a", "free", Decimal(60), Decimal(50))
+    assert solo.overage_credits == 10 and solo.revenue == 0 and solo.margin is None  # a hard cap bills nothing
+
+    (upgraded,) = cycle_usage(warehouse, "chg", subscriptions, catalogue, "free", at)
+    assert upgraded.plan == "enterprise"
+    assert upgraded.included_credits == Decimal("2550.00")  # 100 x 1/2 + 5,000 x 1/2
+    assert upgraded.revenue == Decimal("385.00") and "Pro -> Enterprise" in upgraded.note  # $20 x 1/2 + $750 x 1/2
+
+
+def test_the_cycle_report_reads_subscriptions_from_kafka(report_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from meterline.cli import main
+    from meterline.schemas.subscription import Subscription
+    from meterline.subscriptions import publish
+
+    settings = report_settings.model_copy(update={"subscriptions_topic": f"subs-{uuid.uuid4().hex[:8]}"})
+    nov = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    org = f"o{uuid.uuid4().hex[:6]}"
+    publish(settings, [Subscription(org_id=org, plan="pro", since=nov)])
+    row = _row(org, "u1", "only", Decimal("0.5"), nov + timedelta(days=1))
+    row[RATED_FIELDS.index("credits")] = Decimal(130)
+    Warehouse(settings).insert_rated(RATED_EVENTS, [row], dedupe_token=uuid.uuid4().hex)
+    for name in ("home", "chdb_path", "clickhouse_database", "subscriptions_topic"):
+        monkeypatch.setenv(f"METERLINE_{name.upper()}", str(getattr(settings, name)))
+    monkeypatch.setenv("METERLINE_BOOTSTRAP", settings.kafka_bootstrap)
+    assert main(["report", "cycle", org, "--at", "2026-11-20T00:00:00Z", "--format", "json"]) == 0
+    (found,) = json.loads(capsys.readouterr().out)
+    assert (found["entity"], found["plan"]) == (org, "pro")
+    assert Decimal(found["revenue_usd"]) == Decimal("29.00") and Decimal(found["overage_credits"]) == 30
+    assert main(["report", "cycle", "a/b"]) == 2
