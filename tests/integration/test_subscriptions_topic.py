@@ -13,20 +13,8 @@ from meterline.cli import main
 from meterline.schemas.subscription import Subscription
 from meterline.settings import Settings
 from meterline.subscriptions import read_topic
+from tests.unit.accounts.test_subscriptions_file import TWO_SUBSCRIBERS as FILE
 
-FILE = """\
-subscriptions:
-  - org_id: acme
-    plan: pro
-    since: 2026-01-31T09:30:00Z
-    stripe_customer_id: cus_Abc123
-    changes:
-      - {plan: enterprise, at: "2026-03-15T00:00:00Z"}
-  - org_id: acme
-    user_id: alice
-    plan: free
-    since: 2026-02-01T00:00:00Z
-"""
 
 
 @pytest.fixture

@@ -13,6 +13,22 @@ from meterline.schemas.subscription import BEGINNING, Subscription, effective_su
 from meterline.subscriptions import SubscriptionFileError, read_file
 
 
+# An org on Pro then Enterprise, and one of its users on Free of their own (also used on the real broker).
+TWO_SUBSCRIBERS = """\
+subscriptions:
+  - org_id: acme
+    plan: pro
+    since: 2026-01-31T09:30:00+02:00
+    stripe_customer_id: cus_Abc123
+    changes:
+      - {plan: enterprise, at: "2026-03-15T00:00:00Z"}
+  - org_id: acme
+    user_id: alice
+    plan: free
+    since: 2028-02-29T00:00:00Z
+"""
+
+
 def utc(*parts: int) -> datetime:
     return datetime(*parts, tzinfo=timezone.utc)
 
@@ -30,19 +46,7 @@ def problems(path: Path) -> list[str]:
 
 
 def test_a_yaml_file_gives_each_subscriber_its_history(tmp_path: Path) -> None:
-    path = write(tmp_path, "subs.yaml", """\
-subscriptions:
-  - org_id: acme
-    plan: pro
-    since: 2026-01-31T09:30:00+02:00
-    stripe_customer_id: cus_Abc123
-    changes:
-      - {plan: enterprise, at: "2026-03-15T00:00:00Z"}
-  - org_id: acme
-    user_id: alice
-    plan: free
-    since: 2028-02-29T00:00:00Z
-""")
+    path = write(tmp_path, "subs.yaml", TWO_SUBSCRIBERS)
     org, alice = read_file(path, default_catalogue())
     assert org.subscriber_key == "acme" and alice.subscriber_key == "acme/alice"
     assert org.since == utc(2026, 1, 31, 7, 30)  # kept as the UTC instant
