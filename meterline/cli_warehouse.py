@@ -120,6 +120,21 @@ def _sql(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _reporting_errors(run: Any) -> Any:
+    """A query the warehouse refuses is an error message, not a traceback."""
+
+    def reported(settings: Settings, args: argparse.Namespace) -> int:
+        from clickhouse_connect.driver.exceptions import ClickHouseError
+
+        try:
+            return int(run(settings, args))
+        except ClickHouseError as error:
+            lines = str(error).strip().splitlines() or [type(error).__name__]
+            raise MeterlineError(f"the warehouse refused the query: {lines[0][:400]}") from None
+
+    return reported
+
+
 def _positive_decimal(text: str) -> Decimal:
     try:
         value = Decimal(text)
@@ -141,7 +156,7 @@ def register(commands: Any) -> None:
     sql = commands.add_parser("sql", help="run one read-only SQL statement on the warehouse")
     sql.add_argument("statement", help='e.g. "SELECT model, sum(credits) FROM rated_events FINAL GROUP BY model"')
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    sql.set_defaults(run=_sql)
+    sql.set_defaults(run=_reporting_errors(_sql))
     reports = commands.add_parser("report", help="operator reports from the warehouse (dedupe-correct)") \
         .add_subparsers(dest="action", required=True)
     distribution = reports.add_parser("distribution", help="cost per user: p50 p90 p99 p99.9, top 1 %% share, p99 / median")
@@ -152,10 +167,10 @@ def register(commands: Any) -> None:
     cycle.add_argument("org")
     cycle.add_argument("--at", type=_instant, help="the cycle containing this instant (default: now)")
     cycle.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    cycle.set_defaults(run=_cycle)
+    cycle.set_defaults(run=_reporting_errors(_cycle))
     for parser, run in ((distribution, _distribution), (heavy, _heavy_users)):
         parser.add_argument("--org", help="one org only (default: every org's users)")
         parser.add_argument("--from", dest="start", type=_instant, help=f"ISO 8601 (default: --to minus {DEFAULT_DAYS} days)")
         parser.add_argument("--to", type=_instant, help="ISO 8601, excluded (default: now)")
         parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
-        parser.set_defaults(run=run)
+        parser.set_defaults(run=_reporting_errors(run))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +28,15 @@ from meterline.sinks.warehouse import Warehouse
 LEVELS = (0.5, 0.9, 0.99, 0.999)
 
 
+# What DateTime64(3) holds: a period reaching past it is clamped (no event can lie outside).
+FIRST_INSTANT = datetime(1900, 1, 1, tzinfo=timezone.utc)
+LAST_INSTANT = datetime(2299, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc)
+
+
+def _stored(instant: datetime) -> datetime:
+    return min(max(instant, FIRST_INSTANT), LAST_INSTANT)
+
+
 def _per_user(start: datetime, end: datetime, org_id: str | None) -> Query:
     """One row per user of the period: provider cost, credits, events, and the model they spent most on."""
     org = " AND org_id = {org:String}" if org_id else ""
@@ -35,7 +44,7 @@ def _per_user(start: datetime, end: datetime, org_id: str | None) -> Query:
            f"argMax(model, provider_cost_usd) AS top_model FROM {RATED_EVENTS} FINAL "
            "WHERE event_time >= {start:DateTime64(3, 'UTC')} AND event_time < {end:DateTime64(3, 'UTC')}" + org +
            " GROUP BY org_id, user_id")
-    return sql, {"start": start, "end": end, **({"org": org_id} if org_id else {})}
+    return sql, {"start": _stored(start), "end": _stored(end), **({"org": org_id} if org_id else {})}
 
 
 def cost_distribution_query(start: datetime, end: datetime, org_id: str | None = None) -> Query:
@@ -156,7 +165,7 @@ def _usage_in(start: datetime, end: datetime, org_id: str, only: list[str] | Non
     sql = (f"SELECT user_id, count(), sum(credits), sum(input_tokens), sum(output_tokens), sum(provider_cost_usd) "
            f"FROM {RATED_EVENTS} FINAL WHERE org_id = {{org:String}} AND event_time >= {{start:DateTime64(3, 'UTC')}} "
            "AND event_time < {end:DateTime64(3, 'UTC')}" + users + " GROUP BY user_id ORDER BY user_id")
-    return sql, {"org": org_id, "start": start, "end": end, "only": only or [], "excluded": excluded}
+    return sql, {"org": org_id, "start": _stored(start), "end": _stored(end), "only": only or [], "excluded": excluded}
 
 
 def _cycle_of(subscription: Subscription, catalogue: Catalogue, at: datetime) -> Cycle:

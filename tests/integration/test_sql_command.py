@@ -39,6 +39,7 @@ def test_a_select_prints_its_rows(sql_settings: Settings, capsys: pytest.Capture
     ("SELECT * FROM url('http://127.0.0.1:9/', CSV, 'a String')", "only reads"),
     ("SELECT 1 SETTINGS readonly = 0", "only reads"),
     ("SELEC 1", "Syntax error"),
+    ("SELECT throwIf(1, 'boom')", "boom"),  # a statement that fails while it runs: an error, not a traceback
     ("", "give one SQL statement"),
 ])
 def test_a_statement_that_could_write_is_refused(sql_settings: Settings, capsys: pytest.CaptureFixture[str],
