@@ -119,6 +119,9 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
 def _duration(text: str) -> int:
     """`90s`, `30m`, `24h`, `7d` (or seconds alone) as seconds, within 1 s and MAX_TOKEN_TTL_SECONDS."""
     from meterline.auth import MAX_TOKEN_TTL_SECONDS
@@ -137,8 +140,6 @@ class _Version(argparse.Action):
 
         parser.exit(message=f"meterline {version('meterline')}\n")
 
-
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 # The commands that read the price book and plans (the others never open them).
 PRICED_COMMANDS = frozenset({"worker", "demo", "emit", "pricing", "plans", "billing", "subscriptions"})
