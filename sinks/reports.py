@@ -38,7 +38,7 @@ def _stored(instant: datetime) -> datetime:
 
 
 def _per_user(start: datetime, end: datetime, org_id: str | None) -> Query:
-    """One row per user of the period: provider cost, credits, events, and the model they spent most on."""
+    """One row per user of the period: provider cost, credits, events, and the model of their costliest event."""
     org = " AND org_id = {org:String}" if org_id else ""
     sql = (f"SELECT org_id, user_id, sum(provider_cost_usd) AS cost, sum(credits) AS credits, count() AS events, "
            f"argMax(model, provider_cost_usd) AS top_model FROM {RATED_EVENTS} FINAL "
@@ -99,7 +99,7 @@ class HeavyUser:
     cost: Decimal
     credits: Decimal
     events: int
-    top_model: str
+    top_model: str  # the model of their costliest event
     times_median: Decimal | None
 
     def as_row(self) -> dict[str, Any]:
