@@ -31,11 +31,10 @@ def _load(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _describe(subscription: Subscription, catalogue: Catalogue, now: datetime) -> dict[str, Any]:
-    from meterline.pricing.cycles import BillingSchedule
+    from meterline.subscriptions import billing_cycle
 
     plan_id = subscription.plan_at(now) or subscription.plan
-    plan = catalogue.plan(plan_id)
-    cycle = BillingSchedule(subscription.billing_anchor, plan.interval).cycle_at(max(now, subscription.billing_anchor))
+    cycle = billing_cycle(subscription, catalogue, now)
     return {"subscriber": subscription.subscriber_key, "plan": plan_id, "since": subscription.since.isoformat(),
             "cycle_start": cycle.start.isoformat(), "cycle_end": cycle.end.isoformat(),
             "stripe_customer_id": subscription.stripe_customer_id or "",

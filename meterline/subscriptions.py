@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from pydantic import ValidationError
 
 from meterline.exceptions import MeterlineError
 from meterline.pricing.catalogue import Catalogue
+from meterline.pricing.cycles import BillingSchedule, Cycle
 from meterline.pricing.config import problems_from
 from meterline.schemas.subscription import STRIPE_CUSTOMER_PATTERN, STRIPE_CUSTOMER_RULE, Subscription
 from meterline.schemas.usage import IDENTIFIER_PATTERN, IDENTIFIER_RULE
@@ -59,6 +61,12 @@ class SubscriptionFileError(MeterlineError):
         self.problems = problems
         listed = "\n".join(f"  {problem}" for problem in problems)
         super().__init__(f"{source}: {len(problems)} problem(s), nothing published:\n{listed}")
+
+
+def billing_cycle(subscription: Subscription, catalogue: Catalogue, at: datetime) -> Cycle:
+    """The subscription's cycle containing `at` (its first cycle while `at` is before its anchor)."""
+    plan = catalogue.plan(subscription.plan_at(at) or subscription.plan)
+    return BillingSchedule(subscription.billing_anchor, plan.interval).cycle_at(max(at, subscription.billing_anchor))
 
 
 def check_default_plan(settings: Settings, catalogue: Catalogue) -> None:

@@ -18,12 +18,13 @@ from decimal import Decimal
 from typing import Any
 
 from meterline.pricing.catalogue import Catalogue
-from meterline.pricing.cycles import BillingSchedule, Cycle
+from meterline.pricing.cycles import Cycle
 from meterline.pricing.invoice import compute_invoice
 from meterline.pricing.proration import CycleTerms, prorate_change
 from meterline.schemas.subscription import BEGINNING, Subscription
 from meterline.sinks.queries import RATED_EVENTS, Query
 from meterline.sinks.warehouse import Warehouse
+from meterline.subscriptions import billing_cycle
 
 LEVELS = (0.5, 0.9, 0.99, 0.999)
 
@@ -168,11 +169,6 @@ def _usage_in(start: datetime, end: datetime, org_id: str, only: list[str] | Non
     return sql, {"org": org_id, "start": _stored(start), "end": _stored(end), "only": only or [], "excluded": excluded}
 
 
-def _cycle_of(subscription: Subscription, catalogue: Catalogue, at: datetime) -> Cycle:
-    plan = catalogue.plan(subscription.plan_at(at) or subscription.plan)
-    return BillingSchedule(subscription.billing_anchor, plan.interval).cycle_at(at)
-
-
 def _entity(name: str, subscription: Subscription, catalogue: Catalogue, cycle: Cycle, at: datetime,
             rows: list[Sequence[Any]]) -> CycleUsage:
     """One entity's cycle from its users' usage rows (user, events, credits, input, output, cost)."""
@@ -203,16 +199,16 @@ def cycle_usage(warehouse: Warehouse, org_id: str, subscriptions: dict[str, Subs
     pool = subscriptions.get(org_id)
     found: list[CycleUsage] = []
     if pool is not None and pool.since <= at:
-        cycle = _cycle_of(pool, catalogue, at)
+        cycle = billing_cycle(pool, catalogue, at)
         found.append(_entity(org_id, pool, catalogue, cycle, at,
                              warehouse.query(_usage_in(cycle.start, cycle.end, org_id, None, sorted(own)))))
     else:
         default = Subscription(org_id=org_id, plan=default_plan, since=BEGINNING)
-        cycle = _cycle_of(default, catalogue, at)
+        cycle = billing_cycle(default, catalogue, at)
         for row in warehouse.query(_usage_in(cycle.start, cycle.end, org_id, None, sorted(own))):
             found.append(_entity(f"{org_id}/{row[0]}", default, catalogue, cycle, at, [row]))
     for user, subscription in sorted(own.items()):
-        cycle = _cycle_of(subscription, catalogue, at)
+        cycle = billing_cycle(subscription, catalogue, at)
         found.append(_entity(f"{org_id}/{user}", subscription, catalogue, cycle, at,
                              warehouse.query(_usage_in(cycle.start, cycle.end, org_id, [user], []))))
     return found
