@@ -100,14 +100,11 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
     from meterline.auth import DEFAULT_TOKEN_TTL_SECONDS, operator_key, org_key, resolve_secret, user_token
 
-    from meterline.schemas.usage import identifier_problem
+    from meterline.schemas.usage import require_identifiers
 
-    for name, value in (("org", args.org), ("user", args.user)):
-        # The events' own rule: "a/b" + "c" must not sign the same message as "a" + "b/c", and a
-        # key is only worth having for an id an event can carry.
-        problem = identifier_problem(value) if value is not None else None
-        if problem:
-            raise MeterlineError(f"{name} id {value!r}: {problem}")
+    # The events' own rule: "a/b" + "c" must not sign the same message as "a" + "b/c", and a
+    # key is only worth having for an id an event can carry.
+    require_identifiers(org=args.org, user=args.user)
     secret = resolve_secret(settings)
     if args.operator:
         print(operator_key(secret))

@@ -7,7 +7,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meterline.exceptions import MeterlineError
 
 if TYPE_CHECKING:
     from meterline.pricing.catalogue import Catalogue
@@ -43,12 +42,10 @@ def _describe(subscription: Subscription, catalogue: Catalogue, now: datetime) -
 
 def _show(settings: Settings, args: argparse.Namespace) -> int:
     from meterline.schemas.subscription import BEGINNING, effective_subscription
-    from meterline.schemas.usage import identifier_problem
+    from meterline.schemas.usage import require_identifiers
     from meterline.subscriptions import load_checked_catalogue, read_topic
 
-    for name, value in (("org", args.org), ("user", args.user)):
-        if value is not None and (problem := identifier_problem(value)):
-            raise MeterlineError(f"{name} id {value!r}: {problem}")
+    require_identifiers(org=args.org, user=args.user)
     catalogue = load_checked_catalogue(settings)
     unreadable: list[str] = []
     subscriptions = read_topic(settings, unreadable)

@@ -92,13 +92,12 @@ def _heavy_users(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cycle(settings: Settings, args: argparse.Namespace) -> int:
-    from meterline.schemas.usage import identifier_problem
+    from meterline.schemas.usage import require_identifiers
     from meterline.sinks import Warehouse
     from meterline.sinks.reports import cycle_usage
     from meterline.subscriptions import load_checked_catalogue, read_topic
 
-    if problem := identifier_problem(args.org):
-        raise MeterlineError(f"org id {args.org!r}: {problem}")
+    require_identifiers(org=args.org)
     catalogue = load_checked_catalogue(settings)
     unreadable: list[str] = []
     subscriptions = read_topic(settings, unreadable)

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from meterline.exceptions import MeterlineError
 from meterline.schemas.errors import FieldProblem, InvalidEventError
 
 SCHEMA_VERSION = 1
@@ -185,6 +186,13 @@ def identifier_problem(value: str) -> str | None:
     except ValidationError:
         return IDENTIFIER_RULE
     return None
+
+
+def require_identifiers(**ids: str | None) -> None:
+    """Raise MeterlineError for the first given id (org=..., user=...) an event could not carry."""
+    for name, value in ids.items():
+        if value is not None and (problem := identifier_problem(value)):
+            raise MeterlineError(f"{name} id {value!r}: {problem}")
 
 
 def record_time(kafka_timestamp_seconds: float | None) -> datetime | None:
