@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import shutil
 import signal
 import socket
@@ -278,8 +279,19 @@ def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float = 30
     raise MeterlineError(f"topics {topics} have no leader after {timeout}s")
 
 
+# Below Linux's default ephemeral range (32768-60999): a port the kernel hands out is also the
+# local end of outgoing connections, so one chosen there was seen taken by a client socket (the
+# broker's own, librdkafka's) between the choice and the worker's bind.
+FREE_PORTS = range(20_000, 32_000)
+
+
 def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A TCP port on the loopback interface that nothing uses right now, outside the ephemeral range."""
+    for port in random.sample(FREE_PORTS, 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise MeterlineError(f"no free TCP port between {FREE_PORTS.start} and {FREE_PORTS.stop - 1} on 127.0.0.1")
