@@ -27,7 +27,8 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Context, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ from meterline.exceptions import MeterlineError
 from meterline.pricing.catalogue import Catalogue
 from meterline.pricing.cycles import BillingSchedule, Cycle
 from meterline.pricing.config import problems_from
+from meterline.pricing.plans import Plan
+from meterline.pricing.proration import CycleTerms, prorate_change
 from meterline.schemas.subscription import STRIPE_CUSTOMER_PATTERN, STRIPE_CUSTOMER_RULE, Subscription
 from meterline.schemas.usage import IDENTIFIER_PATTERN, IDENTIFIER_RULE
 from meterline.settings import Settings
@@ -67,6 +70,33 @@ def billing_cycle(subscription: Subscription, catalogue: Catalogue, at: datetime
     """The subscription's cycle containing `at` (its first cycle while `at` is before its anchor)."""
     plan = catalogue.plan(subscription.plan_at(at) or subscription.plan)
     return BillingSchedule(subscription.billing_anchor, plan.interval).cycle_at(max(at, subscription.billing_anchor))
+
+
+@dataclass(frozen=True)
+class CycleTermsOf:
+    """What one cycle of a subscription bills: the plan at the cycle's end and its (prorated) terms."""
+
+    plan_id: str
+    plan: Plan
+    terms: CycleTerms
+    note: str = ""
+
+
+def cycle_terms(subscription: Subscription, catalogue: Catalogue, cycle: Cycle) -> CycleTermsOf:
+    """The terms of `cycle`: the plan's own, or prorated on the last plan change inside the cycle."""
+    last_instant = cycle.end - timedelta(microseconds=1)
+    plan_id = subscription.plan_at(last_instant) or subscription.plan
+    plan = catalogue.plan(plan_id)
+    inside = [change for change in subscription.changes if cycle.start < change.at < cycle.end]
+    if not inside:
+        return CycleTermsOf(plan_id, plan, CycleTerms.of(plan))
+    before = subscription.plan_at(inside[-1].at - timedelta(microseconds=1)) or subscription.plan
+    # Proration rounds included credits to 0.01 (half up): in Python's default context, not the
+    # caller's (the worker adds credits in money.EXACT, which raises on any rounding).
+    with localcontext(Context()):
+        terms = prorate_change(catalogue.plan(before), plan, cycle, inside[-1].at)
+    note = terms.note + (" (several changes this cycle: prorated on the last)" if len(inside) > 1 else "")
+    return CycleTermsOf(plan_id, plan, terms, note)
 
 
 def check_default_plan(settings: Settings, catalogue: Catalogue) -> None:

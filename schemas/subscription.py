@@ -11,6 +11,7 @@ else the org's (each only from its `since`), else the configured default plan (s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Annotated
 
@@ -102,15 +103,25 @@ class Subscription(BaseModel):
         return self.model_dump_json(exclude_none=True).encode()
 
 
-def effective_subscription(org_id: str, user_id: str, subscriptions: dict[str, Subscription],
-                           default_plan: str, at: datetime) -> Subscription:
-    """The subscription that applies to one user at `at`: the user's own, else the org's, else the default plan.
-
-    One that starts after `at` does not apply yet. A user on the default plan is billed in
-    calendar months (its anchor is the first instant of year 1, UTC).
-    """
+def subscription_in_effect(org_id: str, user_id: str, subscriptions: Mapping[str, Subscription],
+                           at: datetime) -> Subscription | None:
+    """The user's own subscription, else the org's, that has started by `at`; None: the default plan applies."""
     for key in (f"{org_id}/{user_id}", org_id):
         found = subscriptions.get(key)
         if found is not None and found.since <= at:
             return found
+    return None
+
+
+def default_subscription(org_id: str, user_id: str | None, default_plan: str) -> Subscription:
+    """A user (or an org's users) with no subscription: on the default plan since BEGINNING, billed in calendar months."""
     return Subscription(org_id=org_id, user_id=user_id, plan=default_plan, since=BEGINNING)
+
+
+def effective_subscription(org_id: str, user_id: str, subscriptions: Mapping[str, Subscription],
+                           default_plan: str, at: datetime) -> Subscription:
+    """The subscription that applies to one user at `at`: the user's own, else the org's, else the default plan.
+
+    One that starts after `at` does not apply yet.
+    """
+    return subscription_in_effect(org_id, user_id, subscriptions, at) or default_subscription(org_id, user_id, default_plan)

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
 from meterline.pricing.catalogue import Catalogue
 from meterline.pricing.cycles import Cycle
 from meterline.pricing.invoice import compute_invoice
-from meterline.pricing.proration import CycleTerms, prorate_change
-from meterline.schemas.subscription import BEGINNING, Subscription
+from meterline.schemas.subscription import Subscription, default_subscription
 from meterline.sinks.queries import RATED_EVENTS, Query
 from meterline.sinks.warehouse import Warehouse
-from meterline.subscriptions import billing_cycle
+from meterline.subscriptions import billing_cycle, cycle_terms
 
 LEVELS = (0.5, 0.9, 0.99, 0.999)
 
@@ -169,24 +168,17 @@ def _usage_in(start: datetime, end: datetime, org_id: str, only: list[str] | Non
     return sql, {"org": org_id, "start": _stored(start), "end": _stored(end), "only": only or [], "excluded": excluded}
 
 
-def _entity(name: str, subscription: Subscription, catalogue: Catalogue, cycle: Cycle, at: datetime,
+def _entity(name: str, subscription: Subscription, catalogue: Catalogue, cycle: Cycle,
             rows: list[Sequence[Any]]) -> CycleUsage:
     """One entity's cycle from its users' usage rows (user, events, credits, input, output, cost)."""
-    plan_id = subscription.plan_at(at) or subscription.plan
-    plan = catalogue.plan(plan_id)
-    inside = [change for change in subscription.changes if cycle.start < change.at < cycle.end]
-    terms, note = CycleTerms.of(plan), ""
-    if inside:
-        before = subscription.plan_at(inside[-1].at - timedelta(microseconds=1)) or subscription.plan
-        terms = prorate_change(catalogue.plan(before), catalogue.plan(inside[-1].plan), cycle, inside[-1].at)
-        note = terms.note + (" (several changes this cycle: prorated on the last)" if len(inside) > 1 else "")
+    of = cycle_terms(subscription, catalogue, cycle)
     credits = sum((Decimal(row[2]) for row in rows), Decimal(0))
-    invoice = compute_invoice(plan_id, plan, credits, cycle=cycle, terms=terms)
+    invoice = compute_invoice(of.plan_id, of.plan, credits, cycle=cycle, terms=of.terms)
     beyond = next(line.quantity for line in invoice.lines if line.kind in ("overage", "over_cap"))
-    return CycleUsage(name, plan_id, cycle.start, cycle.end, len(rows), sum(int(row[1]) for row in rows), credits,
+    return CycleUsage(name, of.plan_id, cycle.start, cycle.end, len(rows), sum(int(row[1]) for row in rows), credits,
                       sum(int(row[3]) for row in rows), sum(int(row[4]) for row in rows),
-                      sum((Decimal(row[5]) for row in rows), Decimal(0)), terms.included_credits, beyond,
-                      invoice.total, note)
+                      sum((Decimal(row[5]) for row in rows), Decimal(0)), of.terms.included_credits, beyond,
+                      invoice.total, of.note)
 
 
 def cycle_usage(warehouse: Warehouse, org_id: str, subscriptions: dict[str, Subscription], catalogue: Catalogue,
@@ -200,15 +192,15 @@ def cycle_usage(warehouse: Warehouse, org_id: str, subscriptions: dict[str, Subs
     found: list[CycleUsage] = []
     if pool is not None and pool.since <= at:
         cycle = billing_cycle(pool, catalogue, at)
-        found.append(_entity(org_id, pool, catalogue, cycle, at,
+        found.append(_entity(org_id, pool, catalogue, cycle,
                              warehouse.query(_usage_in(cycle.start, cycle.end, org_id, None, sorted(own)))))
     else:
-        default = Subscription(org_id=org_id, plan=default_plan, since=BEGINNING)
+        default = default_subscription(org_id, None, default_plan)
         cycle = billing_cycle(default, catalogue, at)
         for row in warehouse.query(_usage_in(cycle.start, cycle.end, org_id, None, sorted(own))):
-            found.append(_entity(f"{org_id}/{row[0]}", default, catalogue, cycle, at, [row]))
+            found.append(_entity(f"{org_id}/{row[0]}", default, catalogue, cycle, [row]))
     for user, subscription in sorted(own.items()):
         cycle = billing_cycle(subscription, catalogue, at)
-        found.append(_entity(f"{org_id}/{user}", subscription, catalogue, cycle, at,
+        found.append(_entity(f"{org_id}/{user}", subscription, catalogue, cycle,
                              warehouse.query(_usage_in(cycle.start, cycle.end, org_id, [user], []))))
     return found
