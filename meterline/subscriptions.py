@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import difflib
 import io
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -252,44 +253,94 @@ def publish(settings: Settings, subscriptions: list[Subscription]) -> None:
         raise MeterlineError(f"Kafka did not acknowledge {left or len(failures)} subscription record(s): {failures[:3]}")
 
 
+class SubscriptionFeed:
+    """Every subscriber's latest record on the subscriptions topic: read to its end, then followed.
+
+    `read_to_end` is what `subscriptions show` and the reports need; the worker calls it before
+    its first batch and then `follow`s the topic in a thread, so `latest` stays current (one dict
+    assignment per record: readers on other threads see the old or the new record, never half).
+    A record that is not a subscription, or (given a catalogue) names a plan the catalogue does
+    not know, is skipped and named in `unreadable`: the subscriber keeps its previous record.
+    """
+
+    def __init__(self, settings: Settings, catalogue: Catalogue | None = None):
+        from confluent_kafka import Consumer
+
+        self.topic = settings.subscriptions_topic
+        self.catalogue = catalogue
+        self.latest: dict[str, Subscription] = {}
+        self.unreadable: list[str] = []
+        self._consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "enable.auto.commit": False,
+                                   "group.id": f"meterline-subscriptions-{uuid.uuid4().hex}",
+                                   "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 10_000})
+        self._stopped = threading.Event()
+        self._following = False
+
+    def read_to_end(self, timeout: float = 30.0) -> dict[str, Subscription]:
+        from confluent_kafka import TopicPartition
+
+        metadata = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        if metadata is None or metadata.error is not None:
+            return self.latest  # nothing published yet (the worker creates the topic before it starts)
+        ends = {}
+        for partition in metadata.partitions:
+            low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
+            if high > low:
+                ends[partition] = high
+        self._consumer.assign([TopicPartition(self.topic, p, 0) for p in metadata.partitions])
+        deadline = time.monotonic() + timeout
+        while ends and time.monotonic() < deadline:
+            for message in self._consumer.consume(500, 0.5):
+                if message.error() is None:
+                    self._take(message)
+                    if message.offset() + 1 >= ends.get(message.partition(), 0):
+                        ends.pop(message.partition(), None)
+        if ends:
+            raise MeterlineError(f"could not read the subscriptions topic to its end within {timeout}s")
+        return self.latest
+
+    def follow(self) -> None:
+        """Apply records as they are published, until `close` (run it in a thread)."""
+        self._following = True
+        try:
+            while not self._stopped.is_set():
+                for message in self._consumer.consume(500, 0.5):
+                    if message.error() is None:
+                        self._take(message)
+        finally:
+            self._consumer.close()  # on the thread that uses it
+
+    def close(self) -> None:
+        self._stopped.set()
+        if not self._following:
+            self._consumer.close()
+
+    def _take(self, message: Any) -> None:
+        key = (message.key() or b"").decode("utf-8", "replace")
+        if message.value() is None:
+            self.latest.pop(key, None)
+            return
+        where = f"partition {message.partition()} offset {message.offset()}"
+        try:
+            record = Subscription.model_validate_json(message.value())
+        except ValidationError:  # not written by `subscriptions load`: named, never fatal
+            self.unreadable.append(where)
+            return
+        problems = list(_catalogue_problems(record, self.catalogue)) if self.catalogue is not None else []
+        if problems:
+            self.unreadable.append(f"{where} ({record.subscriber_key}: {'; '.join(f'{f}: {r}' for f, r in problems)})")
+            return
+        self.latest[record.subscriber_key] = record
+
+
 def read_topic(settings: Settings, unreadable: list[str], timeout: float = 30.0) -> dict[str, Subscription]:
     """Every subscriber's latest record, read from the start of the subscriptions topic to its end.
 
     Records that are not subscriptions are skipped and named in `unreadable`.
     """
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"meterline-show-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    feed = SubscriptionFeed(settings)
     try:
-        metadata = consumer.list_topics(settings.subscriptions_topic, timeout=10).topics.get(settings.subscriptions_topic)
-        if metadata is None or metadata.error is not None:
-            return {}
-        ends = {}
-        for partition in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(settings.subscriptions_topic, partition), timeout=10)
-            if high > low:
-                ends[partition] = high
-        consumer.assign([TopicPartition(settings.subscriptions_topic, p, 0) for p in ends])
-        latest: dict[str, Subscription] = {}
-        deadline = time.monotonic() + timeout
-        while ends and time.monotonic() < deadline:
-            for message in consumer.consume(500, 0.5):
-                if message.error() is not None:
-                    continue
-                if message.value() is None:
-                    latest.pop((message.key() or b"").decode("utf-8", "replace"), None)
-                else:
-                    try:
-                        record = Subscription.model_validate_json(message.value())
-                    except ValidationError:  # not written by `subscriptions load`: shown, never fatal
-                        unreadable.append(f"partition {message.partition()} offset {message.offset()}")
-                    else:
-                        latest[record.subscriber_key] = record
-                if message.offset() + 1 >= ends.get(message.partition(), 0):
-                    ends.pop(message.partition(), None)
-        if ends:
-            raise MeterlineError(f"could not read the subscriptions topic to its end within {timeout}s")
-        return latest
+        return feed.read_to_end(timeout)
     finally:
-        consumer.close()
+        unreadable.extend(feed.unreadable)
+        feed.close()

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import socket
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from faust.types import EventT, StreamT
 from meterline.auth import resolve_secret
 from meterline.pricing import Rater
 from meterline.pricing.catalogue import catalogue_version
+from meterline.processors.accounts import Accounts
 from meterline.processors.backfill import read_range
 from meterline.processors.batch import BatchProcessor, BatchResult, SourceRecord
 from meterline.processors.outbox import Outbox
@@ -27,6 +29,7 @@ from meterline.processors.state import UserState
 from meterline.processors.views import register_views
 from meterline.processors.watchdog import EXIT_CRASHED, exit_now, watch_recovery
 from meterline.settings import Settings
+from meterline.subscriptions import SubscriptionFeed, load_checked_catalogue
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +114,14 @@ class Engine:
         self.settings = settings
         self.states = states
         self.remembered = remembered
+        catalogue = load_checked_catalogue(settings)  # a bad price book or plan stops the worker at start
+        self.subscriptions = SubscriptionFeed(settings, catalogue)
+        self.accounts = Accounts(catalogue, settings.default_plan, self.subscriptions.latest)
         self.processor = BatchProcessor(
-            Rater.from_files(settings.prices, settings.plans),  # a bad price book stops the worker at start
-            catalogue_version(settings.prices, settings.plans),
+            Rater.from_catalogue(catalogue), self.accounts, catalogue_version(settings.prices, settings.plans),
             settings.dedupe_window_seconds, settings.dedupe_max_ids_per_partition,
         )
+        self._subscriptions_read = False
         self.outbox = Outbox(settings.kafka_bootstrap, settings.usage_topic)
         self.counters: Counter[str] = Counter()
         self._pending: list[EventT] = []
@@ -138,6 +144,8 @@ class Engine:
         `noack_take` was tried first: after a rebalance it stopped yielding events for good.)
         """
         self._stream = stream
+        if not self._subscriptions_read:
+            await self._read_subscriptions()
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.ensure_future(self._flush_when_due())
         try:
@@ -155,6 +163,16 @@ class Engine:
         except Exception:
             self._crashed()
             raise
+
+    async def _read_subscriptions(self) -> None:
+        """Before the first batch: every subscription published so far; then follow the topic in a thread."""
+        try:
+            await asyncio.to_thread(self.subscriptions.read_to_end, 60.0)
+        except Exception:
+            self._crashed()  # counting usage under the wrong plans would be worse than not counting it
+            raise
+        self._subscriptions_read = True
+        threading.Thread(target=self.subscriptions.follow, name="subscriptions", daemon=True).start()
 
     async def _flush_when_due(self) -> None:
         """A batch that waited `worker_batch_seconds` goes now, however small.
@@ -287,7 +305,8 @@ class Engine:
         unconfirmed = sum(len(events) for events, _counts in self._unconfirmed)
         return {"applied": 0, "duplicates": 0, "conflicts": 0, "replayed": 0, "dead_lettered": 0,
                 **self.counters, "remembered_ids": remembered, "forgotten_early": forgotten_early,
-                "pending_events": len(self._pending), "unconfirmed_events": unconfirmed}
+                "pending_events": len(self._pending), "unconfirmed_events": unconfirmed,
+                "subscriptions": len(self.subscriptions.latest), "subscriptions_unreadable": len(self.subscriptions.unreadable)}
 
 
 def _position_key(partition: int) -> bytes:

@@ -18,6 +18,7 @@ from decimal import Decimal, localcontext
 from typing import NamedTuple
 
 from meterline.pricing import PricingError, Rater
+from meterline.processors.accounts import Accounts
 from meterline.pricing.money import EXACT
 from meterline.schemas import FieldProblem, InvalidEventError, UsageEvent, parse_event, record_time
 from meterline.schemas.rated import Status, rated_record
@@ -81,8 +82,10 @@ def decode(record: SourceRecord) -> UsageEvent | DeadLetter:
 class BatchProcessor:
     """The per-partition memory of remembered ids, and the rules that apply a batch."""
 
-    def __init__(self, rater: Rater, price_version: str, window_seconds: float, max_ids_per_partition: int):
+    def __init__(self, rater: Rater, accounts: Accounts, price_version: str, window_seconds: float,
+                 max_ids_per_partition: int):
         self.rater = rater
+        self.accounts = accounts
         self.price_version = price_version
         self.window_seconds = window_seconds
         self.max_ids = max_ids_per_partition
@@ -127,6 +130,8 @@ class BatchProcessor:
             result.forgotten.extend((partition, key) for key in self.remembered[partition].expire(now))
         for record in records:
             outcome = decode(record)
+            if not isinstance(outcome, DeadLetter):
+                outcome = self._too_late(record, outcome, now)
             if isinstance(outcome, DeadLetter):
                 result.dead_letters.append(outcome)
                 result.counts["dead_lettered"] += 1
@@ -155,6 +160,20 @@ class BatchProcessor:
             result.forgotten.extend((partition, key) for key in ids.expire(now))  # the bound on ids
         return result
 
+    def _too_late(self, record: SourceRecord, event: UsageEvent, now: float) -> UsageEvent | DeadLetter:
+        """An event older than the dedupe window is refused: a re-send of it could no longer be recognised.
+
+        Judged against the record's Kafka time (the worker's clock when it has none), so a replay
+        after a crash reaches the same verdict.
+        """
+        written = record.timestamp if record.timestamp and record.timestamp > 0 else now
+        age = written - event.time.timestamp()
+        if age <= self.window_seconds:
+            return event
+        return DeadLetter(record, (FieldProblem("time", f"is {age / 86_400:,.1f} days before the record was written; "
+                                                        f"events older than the dedupe window ({self.window_seconds / 86_400:g} "
+                                                        "days) are refused, as a re-send could be counted twice"),))
+
     def _apply(self, record: SourceRecord, event: UsageEvent, cost: Decimal, credits: Decimal, rule: str,
                state_of: Callable[[bytes], UserState], first_seen: dict[int, Seen],
                result: BatchResult, now: float) -> None:
@@ -165,6 +184,8 @@ class BatchProcessor:
         digest = id_digest(b"%s/%s" % (user_key, event.id.encode()))
         fingerprint = payload_fingerprint(record.value or b"")
         seen = first_seen.get(digest) or self.remembered[partition].get(digest)
+        data = event.data
+        placement, account = self.accounts.place(data.org_id, data.user_id, event.time, credits, cost, state.account)
         status: Status
         if seen is not None and seen.offset != offset:
             # Seen first at another offset: a re-send. Counted once; recorded for audit.
@@ -174,7 +195,8 @@ class BatchProcessor:
             status = "applied"
             replay = state.has_applied(partition, offset)
             if not replay:
-                state = state.apply(credits, partition, offset)  # first: if it raises, nothing is recorded
+                # First: if it raises, nothing is recorded.
+                state = state.apply(credits, partition, offset, account, event.time.timestamp(), now)
             if seen is None:
                 # Also for a replay: its state was stored but its batch of ids may have been lost.
                 first_seen[digest] = Seen(offset, fingerprint)
@@ -185,4 +207,4 @@ class BatchProcessor:
                 result.counts["applied"] += 1
         result.rated.append((partition, user_key, rated_record(
             event, provider_cost_usd=cost, credits=credits, credit_rule=rule, price_version=self.price_version,
-            status=status, partition=partition, offset=offset, processed_at=now)))
+            status=status, partition=partition, offset=offset, processed_at=now, placement=placement)))

@@ -20,36 +20,47 @@ from typing import NamedTuple
 
 import orjson
 
+from meterline.processors.accounts import CycleAccount
+
 
 class UserState(NamedTuple):
-    """A user's account as the stream knows it; the accounts issue adds its fields here.
+    """A user's account as the stream knows it: lifetime totals, the current cycle, the last offset applied.
 
     A tuple, not a frozen dataclass: one is made per applied event, ~4x cheaper.
     """
 
-    credits_used: Decimal = Decimal(0)
-    events: int = 0
+    credits_used: Decimal = Decimal(0)  # lifetime
+    events: int = 0  # lifetime
     partition: int = -1
     last_offset: int = -1  # the last source offset applied: at or before it is a replay
+    account: CycleAccount | None = None  # the current billing cycle (processors/accounts.py)
+    as_of: float = 0.0  # the latest event time applied, epoch seconds
+    applied_at: float = 0.0  # when the worker applied that batch, epoch seconds
 
-    def apply(self, credits: Decimal, partition: int, offset: int) -> UserState:
+    def apply(self, credits: Decimal, partition: int, offset: int, account: CycleAccount | None = None,
+              event_time: float = 0.0, applied_at: float = 0.0) -> UserState:
         # Exact: BatchProcessor.process runs under money.EXACT, which raises rather than rounds.
-        return UserState(self.credits_used + credits, self.events + 1, partition, offset)
+        return UserState(self.credits_used + credits, self.events + 1, partition, offset, account,
+                         max(self.as_of, event_time), applied_at)
 
     def has_applied(self, partition: int, offset: int) -> bool:
         return self.partition == partition and offset <= self.last_offset
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps({"v": 1, "credits_used": str(self.credits_used), "events": self.events,
-                             "partition": self.partition, "last_offset": self.last_offset})
+        return orjson.dumps({"v": 2, "credits_used": str(self.credits_used), "events": self.events,
+                             "partition": self.partition, "last_offset": self.last_offset,
+                             "account": None if self.account is None else self.account.to_json(),
+                             "as_of": self.as_of, "applied_at": self.applied_at})
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> UserState:
         if not raw:
             return cls()
         value = orjson.loads(raw)
+        account = value.get("account")  # version 1 records had no account
         return cls(Decimal(value["credits_used"]), int(value["events"]), int(value["partition"]),
-                   int(value["last_offset"]))
+                   int(value["last_offset"]), None if account is None else CycleAccount.from_json(account),
+                   float(value.get("as_of", 0.0)), float(value.get("applied_at", 0.0)))
 
 
 def id_digest(dedupe_key: bytes) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 import faust
@@ -52,8 +53,16 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
             if not serving(app):
                 return self.json({"error": "recovering state, retry shortly"}, status=503, headers=RETRY)
             state = engine.state_of(key)
-            return self.json({"org_id": org_id, "user_id": user_id, "credits_used": str(state.credits_used),
-                              "events": state.events})
+            now = time.time()
+            account = engine.accounts.balance(org_id, user_id, state.account, datetime.fromtimestamp(now, timezone.utc))
+            return self.json({
+                "org_id": org_id, "user_id": user_id, **account,
+                "credits_used": str(state.credits_used), "events": state.events,  # lifetime
+                # How fresh the number is: the latest event time applied, and how long after it the
+                # worker applied it (None: no event yet).
+                "as_of": datetime.fromtimestamp(state.as_of, timezone.utc).isoformat() if state.events else None,
+                "lag_ms": round((state.applied_at - state.as_of) * 1000) if state.events else None,
+            })
 
     @app.page("/v1/worker/stats")
     class WorkerStatsView(View):

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
 
 from meterline.schemas.usage import UsageEvent
+
+if TYPE_CHECKING:
+    from meterline.processors.accounts import Placement
 
 Status = Literal["applied", "duplicate", "conflict"]
 
@@ -41,14 +44,22 @@ RATED_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("kafka_partition", "UInt32"),
     ("kafka_offset", "UInt64"),
     ("processed_at", "DateTime64(3, 'UTC')"),
+    # Where the balance counted it (processors/accounts.py): the plan at its event time, the start
+    # of its billing cycle, and whether that cycle was already closed (an adjustment to bill).
+    ("plan", "LowCardinality(String)"),
+    ("cycle_start", "DateTime64(3, 'UTC')"),
+    ("late", "Bool"),
 )
+# Records written before a column existed lack it: stored with these values.
+MISSING_VALUES: Final[dict[str, Any]] = {"plan": "", "cycle_start": 0.0, "late": False}
 RATED_FIELDS: Final = tuple(name for name, _type in RATED_COLUMNS)
 _DECIMALS = frozenset(name for name, kind in RATED_COLUMNS if "Decimal" in kind)
 _TIMES = frozenset(name for name, kind in RATED_COLUMNS if kind.startswith("DateTime"))
 
 
 def rated_record(event: UsageEvent, *, provider_cost_usd: Decimal, credits: Decimal, credit_rule: str,
-                 price_version: str, status: Status, partition: int, offset: int, processed_at: float) -> bytes:
+                 price_version: str, status: Status, partition: int, offset: int, processed_at: float,
+                 placement: Placement) -> bytes:
     data = event.data
     return orjson.dumps({
         "org_id": data.org_id, "user_id": data.user_id, "request_id": event.id,
@@ -59,6 +70,7 @@ def rated_record(event: UsageEvent, *, provider_cost_usd: Decimal, credits: Deci
         "provider_cost_usd": str(provider_cost_usd), "credits": str(credits), "credit_rule": credit_rule,
         "price_version": price_version, "source": event.source, "metadata": data.metadata,
         "status": status, "kafka_partition": partition, "kafka_offset": offset, "processed_at": processed_at,
+        "plan": placement.plan, "cycle_start": placement.cycle_start, "late": placement.late,
     })
 
 
@@ -67,7 +79,7 @@ def rated_row(raw: bytes) -> list[Any]:
     record = orjson.loads(raw)
     row = []
     for name in RATED_FIELDS:
-        value = record[name]
+        value = record[name] if name in record else MISSING_VALUES[name]
         if name in _DECIMALS and value is not None:
             value = Decimal(value)
         elif name in _TIMES:

@@ -41,9 +41,17 @@ def _widen_money_columns(database: str) -> list[str]:
             for table in (queries.RATED_EVENTS, queries.DUPLICATES) for name, kind in RATED_COLUMNS if "Decimal" in kind]
 
 
+def _add_placement_columns(database: str) -> list[str]:
+    # Warehouses made before the accounts: where the balance counted each event (plan, cycle, late).
+    added = [(name, kind) for name, kind in RATED_COLUMNS if name in ("plan", "cycle_start", "late")]
+    return [f"ALTER TABLE `{database}`.{table} ADD COLUMN IF NOT EXISTS {name} {kind}"
+            for table in (queries.RATED_EVENTS, queries.DUPLICATES) for name, kind in added]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "rated_events and usage_duplicates", queries.create_tables),
     Migration(2, "money columns Decimal(76, 18), so no sum can wrap around", _widen_money_columns),
+    Migration(3, "plan, cycle_start and late on every rated row", _add_placement_columns),
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timezone
 from decimal import Decimal, localcontext
 
 import yaml
@@ -15,6 +16,7 @@ import yaml
 from meterline.pricing.config import default_path
 from meterline.producers import Meter, build_event
 from meterline.schemas import parse_event
+from meterline.processors.accounts import Placement
 from meterline.schemas.rated import rated_record, rated_row
 from meterline.schemas.usage import MAX_REPORTED_COST_USD, MAX_TOKENS
 from meterline.settings import Settings
@@ -24,6 +26,7 @@ from meterline.sinks.queries import RATED_EVENTS
 from tests.integration.pipeline import balance_differences, balances_match, running_pipeline, wait_for
 
 MODEL = "claude-opus-4"
+PLACEMENT = Placement("free", datetime(2026, 1, 1, tzinfo=timezone.utc), late=False)
 EVENTS = 2000
 USERS = 4
 
@@ -62,7 +65,7 @@ def test_warehouse_sums_past_every_per_event_maximum_do_not_wrap_around(make_set
         event = parse_event(build_event(org, "u1", MODEL, 1, 1, request_id=f"r{n}").to_json())
         rows.append(rated_row(rated_record(event, provider_cost_usd=big, credits=big, credit_rule="tokens",
                                            price_version="test", status="applied", partition=0, offset=n,
-                                           processed_at=0.0)))
+                                           processed_at=0.0, placement=PLACEMENT)))
     warehouse.insert_rated(RATED_EVENTS, rows, dedupe_token=org)
     ((credits, cost),) = warehouse.query((
         "SELECT sum(credits), sum(provider_cost_usd) FROM rated_events FINAL WHERE org_id = {org:String}",

@@ -24,6 +24,9 @@ CREATE TABLE IF NOT EXISTS `db`.rated_events (
     kafka_partition UInt32,
     kafka_offset UInt64,
     processed_at DateTime64(3, 'UTC'),
+    plan LowCardinality(String),
+    cycle_start DateTime64(3, 'UTC'),
+    late Bool,
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree
 ORDER BY (org_id, user_id, request_id)

@@ -9,6 +9,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 
 from meterline.producers import build_event
+from meterline.processors.accounts import Placement
 from meterline.schemas.rated import RATED_FIELDS, Status, rated_record
 from meterline.settings import Settings
 from meterline.sinks.clickhouse_sink import ClickHouseSink
@@ -59,7 +60,8 @@ def _rated(request_id: str, status: Status, offset: int) -> bytes:
     event = build_event("acme", "alice", "gpt-4o-mini", 100, 20, request_id=request_id, source="test",
                         timestamp=datetime(2024, 1, 1, tzinfo=timezone.utc))
     return rated_record(event, provider_cost_usd=Decimal("0.001"), credits=Decimal("0.12"), credit_rule="tokens",
-                        price_version="test", status=status, partition=0, offset=offset, processed_at=1.0)
+                        price_version="test", status=status, partition=0, offset=offset, processed_at=1.0,
+                        placement=Placement("free", datetime(2024, 1, 1, tzinfo=timezone.utc), False))
 
 
 def _request_ids(rows: list[Any]) -> list[str]:

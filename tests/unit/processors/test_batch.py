@@ -19,7 +19,9 @@ from hypothesis import event as hypothesis_event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meterline.pricing.catalogue import default_catalogue
 from meterline.pricing.rating import default_rater
+from meterline.processors.accounts import Accounts
 from meterline.processors.batch import MAX_REASON_CHARS, BatchProcessor, BatchResult, DeadLetter, SourceRecord, decode
 from meterline.processors.state import UserState, decode_batch
 from meterline.producers import build_event
@@ -49,7 +51,7 @@ def record(value: UsageEvent | bytes | None, offset: int, partition: int = 0, ke
 def new_processor(window_seconds: float = WINDOW, max_ids: int = 1_000_000,
                   batches: dict[int, list[tuple[bytes, bytes]]] | None = None) -> BatchProcessor:
     """A freshly started worker's processor, its memory loaded from the batch records given (none: empty)."""
-    processor = BatchProcessor(default_rater(), "test", window_seconds, max_ids)
+    processor = BatchProcessor(default_rater(), Accounts(default_catalogue(), "free", {}), "test", window_seconds, max_ids)
     for partition in range(4):
         processor.load(partition, (batches or {}).get(partition, []))
     return processor
@@ -453,3 +455,32 @@ def test_an_amount_that_would_need_rounding_is_a_dead_letter_and_the_balance_is_
     remembered = [entry for records in remembered_records(result).values() for _key, raw in records
                   for entry in decode_batch(raw)[1]]
     assert [seen.offset for _digest, seen in remembered] == [2]  # u2's id only: r-1 may come again
+
+
+# --- accounts: where each event is counted -----------------------------------------------------
+
+def test_an_event_older_than_the_dedupe_window_is_a_dead_letter_naming_the_rule() -> None:
+    worker = Worker(new_processor(window_seconds=7 * 86_400))
+    written = T0.timestamp() + 8 * 86_400  # the record reached Kafka 8 days after its event time
+    old = SourceRecord(0, 0, b"acme/alice", event("alice", 100, 0, "r-old").to_json(), written)
+    fresh = SourceRecord(0, 1, b"acme/alice", event("alice", 200, 0, "r-new").to_json(), T0.timestamp() + 60)
+    result = worker.run([old, fresh], now=written)
+    assert [letter.record.offset for letter in result.dead_letters] == [0]
+    (problem,) = result.dead_letters[0].problems
+    assert problem.field == "time" and "dedupe window (7 days)" in problem.rule
+    assert worker.balance("alice") == credits(200, 0)
+
+
+def test_rated_records_say_where_the_balance_counted_each_event() -> None:
+    worker = Worker()
+    january = build_event(ORG, "alice", "gpt-4o-mini", 100, 0, request_id="r-jan", source="test",
+                          timestamp=datetime(2024, 2, 1, tzinfo=timezone.utc))
+    result = worker.run([record(january, 0), record(event("alice", 100, 0, "r-dec"), 1)])
+    assert [(r["plan"], r["cycle_start"], r["late"]) for r in rated(result)] == [
+        ("free", "2024-02-01T00:00:00+00:00", False),
+        ("free", "2024-01-01T00:00:00+00:00", True),  # January closed when February's event came
+    ]
+    state = worker.store[b"acme/alice"]
+    assert state.account is not None and state.account.start == datetime(2024, 2, 1, tzinfo=timezone.utc)
+    assert state.account.used == credits(100, 0) and state.credits_used == 2 * credits(100, 0)
+    assert state.as_of == datetime(2024, 2, 1, tzinfo=timezone.utc).timestamp()

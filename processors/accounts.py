@@ -1,0 +1,167 @@
+"""The account of a user's current billing cycle, kept in the user's state record.
+
+Rules (each event is placed by its event time, never by when it arrives):
+
+- An event belongs to the cycle that contains its event time, of the subscription in effect at
+  that time: the user's own, else the org's, else the default plan (schemas/subscription.py).
+- The live account is the user's latest cycle. An event of a later cycle closes it: the pricing
+  domain's invoice math (`compute_invoice`) says which credits carry over, aged through any
+  cycles without events, and the new account starts with them (a new subscriber starts with none).
+- An event of an earlier cycle than the live one is *late*: it counts in the user's lifetime
+  total and in the warehouse under its own cycle, flagged, and leaves the live account alone (the
+  billing export turns it into an adjustment of the closed cycle).
+- The account keeps what happened (used, cost, events, what was carried in); the terms (plan,
+  included credits, proration) are read from the subscription when asked, so a plan change
+  published mid-cycle shows at once.
+- A subscription applies to the events a worker processes after it has read it. The worker reads
+  the whole subscriptions topic before its first batch; one published later does not move events
+  already counted in a live account (the warehouse's cycle report re-reads them by event time).
+
+Under an org's subscription the account holds this user's share of the org's pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+from meterline.pricing.catalogue import Catalogue
+from meterline.pricing.cycles import BillingSchedule, Cycle
+from meterline.pricing.invoice import CarriedCredits, compute_invoice
+from meterline.schemas.subscription import Subscription, default_subscription, subscription_in_effect
+from meterline.subscriptions import billing_cycle, cycle_terms
+
+ZERO = Decimal(0)
+DEFAULT_SUBSCRIBER = ""  # the subscriber key of a user on the default plan
+# Cycles walked at most when an account closes after a long silence: carried credits have lapsed
+# long before (rollover keeps them a few cycles), so the walk stops early in practice.
+MAX_CYCLES_WALKED = 1200
+
+
+class CycleAccount(NamedTuple):
+    """One cycle of one user: what was used in it, and what was carried into it."""
+
+    subscriber: str  # "" (default plan), "org" (the org's pool) or "org/user"
+    start: datetime
+    end: datetime
+    used: Decimal = ZERO
+    provider_cost: Decimal = ZERO
+    events: int = 0
+    carried: tuple[tuple[Decimal, int], ...] = ()  # (credits, cycles left) carried into this cycle
+
+    def add(self, credits: Decimal, cost: Decimal) -> CycleAccount:
+        return self._replace(used=self.used + credits, provider_cost=self.provider_cost + cost, events=self.events + 1)
+
+    def contains(self, subscriber: str, at: datetime) -> bool:
+        return self.subscriber == subscriber and self.start <= at < self.end
+
+    def to_json(self) -> dict[str, Any]:
+        return {"subscriber": self.subscriber, "start": self.start.isoformat(), "end": self.end.isoformat(),
+                "used": str(self.used), "provider_cost": str(self.provider_cost), "events": self.events,
+                "carried": [[str(credits), cycles] for credits, cycles in self.carried]}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> CycleAccount:
+        return cls(value["subscriber"], datetime.fromisoformat(value["start"]), datetime.fromisoformat(value["end"]),
+                   Decimal(value["used"]), Decimal(value["provider_cost"]), int(value["events"]),
+                   tuple((Decimal(credits), int(cycles)) for credits, cycles in value["carried"]))
+
+
+class Placement(NamedTuple):
+    """Where one event is counted: the rated record carries it to the warehouse."""
+
+    plan: str
+    cycle_start: datetime
+    late: bool
+
+
+class Accounts:
+    """Places events in cycle accounts, with the subscriptions the worker has read so far."""
+
+    def __init__(self, catalogue: Catalogue, default_plan: str, subscriptions: Mapping[str, Subscription]):
+        self.catalogue = catalogue
+        self.default_plan = default_plan
+        self.subscriptions = subscriptions  # read by reference: the subscriptions feed keeps it current
+
+    def subscription(self, org_id: str, user_id: str, at: datetime) -> tuple[str, Subscription]:
+        """The subscriber key and subscription in effect for the user at `at`."""
+        found = subscription_in_effect(org_id, user_id, self.subscriptions, at)
+        if found is None:
+            return DEFAULT_SUBSCRIBER, default_subscription(org_id, user_id, self.default_plan)
+        return found.subscriber_key, found
+
+    def place(self, org_id: str, user_id: str, at: datetime, credits: Decimal, cost: Decimal,
+              account: CycleAccount | None) -> tuple[Placement, CycleAccount | None]:
+        """Count one event at event time `at`: where it goes, and the user's live account after it."""
+        subscriber = self._subscriber(org_id, user_id, at)
+        if account is not None and account.contains(subscriber, at):  # the common case: no cycle arithmetic
+            return Placement(self._plan_at(org_id, user_id, subscriber, at), account.start, False), account.add(credits, cost)
+        key, subscription = self.subscription(org_id, user_id, at)
+        cycle = billing_cycle(subscription, self.catalogue, at)
+        placement = Placement(subscription.plan_at(at) or subscription.plan, cycle.start, False)
+        if account is not None and (cycle.start < account.start or (cycle.start == account.start and key != account.subscriber)):
+            return placement._replace(late=True), account  # its cycle is no longer the live one
+        carried = self._carried_into(account, subscription, cycle) if account is not None and account.subscriber == key else ()
+        return placement, CycleAccount(key, cycle.start, cycle.end, carried=carried).add(credits, cost)
+
+    def _subscriber(self, org_id: str, user_id: str, at: datetime) -> str:
+        found = subscription_in_effect(org_id, user_id, self.subscriptions, at)
+        return DEFAULT_SUBSCRIBER if found is None else found.subscriber_key
+
+    def _plan_at(self, org_id: str, user_id: str, subscriber: str, at: datetime) -> str:
+        if subscriber == DEFAULT_SUBSCRIBER:
+            return self.default_plan
+        subscription = self.subscriptions[subscriber]
+        return subscription.plan_at(at) or subscription.plan
+
+    def _carried_into(self, account: CycleAccount, subscription: Subscription, target: Cycle) -> tuple[tuple[Decimal, int], ...]:
+        """Close `account` and each cycle after it up to `target`: the credits carried into `target`."""
+        schedule = BillingSchedule(subscription.billing_anchor, self.catalogue.plan(subscription.plan_at(account.start)
+                                                                                     or subscription.plan).interval)
+        cycle = schedule.cycle_at(max(account.start, subscription.billing_anchor))
+        carried = [CarriedCredits(credits, cycles) for credits, cycles in account.carried]
+        used = account.used
+        for _ in range(MAX_CYCLES_WALKED):
+            if cycle.start >= target.start:
+                break
+            of = cycle_terms(subscription, self.catalogue, cycle)
+            carried = list(compute_invoice(of.plan_id, of.plan, used, carried=carried, cycle=cycle, terms=of.terms).carry_out)
+            used = ZERO
+            if not carried:
+                break
+            cycle = schedule.cycle(cycle.index + 1)
+        return tuple((batch.credits, batch.cycles_left) for batch in carried)
+
+    def balance(self, org_id: str, user_id: str, account: CycleAccount | None, now: datetime) -> dict[str, Any]:
+        """The live account as the balance API shows it: plan, cycle, included, carried, used, remaining, overage."""
+        key, subscription = self.subscription(org_id, user_id, now)
+        cycle = billing_cycle(subscription, self.catalogue, now)
+        if account is not None and account.start > cycle.start and account.subscriber == key:
+            cycle = Cycle(-1, account.start, account.end)  # events already counted in a cycle ahead of this clock
+        if account is None or account.subscriber != key or account.start != cycle.start:
+            carried = self._carried_into(account, subscription, cycle) if account is not None and account.subscriber == key else ()
+            account = CycleAccount(key, cycle.start, cycle.end, carried=carried)  # nothing used yet this cycle
+        of = cycle_terms(subscription, self.catalogue, cycle)
+        carried_credits = sum((credits for credits, _cycles in account.carried), ZERO)
+        invoice = compute_invoice(of.plan_id, of.plan, account.used, cycle=cycle, terms=of.terms,
+                                  carried=[CarriedCredits(credits, cycles) for credits, cycles in account.carried])
+        beyond = next(line.quantity for line in invoice.lines if line.kind in ("overage", "over_cap"))
+        pooled = key == org_id
+        remaining = max(of.terms.included_credits + carried_credits - account.used, ZERO)
+        revenue = invoice.subtotal
+        return {
+            "plan": of.plan_id, "subscriber": key or None, "pooled": pooled,
+            "cycle_start": cycle.start.isoformat(), "cycle_end": cycle.end.isoformat(),
+            "included": str(of.terms.included_credits), "carried": str(carried_credits),
+            "used": str(account.used),
+            # A pool's remaining and overage depend on every user of the org, whose accounts live
+            # on other partitions: this user's record alone cannot say (None, not a wrong number).
+            "remaining": None if pooled else str(remaining), "overage": None if pooled else str(beyond),
+            "hard_cap": of.plan.hard_cap, "events_in_cycle": account.events,
+            "provider_cost_usd": str(account.provider_cost),
+            "revenue_usd": None if pooled else str(revenue),
+            "margin": None if pooled or not revenue else str(round(1 - account.provider_cost / revenue, 4)),
+            "note": of.note,
+        }

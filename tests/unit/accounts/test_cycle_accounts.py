@@ -1,0 +1,153 @@
+"""The live account of the current cycle (processors/accounts.py), without Kafka.
+
+Expected figures are worked out here from the shipped plans (pricing/defaults/plans.yaml): Free
+includes 50 credits a calendar month and expires them; Pro includes 100, bills overage at
+$0.30 and carries unused included credits one cycle (at most 100); Enterprise includes 5,000
+and carries them three cycles.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from meterline.pricing.catalogue import default_catalogue
+from meterline.processors.accounts import Accounts, CycleAccount
+from meterline.processors.state import UserState
+from meterline.schemas.subscription import PlanChange, Subscription
+
+
+def utc(*parts: int) -> datetime:
+    return datetime(*parts, tzinfo=timezone.utc)
+
+
+def accounts(*subscriptions: Subscription) -> Accounts:
+    return Accounts(default_catalogue(), "free", {s.subscriber_key: s for s in subscriptions})
+
+
+def count(accounts: Accounts, events: list[tuple[datetime, str]], user: str = "alice",
+          account: CycleAccount | None = None) -> tuple[CycleAccount | None, list[tuple[str, datetime, bool]]]:
+    placed = []
+    for at, credits in events:
+        placement, account = accounts.place("acme", user, at, Decimal(credits), Decimal("0.001"), account)
+        placed.append((placement.plan, placement.cycle_start, placement.late))
+    return account, placed
+
+
+def test_a_user_without_a_subscription_is_on_the_default_plan_in_calendar_months():
+    account, placed = count(accounts(), [(utc(2026, 12, 3, 10), "1.5"), (utc(2026, 12, 31, 23, 59), "2")])
+    assert account is not None
+    assert (account.subscriber, account.start, account.end) == ("", utc(2026, 12, 1), utc(2027, 1, 1))
+    assert (account.used, account.events) == (Decimal("3.5"), 2)
+    assert placed == [("free", utc(2026, 12, 1), False)] * 2
+
+
+def test_an_event_of_the_next_cycle_closes_the_account_and_free_credits_expire():
+    account, placed = count(accounts(), [(utc(2026, 12, 3), "10"), (utc(2027, 1, 1), "4")])
+    assert account is not None
+    assert (account.start, account.used, account.carried) == (utc(2027, 1, 1), Decimal(4), ())
+    assert placed[1] == ("free", utc(2027, 1, 1), False)  # a boundary belongs to the cycle it starts
+
+
+def test_unused_pro_credits_carry_into_the_next_cycle_and_no_further():
+    pro = Subscription(org_id="acme", user_id="alice", plan="pro", since=utc(2026, 11, 15))
+    book = accounts(pro)
+    account, _ = count(book, [(utc(2026, 11, 20), "30"), (utc(2026, 12, 20), "5")])
+    assert account is not None
+    assert account.start == utc(2026, 12, 15)
+    assert account.carried == ((Decimal(70), 1),)  # 100 included - 30 used, usable one more cycle
+    shown = book.balance("acme", "alice", account, utc(2026, 12, 21))
+    assert (shown["plan"], shown["included"], shown["carried"], shown["used"]) == ("pro", "100", "70", "5")
+    assert shown["remaining"] == "165"  # 100 + 70 - 5
+    # December's 5 came out of the carried 70 first (burn order), whose other 65 lapse at its end;
+    # all of December's 100 included carry into January.
+    later, _ = count(book, [(utc(2027, 1, 16), "1")], account=account)
+    assert later is not None and later.carried == ((Decimal(100), 1),)
+
+
+def test_carried_credits_age_through_cycles_without_events():
+    enterprise = Subscription(org_id="acme", plan="enterprise", since=utc(2026, 1, 1))
+    book = accounts(enterprise)
+    account, _ = count(book, [(utc(2026, 1, 10), "4000")])
+    # February and March have no events: January's 1,000 unused are carried into February (3
+    # cycles left), March (2), April (1); February's and March's 5,000 unused hit the 5,000 cap.
+    april, _ = count(book, [(utc(2026, 4, 2), "1")], account=account)
+    assert april is not None
+    assert sum(credits for credits, _cycles in april.carried) == Decimal(5000)
+    assert (Decimal(1000), 1) in april.carried  # January's, on its last cycle
+
+
+def test_an_event_of_a_closed_cycle_is_late_and_leaves_the_live_account_alone():
+    account, placed = count(accounts(), [(utc(2027, 1, 5), "2"), (utc(2026, 12, 30), "7")])
+    assert account is not None
+    assert (account.start, account.used) == (utc(2027, 1, 1), Decimal(2))
+    assert placed[1] == ("free", utc(2026, 12, 1), True)
+
+
+def test_a_subscription_of_their_own_starts_a_new_account_from_its_since():
+    own = Subscription(org_id="acme", user_id="alice", plan="pro", since=utc(2026, 12, 15, 12))
+    account, placed = count(accounts(own), [(utc(2026, 12, 2), "3"), (utc(2026, 12, 16), "1"), (utc(2026, 12, 10), "2")])
+    assert account is not None
+    assert (account.subscriber, account.start, account.end) == ("acme/alice", utc(2026, 12, 15, 12), utc(2027, 1, 15, 12))
+    assert (account.used, account.carried) == (Decimal(1), ())  # nothing carries from the free account
+    assert placed == [("free", utc(2026, 12, 1), False), ("pro", utc(2026, 12, 15, 12), False),
+                      ("free", utc(2026, 12, 1), True)]
+
+
+def test_overage_and_revenue_on_an_overage_plan():
+    pro = Subscription(org_id="acme", user_id="alice", plan="pro", since=utc(2026, 12, 1))
+    book = accounts(pro)
+    account, _ = count(book, [(utc(2026, 12, 2), "120.5")])
+    shown = book.balance("acme", "alice", account, utc(2026, 12, 3))
+    assert (shown["remaining"], shown["overage"], shown["hard_cap"]) == ("0", "20.5", False)
+    assert Decimal(shown["revenue_usd"]) == Decimal(20) + Decimal("20.5") * Decimal("0.30")  # fee + overage
+
+
+def test_a_hard_cap_plan_shows_what_ran_past_the_cap():
+    book = accounts()
+    account, _ = count(book, [(utc(2026, 12, 2), "60")])
+    shown = book.balance("acme", "alice", account, utc(2026, 12, 3))
+    assert (shown["plan"], shown["remaining"], shown["overage"], shown["hard_cap"]) == ("free", "0", "10", True)
+    assert shown["revenue_usd"] == "0"
+
+
+def test_a_plan_change_mid_cycle_prorates_the_included_credits():
+    change = Subscription(org_id="acme", user_id="alice", plan="pro", since=utc(2026, 11, 1),
+                          changes=(PlanChange(plan="enterprise", at=utc(2026, 12, 11)),))
+    book = accounts(change)
+    account, placed = count(book, [(utc(2026, 12, 5), "10"), (utc(2026, 12, 20), "10")])
+    shown = book.balance("acme", "alice", account, utc(2026, 12, 21))
+    # December has 31 days; 10 elapsed at the change: 100 x 10/31 + 5000 x 21/31 = 3419.354..., to 0.01.
+    assert shown["included"] == "3419.35"
+    assert shown["plan"] == "enterprise"
+    assert [plan for plan, _start, _late in placed] == ["pro", "enterprise"]
+
+
+def test_an_org_subscription_pools_and_does_not_guess_the_pool_remaining():
+    org = Subscription(org_id="acme", plan="pro", since=utc(2026, 12, 1))
+    book = accounts(org)
+    account, _ = count(book, [(utc(2026, 12, 2), "5")])
+    assert account is not None and account.subscriber == "acme"
+    shown = book.balance("acme", "alice", account, utc(2026, 12, 3))
+    assert shown["pooled"] is True and shown["used"] == "5"
+    assert shown["remaining"] is None and shown["overage"] is None  # other users' share lives elsewhere
+
+
+def test_a_balance_read_in_a_new_cycle_starts_from_zero_with_the_carry():
+    pro = Subscription(org_id="acme", user_id="alice", plan="pro", since=utc(2026, 11, 1))
+    book = accounts(pro)
+    account, _ = count(book, [(utc(2026, 11, 2), "40")])
+    shown = book.balance("acme", "alice", account, utc(2026, 12, 5))  # no event yet in December
+    assert (shown["cycle_start"], shown["used"], shown["carried"]) == (utc(2026, 12, 1).isoformat(), "0", "60")
+
+
+def test_the_account_survives_the_state_record_bytes():
+    account, _ = count(accounts(Subscription(org_id="acme", user_id="alice", plan="pro", since=utc(2026, 11, 15))),
+                       [(utc(2026, 11, 20), "30.125"), (utc(2026, 12, 20), "5")])
+    state = UserState().apply(Decimal("35.125"), 3, 41, account, utc(2026, 12, 20).timestamp(), 1.5e9)
+    assert UserState.from_bytes(state.to_bytes()) == state
+
+
+def test_a_version_1_state_record_reads_without_an_account():
+    raw = b'{"v": 1, "credits_used": "2.5", "events": 3, "partition": 1, "last_offset": 9}'
+    assert UserState.from_bytes(raw) == UserState(Decimal("2.5"), 3, 1, 9)
