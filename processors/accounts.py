@@ -52,7 +52,8 @@ class CycleAccount(NamedTuple):
     carried: tuple[tuple[Decimal, int], ...] = ()  # (credits, cycles left) carried into this cycle
 
     def add(self, credits: Decimal, cost: Decimal) -> CycleAccount:
-        return self._replace(used=self.used + credits, provider_cost=self.provider_cost + cost, events=self.events + 1)
+        return CycleAccount(self.subscriber, self.start, self.end, self.used + credits, self.provider_cost + cost,
+                            self.events + 1, self.carried)  # not _replace: once per event, ~3x cheaper
 
     def contains(self, subscriber: str, at: datetime) -> bool:
         return self.subscriber == subscriber and self.start <= at < self.end

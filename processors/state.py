@@ -1,7 +1,8 @@
 """The two kinds of state a worker keeps per source partition, and their bytes on Kafka.
 
 - `UserState`: one record per user (`org/user`), rewritten once per batch that touches the user.
-  It holds the balance and the last source offset applied, which is what makes a replay harmless.
+  It holds the lifetime balance, the current billing cycle's account (accounts.py) and the last
+  source offset applied, which is what makes a replay harmless.
 - `RememberedIds`: the request ids seen within the dedupe window. They do not live in the user's
   record (a heavy user sends millions in a window); each batch appends one record holding the ids
   it saw first, and a whole batch record is forgotten at once when it leaves the window.

@@ -50,6 +50,7 @@ def make_settings(broker_settings: Settings) -> Callable[..., Settings]:
         values: dict[str, object] = {
             "usage_topic": f"usage-{run}",
             "dead_letter_topic": f"dlq-{run}",
+            "subscriptions_topic": f"subscriptions-{run}",
             "app_id": f"processor-{run}",
             "sink_group": f"sink-{run}",
             "worker_port": free_port(),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
 import threading
 import time
 import urllib.error
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -17,7 +19,7 @@ from decimal import Decimal
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from meterline.auth import org_key
+from meterline.auth import operator_key, org_key
 from meterline.client import get_balance, wait_until_serving
 from meterline.processors.worker import spawn_worker
 from meterline.producers import Meter
@@ -43,6 +45,14 @@ class Pipeline:
 
     def kill_worker(self) -> None:
         stop(self.worker, kill=True)
+
+    def stats(self) -> dict[str, int]:
+        """The worker's counters (/v1/worker/stats, with the operator key)."""
+        token = operator_key(self.settings.api_secret.get_secret_value())  # type: ignore[union-attr]
+        request = urllib.request.Request(f"{self.settings.worker_url}/v1/worker/stats",
+                                         headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
 
     def balance(self, org_id: str, user_id: str) -> dict:
         token = org_key(self.settings.api_secret.get_secret_value(), org_id)  # type: ignore[union-attr]

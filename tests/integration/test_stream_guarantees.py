@@ -97,7 +97,7 @@ def test_sink_crash_between_write_and_commit_counts_nothing_twice(make_settings)
         assert stored == expected_credits(events)
 
 
-def test_dedupe_window_is_bounded_and_configurable(make_settings):
+def test_dedupe_window_is_bounded_and_configurable_and_an_older_copy_is_refused(make_settings):
     settings = make_settings(dedupe_window_seconds=2)
     with running_pipeline(settings, with_sink=False) as pipeline, Meter(settings) as meter:
         first = meter.build("org-window", "u1", "gpt-4o", 1000, 0)
@@ -109,9 +109,13 @@ def test_dedupe_window_is_bounded_and_configurable(make_settings):
         meter.emit("org-window", "u1", "gpt-4o", 1000, 0)  # a later event lets the worker forget the first id
         meter.flush()
         assert wait_for(balances_match(pipeline, "org-window", {"u1": Decimal(2)}))
-        meter.send(first)  # past the window the id is forgotten, so this copy counts again
+        # Past the window the id may be forgotten: the copy, older than the window, is refused
+        # (dead-lettered as too late) rather than counted a second time.
+        meter.send(first)
         meter.flush()
-        assert wait_for(balances_match(pipeline, "org-window", {"u1": Decimal(3)}))
+        assert wait_for(lambda: pipeline.stats()["dead_lettered"] == 1)
+        assert pipeline.stats()["remembered_ids"] == 1  # the first id was forgotten, the second is kept
+        assert balances_match(pipeline, "org-window", {"u1": Decimal(2)})()
 
 
 def test_a_sink_stops_promptly_while_clickhouse_is_down_and_a_new_one_stores_everything(make_settings):

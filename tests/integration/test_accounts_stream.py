@@ -1,0 +1,71 @@
+"""Subscriptions published to Kafka decide each live balance's plan and cycle (real broker, worker process, chDB).
+
+Expected figures are computed here: a gpt-4o-mini event without an action costs
+(input + output) / 1000 credits; Pro includes 100 credits a cycle from its anchor, Enterprise
+5,000, and a user without a subscription is on Free (50) in calendar months.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from meterline.producers import Meter, build_event
+from meterline.schemas.subscription import Subscription
+from meterline.settings import Settings
+from meterline.subscriptions import publish
+from tests.integration.pipeline import counted, running_pipeline, wait_for
+
+MODEL = "gpt-4o-mini"
+
+
+def credits(input_tokens: int, output_tokens: int) -> Decimal:
+    return (Decimal(input_tokens) + Decimal(output_tokens)) / 1000
+
+
+def test_balances_follow_the_subscriptions_published_before_and_during_the_run(make_settings: Callable[..., Settings]):
+    settings = make_settings()
+    org = "org-accounts"
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    alice_since = now - timedelta(days=10)
+    publish(settings, [Subscription(org_id=org, user_id="alice", plan="pro", since=alice_since)])
+    at = now - timedelta(hours=1)
+    with running_pipeline(settings) as pipeline, Meter(settings) as meter:
+        for user, request_id, tokens in (("alice", "a1", (1200, 300)), ("alice", "a2", (500, 0)), ("bob", "b1", (40, 2))):
+            meter.send(build_event(org, user, MODEL, *tokens, request_id=request_id, timestamp=at))
+        meter.flush()
+        assert wait_for(lambda: counted(pipeline, org, {"alice", "bob"}) == 3)
+        alice, bob = pipeline.balance(org, "alice"), pipeline.balance(org, "bob")
+
+        used = credits(1200, 300) + credits(500, 0)
+        assert (alice["plan"], alice["subscriber"], alice["cycle_start"]) == ("pro", f"{org}/alice", alice_since.isoformat())
+        assert (Decimal(alice["included"]), Decimal(alice["used"]), Decimal(alice["remaining"])) == (100, used, 100 - used)
+        assert alice["as_of"] == at.isoformat() and alice["lag_ms"] >= 0
+
+        month_start = at.replace(day=1, hour=0, minute=0, second=0)
+        assert (bob["plan"], bob["subscriber"], bob["cycle_start"]) == ("free", None, month_start.isoformat())
+        assert Decimal(bob["remaining"]) == 50 - credits(40, 2)
+
+        # Published while the worker runs: the next event of carol is counted on it.
+        carol_since = now - timedelta(days=1)
+        publish(settings, [Subscription(org_id=org, user_id="carol", plan="enterprise", since=carol_since)])
+        assert wait_for(lambda: pipeline.stats()["subscriptions"] >= 2, timeout=30)
+        meter.send(build_event(org, "carol", MODEL, 1000, 0, request_id="c1", timestamp=at))
+        meter.flush()
+        assert wait_for(lambda: counted(pipeline, org, {"carol"}) == 1)
+        carol = pipeline.balance(org, "carol")
+        assert (carol["plan"], carol["cycle_start"], Decimal(carol["remaining"])) == ("enterprise", carol_since.isoformat(), 4999)
+
+        # The warehouse holds where each event was counted.
+        def rows() -> list:
+            return pipeline.warehouse.query((
+                "SELECT user_id, plan, cycle_start, late FROM rated_events FINAL WHERE org_id = {org:String} ORDER BY request_id",
+                {"org": org}))
+
+        assert wait_for(lambda: len(rows()) == 4, timeout=60)
+        assert [(user, plan, start.replace(tzinfo=timezone.utc) if start.tzinfo is None else start, late)
+                for user, plan, start, late in rows()] == [
+            ("alice", "pro", alice_since, False), ("alice", "pro", alice_since, False),
+            ("bob", "free", month_start, False), ("carol", "enterprise", carol_since, False)]
+
