@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from meterline.cli_emit import register as register_emit
 from meterline.cli_pricing import register as register_pricing
+from meterline.cli_grants import register as register_grants
 from meterline.cli_subscriptions import register as register_subscriptions
 from meterline.cli_warehouse import register as register_warehouse
 from meterline.console import stderr_console
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_emit(commands)
     register_pricing(commands)
     register_subscriptions(commands)
+    register_grants(commands)
     register_warehouse(commands)
     return parser
 

@@ -19,7 +19,7 @@ DEFAULT_DAYS = 30
 WIDE_COLUMNS = 8
 
 
-def _instant(text: str) -> datetime:
+def instant_argument(text: str) -> datetime:
     from meterline.pricing.cycles import parse_instant
 
     try:
@@ -164,12 +164,12 @@ def register(commands: Any) -> None:
     heavy.add_argument("--limit", type=_limit, default=20)
     cycle = reports.add_parser("cycle", help="an org's billing entities in their current cycle: usage, cost, revenue, margin")
     cycle.add_argument("org")
-    cycle.add_argument("--at", type=_instant, help="the cycle containing this instant (default: now)")
+    cycle.add_argument("--at", type=instant_argument, help="the cycle containing this instant (default: now)")
     cycle.add_argument("--format", choices=["table", "csv", "json"], default="table")
     cycle.set_defaults(run=_reporting_errors(_cycle))
     for parser, run in ((distribution, _distribution), (heavy, _heavy_users)):
         parser.add_argument("--org", help="one org only (default: every org's users)")
-        parser.add_argument("--from", dest="start", type=_instant, help=f"ISO 8601 (default: --to minus {DEFAULT_DAYS} days)")
-        parser.add_argument("--to", type=_instant, help="ISO 8601, excluded (default: now)")
+        parser.add_argument("--from", dest="start", type=instant_argument, help=f"ISO 8601 (default: --to minus {DEFAULT_DAYS} days)")
+        parser.add_argument("--to", type=instant_argument, help="ISO 8601, excluded (default: now)")
         parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
         parser.set_defaults(run=_reporting_errors(run))

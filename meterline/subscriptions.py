@@ -233,24 +233,11 @@ def _csv_items(text: str) -> tuple[list[tuple[int, Any]], list[LineProblem]]:
 
 def publish(settings: Settings, subscriptions: list[Subscription]) -> None:
     """Write each subscriber's record to the compacted subscriptions topic; return once Kafka has them all."""
-    from confluent_kafka import KafkaError, Producer
-
-    from meterline.stack import ensure_topics
+    from meterline.stack import ensure_topics, produce_and_wait
 
     ensure_topics(settings, compacted=(settings.subscriptions_topic,))
-    failures: list[str] = []
-
-    def delivered(error: KafkaError | None, _message: Any) -> None:
-        if error is not None:
-            failures.append(str(error))
-
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
-                         "partitioner": "murmur2_random", "on_delivery": delivered})
-    for subscription in subscriptions:
-        producer.produce(settings.subscriptions_topic, subscription.to_json(), subscription.subscriber_key.encode())
-    left = producer.flush(30)
-    if left or failures:
-        raise MeterlineError(f"Kafka did not acknowledge {left or len(failures)} subscription record(s): {failures[:3]}")
+    produce_and_wait(settings, settings.subscriptions_topic,
+                     [(subscription.subscriber_key.encode(), subscription.to_json()) for subscription in subscriptions])
 
 
 class SubscriptionFeed:

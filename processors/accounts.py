@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 from meterline.pricing.catalogue import Catalogue
 from meterline.pricing.cycles import BillingSchedule, Cycle
-from meterline.pricing.invoice import CarriedCredits, compute_invoice
+from meterline.pricing.invoice import CarriedCredits, Grant, compute_invoice
 from meterline.schemas.subscription import Subscription, default_subscription, subscription_in_effect
 from meterline.subscriptions import billing_cycle, cycle_terms
 
@@ -50,10 +50,11 @@ class CycleAccount(NamedTuple):
     provider_cost: Decimal = ZERO
     events: int = 0
     carried: tuple[tuple[Decimal, int], ...] = ()  # (credits, cycles left) carried into this cycle
+    grants: tuple[Grant, ...] = ()  # what was left of each grant when the cycle began, and those given in it
 
     def add(self, credits: Decimal, cost: Decimal) -> CycleAccount:
         return CycleAccount(self.subscriber, self.start, self.end, self.used + credits, self.provider_cost + cost,
-                            self.events + 1, self.carried)  # not _replace: once per event, ~3x cheaper
+                            self.events + 1, self.carried, self.grants)  # not _replace: once per event, ~3x cheaper
 
     def contains(self, subscriber: str, at: datetime) -> bool:
         return self.subscriber == subscriber and self.start <= at < self.end
@@ -61,13 +62,17 @@ class CycleAccount(NamedTuple):
     def to_json(self) -> dict[str, Any]:
         return {"subscriber": self.subscriber, "start": self.start.isoformat(), "end": self.end.isoformat(),
                 "used": str(self.used), "provider_cost": str(self.provider_cost), "events": self.events,
-                "carried": [[str(credits), cycles] for credits, cycles in self.carried]}
+                "carried": [[str(credits), cycles] for credits, cycles in self.carried],
+                "grants": [[g.grant_id, str(g.credits), g.kind, None if g.expires_at is None else g.expires_at.isoformat()]
+                           for g in self.grants]}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> CycleAccount:
         return cls(value["subscriber"], datetime.fromisoformat(value["start"]), datetime.fromisoformat(value["end"]),
                    Decimal(value["used"]), Decimal(value["provider_cost"]), int(value["events"]),
-                   tuple((Decimal(credits), int(cycles)) for credits, cycles in value["carried"]))
+                   tuple((Decimal(credits), int(cycles)) for credits, cycles in value["carried"]),
+                   tuple(Grant(grant_id, Decimal(credits), kind, None if expires is None else datetime.fromisoformat(expires))
+                         for grant_id, credits, kind, expires in value.get("grants", ())))
 
 
 class Placement(NamedTuple):
@@ -102,14 +107,27 @@ class Accounts:
         key, subscription = self.subscription(org_id, user_id, at)
         cycle = billing_cycle(subscription, self.catalogue, at)
         placement = Placement(subscription.plan_at(at) or subscription.plan, cycle.start, False)
-        if account is not None and (cycle.start < account.start or (cycle.start == account.start and key != account.subscriber)):
+        if account is not None and cycle.start < account.start:
             return placement._replace(late=True), account  # its cycle is no longer the live one
-        carried = self._carried_into(account, subscription, cycle) if account is not None and account.subscriber == key else ()
-        return placement, CycleAccount(key, cycle.start, cycle.end, carried=carried).add(credits, cost)
+        # A later cycle, or another subscriber's cycle from the same instant (a subscription that
+        # started with the calendar month): the event's own subscription is in effect, it goes live.
+        return placement, self._advance(org_id, user_id, key, cycle, account).add(credits, cost)
+
+    def grant(self, org_id: str, user_id: str, grant: Grant, at: datetime, account: CycleAccount | None) -> CycleAccount:
+        """The live account after granting `grant` at `at` (a grant dated in a closed cycle is usable now)."""
+        key, subscription = self.subscription(org_id, user_id, at)
+        cycle = billing_cycle(subscription, self.catalogue, at)
+        if account is None or cycle.start > account.start or (cycle.start == account.start and key != account.subscriber):
+            account = self._advance(org_id, user_id, key, cycle, account)
+        return account._replace(grants=(*account.grants, grant))
 
     def _subscriber(self, org_id: str, user_id: str, at: datetime) -> str:
         found = subscription_in_effect(org_id, user_id, self.subscriptions, at)
         return DEFAULT_SUBSCRIBER if found is None else found.subscriber_key
+
+    def _subscription_of(self, subscriber: str, org_id: str, user_id: str) -> Subscription:
+        found = self.subscriptions.get(subscriber) if subscriber else None
+        return found or default_subscription(org_id, user_id, self.default_plan)
 
     def _plan_at(self, org_id: str, user_id: str, subscriber: str, at: datetime) -> str:
         if subscriber == DEFAULT_SUBSCRIBER:
@@ -117,45 +135,64 @@ class Accounts:
         subscription = self.subscriptions[subscriber]
         return subscription.plan_at(at) or subscription.plan
 
-    def _carried_into(self, account: CycleAccount, subscription: Subscription, target: Cycle) -> tuple[tuple[Decimal, int], ...]:
-        """Close `account` and each cycle after it up to `target`: the credits carried into `target`."""
-        schedule = BillingSchedule(subscription.billing_anchor, self.catalogue.plan(subscription.plan_at(account.start)
-                                                                                     or subscription.plan).interval)
+    def _advance(self, org_id: str, user_id: str, subscriber: str, cycle: Cycle,
+                 account: CycleAccount | None) -> CycleAccount:
+        """The new live account of `subscriber` for `cycle`, after closing `account` (an earlier one).
+
+        Rollover credits stay with their subscription; grants belong to the user and follow them.
+        """
+        if account is None:
+            return CycleAccount(subscriber, cycle.start, cycle.end)
+        carried, grants = self._close(account, org_id, user_id, cycle.start)
+        return CycleAccount(subscriber, cycle.start, cycle.end, carried=carried if subscriber == account.subscriber else (),
+                            grants=grants)
+
+    def _close(self, account: CycleAccount, org_id: str, user_id: str,
+               until: datetime) -> tuple[tuple[tuple[Decimal, int], ...], tuple[Grant, ...]]:
+        """Close `account` and every later cycle of its subscription that starts before `until`:
+        the credits carried on and what is left of each grant, by the pricing domain's invoice math."""
+        subscription = self._subscription_of(account.subscriber, org_id, user_id)
+        interval = self.catalogue.plan(subscription.plan_at(account.start) or subscription.plan).interval
+        schedule = BillingSchedule(subscription.billing_anchor, interval)
         cycle = schedule.cycle_at(max(account.start, subscription.billing_anchor))
         carried = [CarriedCredits(credits, cycles) for credits, cycles in account.carried]
+        grants = list(account.grants)
         used = account.used
         for _ in range(MAX_CYCLES_WALKED):
-            if cycle.start >= target.start:
+            if cycle.start >= until:
                 break
             of = cycle_terms(subscription, self.catalogue, cycle)
-            carried = list(compute_invoice(of.plan_id, of.plan, used, carried=carried, cycle=cycle, terms=of.terms).carry_out)
-            used = ZERO
-            if not carried:
-                break
+            invoice = compute_invoice(of.plan_id, of.plan, used, carried=carried, grants=grants, cycle=cycle, terms=of.terms)
+            carried, grants, used = list(invoice.carry_out), list(invoice.grants_out), ZERO
+            if not (carried or grants):
+                break  # nothing left to age: the cycles in between change nothing
             cycle = schedule.cycle(cycle.index + 1)
-        return tuple((batch.credits, batch.cycles_left) for batch in carried)
+        return tuple((batch.credits, batch.cycles_left) for batch in carried), tuple(grants)
 
     def balance(self, org_id: str, user_id: str, account: CycleAccount | None, now: datetime) -> dict[str, Any]:
-        """The live account as the balance API shows it: plan, cycle, included, carried, used, remaining, overage."""
+        """The live account as the balance API shows it: plan, cycle, included, carried, grants, used, remaining, overage."""
         key, subscription = self.subscription(org_id, user_id, now)
         cycle = billing_cycle(subscription, self.catalogue, now)
-        if account is not None and account.start > cycle.start and account.subscriber == key:
-            cycle = Cycle(-1, account.start, account.end)  # events already counted in a cycle ahead of this clock
-        if account is None or account.subscriber != key or account.start != cycle.start:
-            carried = self._carried_into(account, subscription, cycle) if account is not None and account.subscriber == key else ()
-            account = CycleAccount(key, cycle.start, cycle.end, carried=carried)  # nothing used yet this cycle
+        if account is not None and account.start > cycle.start:
+            # Events already counted in a cycle ahead of this clock (times a little in the future).
+            key, subscription = account.subscriber, self._subscription_of(account.subscriber, org_id, user_id)
+            cycle = Cycle(-1, account.start, account.end)
+        elif account is None or not account.contains(key, cycle.start):
+            account = self._advance(org_id, user_id, key, cycle, account)  # nothing used yet this cycle
         of = cycle_terms(subscription, self.catalogue, cycle)
-        carried_credits = sum((credits for credits, _cycles in account.carried), ZERO)
-        invoice = compute_invoice(of.plan_id, of.plan, account.used, cycle=cycle, terms=of.terms,
-                                  carried=[CarriedCredits(credits, cycles) for credits, cycles in account.carried])
+        carried = [CarriedCredits(credits, cycles) for credits, cycles in account.carried]
+        invoice = compute_invoice(of.plan_id, of.plan, account.used, carried=carried, grants=account.grants,
+                                  cycle=cycle, terms=of.terms)
         beyond = next(line.quantity for line in invoice.lines if line.kind in ("overage", "over_cap"))
+        carried_credits = sum((batch.credits for batch in carried), ZERO)
+        granted = sum((g.credits for g in account.grants if g.expires_at is None or g.expires_at > cycle.start), ZERO)
         pooled = key == org_id
-        remaining = max(of.terms.included_credits + carried_credits - account.used, ZERO)
+        remaining = max(of.terms.included_credits + carried_credits + granted - account.used, ZERO)
         revenue = invoice.subtotal
         return {
             "plan": of.plan_id, "subscriber": key or None, "pooled": pooled,
             "cycle_start": cycle.start.isoformat(), "cycle_end": cycle.end.isoformat(),
-            "included": str(of.terms.included_credits), "carried": str(carried_credits),
+            "included": str(of.terms.included_credits), "carried": str(carried_credits), "grants": str(granted),
             "used": str(account.used),
             # A pool's remaining and overage depend on every user of the org, whose accounts live
             # on other partitions: this user's record alone cannot say (None, not a wrong number).

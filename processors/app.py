@@ -303,7 +303,8 @@ class Engine:
         remembered = sum(len(ids) for ids in self.processor.remembered.values())
         forgotten_early = sum(ids.forgotten_early for ids in self.processor.remembered.values())
         unconfirmed = sum(len(events) for events, _counts in self._unconfirmed)
-        return {"applied": 0, "duplicates": 0, "conflicts": 0, "replayed": 0, "dead_lettered": 0,
+        return {"applied": 0, "duplicates": 0, "conflicts": 0, "replayed": 0, "dead_lettered": 0, "grants": 0,
+                "duplicate_grants": 0, "conflicting_grants": 0,
                 **self.counters, "remembered_ids": remembered, "forgotten_early": forgotten_early,
                 "pending_events": len(self._pending), "unconfirmed_events": unconfirmed,
                 "subscriptions": len(self.subscriptions.latest), "subscriptions_unreadable": len(self.subscriptions.unreadable)}

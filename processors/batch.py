@@ -14,13 +14,16 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal, localcontext
 from typing import NamedTuple
 
 from meterline.pricing import PricingError, Rater
+from meterline.pricing.invoice import Grant
 from meterline.processors.accounts import Accounts
 from meterline.pricing.money import EXACT
 from meterline.schemas import FieldProblem, InvalidEventError, UsageEvent, parse_event, record_time
+from meterline.schemas.grant import GRANT_TYPE_BYTES, GrantEvent, parse_grant
 from meterline.schemas.rated import Status, rated_record
 from meterline.processors.state import RememberedIds, Seen, UserState, decode_batch, encode_batch, id_digest, payload_fingerprint
 
@@ -60,14 +63,20 @@ class BatchResult:
     counts: Counter[str] = field(default_factory=Counter)
 
 
-def decode(record: SourceRecord) -> UsageEvent | DeadLetter:
-    """The record's usage event, or why it is a dead letter. Never raises."""
+def decode(record: SourceRecord) -> UsageEvent | GrantEvent | DeadLetter:
+    """The record's usage event or grant, or why it is a dead letter. Never raises."""
     if record.value is None:
         return DeadLetter(record, (FieldProblem("value", "the record has no value (null)"),))
+    event: UsageEvent | GrantEvent
     try:
-        # "Too far in the future" is judged against the record's Kafka time, not this worker's
-        # clock, so a replay after a crash judges it the same way.
-        event = parse_event(record.value, now=record_time(record.timestamp))
+        try:
+            # "Too far in the future" is judged against the record's Kafka time, not this worker's
+            # clock, so a replay after a crash judges it the same way.
+            event = parse_event(record.value, now=record_time(record.timestamp))
+        except InvalidEventError:
+            if GRANT_TYPE_BYTES not in record.value:
+                raise
+            event = parse_grant(record.value)  # only a record that is not a usage event pays for this
     except InvalidEventError as error:
         return DeadLetter(record, tuple(error.problems))
     except Exception as error:  # noqa: BLE001 - whatever a record does, it must not stop the worker
@@ -131,10 +140,13 @@ class BatchProcessor:
         for record in records:
             outcome = decode(record)
             if not isinstance(outcome, DeadLetter):
-                outcome = self._too_late(record, outcome, now)
+                outcome = self._too_late(record, outcome.time, now) or outcome
             if isinstance(outcome, DeadLetter):
                 result.dead_letters.append(outcome)
                 result.counts["dead_lettered"] += 1
+                continue
+            if isinstance(outcome, GrantEvent):
+                self._grant(record, outcome, state_of, first_seen.setdefault(record.partition, {}), result)
                 continue
             try:
                 rating = self.rater.rate(outcome)
@@ -160,19 +172,43 @@ class BatchProcessor:
             result.forgotten.extend((partition, key) for key in ids.expire(now))  # the bound on ids
         return result
 
-    def _too_late(self, record: SourceRecord, event: UsageEvent, now: float) -> UsageEvent | DeadLetter:
-        """An event older than the dedupe window is refused: a re-send of it could no longer be recognised.
+    def _too_late(self, record: SourceRecord, event_time: datetime, now: float) -> DeadLetter | None:
+        """An event (or grant) older than the dedupe window is refused: a re-send could no longer be recognised.
 
         Judged against the record's Kafka time (the worker's clock when it has none), so a replay
         after a crash reaches the same verdict.
         """
         written = record.timestamp if record.timestamp and record.timestamp > 0 else now
-        age = written - event.time.timestamp()
+        age = written - event_time.timestamp()
         if age <= self.window_seconds:
-            return event
+            return None
         return DeadLetter(record, (FieldProblem("time", f"is {age / 86_400:,.1f} days before the record was written; "
                                                         f"events older than the dedupe window ({self.window_seconds / 86_400:g} "
                                                         "days) are refused, as a re-send could be counted twice"),))
+
+    def _grant(self, record: SourceRecord, grant: GrantEvent, state_of: Callable[[bytes], UserState],
+               first_seen: dict[int, Seen], result: BatchResult) -> None:
+        """A grant, exactly once: its id is remembered like a request id, its offset like an event's."""
+        user_key = record.key or b""  # decode() checked that it is the grant's org_id/user_id
+        partition, offset = record.partition, record.offset
+        touched = result.states.get(user_key)
+        state = touched[1] if touched else state_of(user_key)
+        digest = id_digest(b"%s\x00grant\x00%s" % (user_key, grant.id.encode()))  # no request id holds a NUL
+        # What the grant gives, not when it was sent: a retry of the same grant is a duplicate.
+        fingerprint = payload_fingerprint(f"{grant.credits}/{grant.kind}/{grant.expires_at}".encode())
+        seen = first_seen.get(digest) or self.remembered[partition].get(digest)
+        if seen is not None and seen.offset != offset:
+            result.counts["duplicate_grants" if seen.fingerprint == fingerprint else "conflicting_grants"] += 1
+            return
+        if state.has_applied(partition, offset):
+            result.counts["replayed"] += 1
+        else:
+            account = self.accounts.grant(grant.org_id, grant.user_id, Grant(grant.id, grant.credits, grant.kind,
+                                                                             grant.expires_at), grant.time, state.account)
+            result.states[user_key] = (partition, state._replace(partition=partition, last_offset=offset, account=account))
+            result.counts["grants"] += 1
+        if seen is None:
+            first_seen[digest] = Seen(offset, fingerprint)
 
     def _apply(self, record: SourceRecord, event: UsageEvent, cost: Decimal, credits: Decimal, rule: str,
                state_of: Callable[[bytes], UserState], first_seen: dict[int, Seen],

@@ -17,19 +17,12 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from meterline.schemas.usage import Identifier
+from meterline.schemas.usage import Identifier, utc_instant
 
 STRIPE_CUSTOMER_PATTERN = r"^cus_[A-Za-z0-9]{1,255}$"
 STRIPE_CUSTOMER_RULE = "must be a Stripe customer id: cus_ then 1 to 255 letters or digits"
 # A default-plan user is treated as subscribed since the first instant Python has, in UTC.
 BEGINNING = datetime(1, 1, 1, tzinfo=timezone.utc)
-
-
-def _utc(value: datetime) -> datetime:
-    try:
-        return value.astimezone(timezone.utc)
-    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00
-        raise ValueError("must be an instant between years 1 and 9999 in UTC") from None
 
 
 class PlanChange(BaseModel):
@@ -43,7 +36,7 @@ class PlanChange(BaseModel):
     @field_validator("at")
     @classmethod
     def _in_utc(cls, value: datetime) -> datetime:
-        return _utc(value)
+        return utc_instant(value)
 
 
 class Subscription(BaseModel):
@@ -62,7 +55,7 @@ class Subscription(BaseModel):
     @field_validator("since", "anchor")
     @classmethod
     def _in_utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _utc(value)
+        return None if value is None else utc_instant(value)
 
     @field_validator("changes")
     @classmethod

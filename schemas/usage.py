@@ -42,6 +42,16 @@ MAX_TOKENS = 10**9
 MAX_REPORTED_COST_USD = 10**6
 MAX_LATENCY_MS = 2**32 - 1
 MONEY_DECIMAL_PLACES = 18
+
+
+def utc_instant(value: datetime) -> datetime:
+    """`value` in UTC; ValueError (a validation error) when UTC cannot hold it."""
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before the first UTC instant Python has
+        raise ValueError("must be an instant between years 1 and 9999 in UTC") from None
+
+
 # Clocks drift; an event a little ahead of ours is fine, one from tomorrow is a bug.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
@@ -127,10 +137,7 @@ class UsageEvent(BaseModel):
     @classmethod
     def _not_in_future(cls, value: datetime, info: ValidationInfo) -> datetime:
         now = (info.context or {}).get("now") or datetime.now(timezone.utc)
-        try:
-            utc = value.astimezone(timezone.utc)
-        except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before the first UTC instant Python has
-            raise ValueError("must be an instant between years 1 and 9999 in UTC") from None
+        utc = utc_instant(value)
         if utc - now > MAX_CLOCK_SKEW:
             ahead = utc - now
             raise ValueError(f"must be at most {MAX_CLOCK_SKEW.total_seconds() / 60:g} minutes in the future, "

@@ -295,3 +295,21 @@ def free_port() -> int:
                 continue
             return port
     raise MeterlineError(f"no free TCP port between {FREE_PORTS.start} and {FREE_PORTS.stop - 1} on 127.0.0.1")
+
+
+def produce_and_wait(settings: Settings, topic: str, records: list[tuple[bytes, bytes]], timeout: float = 30.0) -> None:
+    """Write (key, value) records to `topic`, each key to the partition the SDK would choose; return
+    once Kafka acknowledged them all (MeterlineError otherwise)."""
+    failures: list[str] = []
+
+    def delivered(error: KafkaError | None, _message: object) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
+                         "partitioner": "murmur2_random", "on_delivery": delivered})
+    for key, value in records:
+        producer.produce(topic, value, key)
+    left = producer.flush(timeout)
+    if left or failures:
+        raise MeterlineError(f"Kafka did not acknowledge {left or len(failures)} record(s) on {topic}: {failures[:3]}")

@@ -11,6 +11,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import pytest
+
+from meterline.cli import main
 from meterline.producers import Meter, build_event
 from meterline.schemas.subscription import Subscription
 from meterline.settings import Settings
@@ -69,3 +72,23 @@ def test_balances_follow_the_subscriptions_published_before_and_during_the_run(m
             ("alice", "pro", alice_since, False), ("alice", "pro", alice_since, False),
             ("bob", "free", month_start, False), ("carol", "enterprise", carol_since, False)]
 
+
+
+def test_a_grant_from_the_command_line_is_applied_once(make_settings: Callable[..., Settings],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = make_settings()
+    for name, value in {"BOOTSTRAP": settings.kafka_bootstrap, "HOME": str(settings.home),
+                        "USAGE_TOPIC": settings.usage_topic}.items():
+        monkeypatch.setenv(f"METERLINE_{name}", value)
+    org = "org-grants"
+    with running_pipeline(settings, with_sink=False) as pipeline, Meter(settings) as meter:
+        meter.send(build_event(org, "dana", MODEL, 30_000, 0, request_id="d1"))  # 30 of Free's 50
+        meter.flush()
+        assert wait_for(lambda: counted(pipeline, org, {"dana"}) == 1), pipeline.stats()
+        grant = ["grants", "add", org, "--user", "dana", "--credits", "12.5", "--reason", "ticket 7", "--id", "g-7"]
+        assert main(grant) == 0
+        assert main(grant) == 0  # a retry with the same id
+        assert wait_for(lambda: pipeline.stats()["grants"] == 1 and pipeline.stats()["duplicate_grants"] == 1), pipeline.stats()
+        dana = pipeline.balance(org, "dana")
+        assert (Decimal(dana["grants"]), Decimal(dana["remaining"])) == (Decimal("12.5"), 50 + Decimal("12.5") - 30)
+        assert main(["grants", "add", org, "--user", "dana", "--credits", "-1", "--reason", "x"]) == 2  # refused here

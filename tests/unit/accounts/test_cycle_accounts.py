@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 from meterline.pricing.catalogue import default_catalogue
+from meterline.pricing.invoice import Grant
 from meterline.processors.accounts import Accounts, CycleAccount
 from meterline.processors.state import UserState
 from meterline.schemas.subscription import PlanChange, Subscription
@@ -151,3 +152,65 @@ def test_the_account_survives_the_state_record_bytes():
 def test_a_version_1_state_record_reads_without_an_account():
     raw = b'{"v": 1, "credits_used": "2.5", "events": 3, "partition": 1, "last_offset": 9}'
     assert UserState.from_bytes(raw) == UserState(Decimal("2.5"), 3, 1, 9)
+
+
+def test_an_org_subscription_starting_with_the_month_takes_over_the_default_account():
+    org = Subscription(org_id="acme", plan="pro", since=utc(2026, 12, 1))
+    book = accounts()
+    account, _ = count(book, [(utc(2026, 12, 2), "3")])  # counted before the subscription was read
+    book.subscriptions["acme"] = org  # type: ignore[index]
+    account, placed = count(book, [(utc(2026, 12, 3), "4")], account=account)
+    assert account is not None and (account.subscriber, account.start, account.used) == ("acme", utc(2026, 12, 1), 4)
+    assert placed == [("pro", utc(2026, 12, 1), False)]
+
+
+# --- grants: burned after the included credits, soonest expiry first (pricing/README.md) ------------
+
+def grant(grant_id: str, credits: str, expires_at: datetime | None = None, kind: str = "topup") -> Grant:
+    return Grant(grant_id, Decimal(credits), kind, expires_at)  # type: ignore[arg-type]
+
+
+def test_a_grant_is_used_after_the_included_credits():
+    book = accounts()
+    account = book.grant("acme", "alice", grant("g1", "20"), utc(2026, 12, 1, 9), None)
+    account, _ = count(book, [(utc(2026, 12, 2), "60")], account=account)
+    shown = book.balance("acme", "alice", account, utc(2026, 12, 3))
+    # Free: 50 included, then 10 of the grant's 20.
+    assert (shown["grants"], shown["used"], shown["remaining"], shown["overage"]) == ("20", "60", "10", "0")
+
+
+def test_an_expiring_grant_lapses_at_the_end_of_its_cycle_and_a_top_up_carries_on():
+    book = accounts()
+    account = book.grant("acme", "alice", grant("promo", "30", utc(2026, 12, 20), "promo"), utc(2026, 12, 1), None)
+    account = book.grant("acme", "alice", grant("topup", "40"), utc(2026, 12, 1), account)
+    account, _ = count(book, [(utc(2026, 12, 5), "55"), (utc(2027, 1, 3), "1")], account=account)
+    assert account is not None and account.start == utc(2027, 1, 1)
+    # December: 50 included, then 5 of the promo (soonest expiry first); the promo's other 25 lapse.
+    assert account.grants == (grant("topup", "40"),)
+    shown = book.balance("acme", "alice", account, utc(2027, 1, 4))
+    assert (shown["grants"], shown["remaining"]) == ("40", "89")  # 50 + 40 - 1
+
+
+def test_grants_follow_the_user_to_a_new_subscription_and_rollover_does_not():
+    book = accounts()
+    account = book.grant("acme", "alice", grant("g1", "25"), utc(2026, 12, 1), None)
+    book.subscriptions["acme/alice"] = Subscription(  # type: ignore[index]
+        org_id="acme", user_id="alice", plan="pro", since=utc(2026, 12, 10))
+    account, _ = count(book, [(utc(2026, 12, 11), "2")], account=account)
+    assert account is not None and account.subscriber == "acme/alice"
+    assert account.grants == (grant("g1", "25"),) and account.carried == ()
+
+
+def test_a_grant_dated_in_a_closed_cycle_is_usable_now():
+    book = accounts()
+    account, _ = count(book, [(utc(2027, 1, 2), "1")])
+    account = book.grant("acme", "alice", grant("g-late", "5"), utc(2026, 12, 31), account)
+    assert account.start == utc(2027, 1, 1) and account.grants == (grant("g-late", "5"),)
+
+
+def test_grants_survive_the_state_record_bytes():
+    book = accounts()
+    account = book.grant("acme", "alice", grant("g1", "0.000000000001", utc(2027, 3, 1, 12, 30)), utc(2026, 12, 1), None)
+    account = book.grant("acme", "alice", grant("g2", "1000000000", None, "promo"), utc(2026, 12, 1), account)
+    state = UserState().apply(Decimal(1), 0, 1, account, 0.0, 0.0)
+    assert UserState.from_bytes(state.to_bytes()) == state

@@ -484,3 +484,45 @@ def test_rated_records_say_where_the_balance_counted_each_event() -> None:
     assert state.account is not None and state.account.start == datetime(2024, 2, 1, tzinfo=timezone.utc)
     assert state.account.used == credits(100, 0) and state.credits_used == 2 * credits(100, 0)
     assert state.as_of == datetime(2024, 2, 1, tzinfo=timezone.utc).timestamp()
+
+
+def grant_record(offset: int, grant_id: str = "g1", credits: str = "25", key: bytes = b"acme/alice",
+                 **fields: Any) -> SourceRecord:
+    value = {"type": "dev.meterline.grant.v1", "id": grant_id, "org_id": ORG, "user_id": "alice", "credits": credits,
+             "reason": "support ticket 42", "time": T0.isoformat(), **fields}
+    return SourceRecord(0, offset, key, orjson.dumps(value))
+
+
+def granted(worker: Worker) -> list[tuple[str, Decimal]]:
+    state = worker.store[b"acme/alice"]
+    assert state.account is not None
+    return [(g.grant_id, g.credits) for g in state.account.grants]
+
+
+def test_a_grant_is_applied_once_whatever_is_re_sent_or_replayed() -> None:
+    worker = Worker()
+    first = worker.run([grant_record(0), record(event("alice", 100, 0, "r1"), 1)])
+    assert (first.counts["grants"], first.counts["applied"]) == (1, 1)
+    again = worker.run([grant_record(2, time=T0.replace(hour=5).isoformat())])  # the same grant, sent again later
+    assert again.counts["duplicate_grants"] == 1 and not again.states
+    other = worker.run([grant_record(3, credits="99")])  # the same id with other credits: reported, not applied
+    assert other.counts["conflicting_grants"] == 1
+    replay = worker.run([grant_record(0), record(event("alice", 100, 0, "r1"), 1)])  # after a crash
+    assert replay.counts["replayed"] == 2 and not replay.states
+    assert granted(worker) == [("g1", Decimal(25))]
+    assert worker.balance("alice") == credits(100, 0)  # a grant is not usage
+
+
+@pytest.mark.parametrize(("fields", "key", "field"), [
+    pytest.param({"credits": "-5"}, b"acme/alice", "credits", id="negative"),
+    pytest.param({"credits": "1e10"}, b"acme/alice", "credits", id="too-many"),
+    pytest.param({"expires_at": "2023-12-31T00:00:00Z"}, b"acme/alice", "event", id="expires-before-granted"),
+    pytest.param({"reason": ""}, b"acme/alice", "reason", id="no-reason"),
+    pytest.param({}, b"acme/bob", "key", id="another-users-key"),
+])
+def test_a_bad_grant_is_a_dead_letter_naming_its_field(fields: dict[str, Any], key: bytes, field: str) -> None:
+    worker = Worker()
+    result = worker.run([grant_record(0, key=key, **fields), record(event("alice", 10, 0, "r1"), 1)])
+    assert [letter.record.offset for letter in result.dead_letters] == [0]
+    assert [problem.field for problem in result.dead_letters[0].problems] == [field]
+    assert result.counts["applied"] == 1 and result.counts["grants"] == 0
