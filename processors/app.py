@@ -132,6 +132,8 @@ class Engine:
         # key can be ("/position/<p>": user keys are "org/user", both parts non-empty).
         self.positions: dict[int, int | None] = {}
         self._confirming: asyncio.Future[None] | None = None
+        # Balance streams waiting for a user's next change (views.BalanceStreamView): one queue each.
+        self._watchers: dict[bytes, set[asyncio.Queue[None]]] = {}
         self._drainer: asyncio.Future[None] | None = None
 
     def state_of(self, user_key: bytes) -> UserState:
@@ -242,6 +244,8 @@ class Engine:
         records = self._with_skipped(records)
         result = self.processor.process(records, self.state_of, now=time.time())
         self._write(result)
+        for key in self._watchers.keys() & result.states.keys():
+            self._wake(key)
         for partition in {record.partition for record in records}:
             self._persist(self.states, partition, _position_key(partition), str(self.positions[partition]).encode())
         return result.counts
@@ -298,6 +302,24 @@ class Engine:
         # Another worker may have remembered or forgotten ids while it owned a partition.
         self.processor.forget_partitions()
         self.positions.clear()
+        for key in list(self._watchers):
+            self._wake(key)  # each stream checks whether its user's partition is still here
+
+    def watch(self, user_key: bytes) -> asyncio.Queue[None]:
+        changes: asyncio.Queue[None] = asyncio.Queue(maxsize=1)  # one pending wake-up: changes coalesce
+        self._watchers.setdefault(user_key, set()).add(changes)
+        return changes
+
+    def unwatch(self, user_key: bytes, changes: asyncio.Queue[None]) -> None:
+        watching = self._watchers.get(user_key, set())
+        watching.discard(changes)
+        if not watching:
+            self._watchers.pop(user_key, None)
+
+    def _wake(self, user_key: bytes) -> None:
+        for changes in self._watchers.get(user_key, ()):
+            if changes.empty():
+                changes.put_nowait(None)
 
     def stats(self) -> dict[str, int]:
         remembered = sum(len(ids) for ids in self.processor.remembered.values())
