@@ -22,10 +22,10 @@ Under an org's subscription the account holds this user's share of the org's poo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from meterline.pricing.catalogue import Catalogue
 from meterline.pricing.cycles import BillingSchedule, Cycle
@@ -38,6 +38,14 @@ DEFAULT_SUBSCRIBER = ""  # the subscriber key of a user on the default plan
 # Cycles walked at most when an account closes after a long silence: carried credits have lapsed
 # long before (rollover keeps them a few cycles), so the walk stops early in practice.
 MAX_CYCLES_WALKED = 1200
+
+
+class UserStateLike(Protocol):
+    """What org_share reads of a user's state record (processors/state.py imports this module)."""
+
+    credits_used: Decimal
+    events: int
+    account: CycleAccount | None
 
 
 class CycleAccount(NamedTuple):
@@ -140,12 +148,14 @@ class Accounts:
         """The new live account of `subscriber` for `cycle`, after closing `account` (an earlier one).
 
         Rollover credits stay with their subscription; grants belong to the user and follow them.
+        A pool's rollover depends on all its users together, which no one user's record holds: an
+        org pool carries nothing over (yet).
         """
         if account is None:
             return CycleAccount(subscriber, cycle.start, cycle.end)
         carried, grants = self._close(account, org_id, user_id, cycle.start)
-        return CycleAccount(subscriber, cycle.start, cycle.end, carried=carried if subscriber == account.subscriber else (),
-                            grants=grants)
+        keeps_rollover = subscriber == account.subscriber and subscriber != org_id
+        return CycleAccount(subscriber, cycle.start, cycle.end, carried=carried if keeps_rollover else (), grants=grants)
 
     def _close(self, account: CycleAccount, org_id: str, user_id: str,
                until: datetime) -> tuple[tuple[tuple[Decimal, int], ...], tuple[Grant, ...]]:
@@ -203,3 +213,57 @@ class Accounts:
             "margin": None if pooled or not revenue else str(round(1 - account.provider_cost / revenue, 4)),
             "note": of.note,
         }
+
+
+class OrgShare(NamedTuple):
+    """What one worker's users of an org add up to (views.OrgBalanceView sums them over every worker)."""
+
+    users: int = 0
+    credits_used: Decimal = ZERO  # lifetime
+    events: int = 0  # lifetime
+    pool_used: Decimal = ZERO  # in the org pool's current cycle
+    pool_events: int = 0
+    pool_cost: Decimal = ZERO
+
+    def __add__(self, other: object) -> OrgShare:  # type: ignore[override]
+        assert isinstance(other, OrgShare)
+        return OrgShare(*(mine + theirs for mine, theirs in zip(self, other)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: str(value) if isinstance(value, Decimal) else value for name, value in self._asdict().items()}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> OrgShare:
+        return cls(int(value["users"]), Decimal(value["credits_used"]), int(value["events"]), Decimal(value["pool_used"]),
+                   int(value["pool_events"]), Decimal(value["pool_cost"]))
+
+
+def org_share(accounts: Accounts, org_id: str, states: Iterable[UserStateLike], now: datetime) -> OrgShare:
+    """Sum one worker's users of `org_id`; usage counts in the pool when it is in the pool's current cycle."""
+    pool = accounts.subscriptions.get(org_id)
+    pool_start = billing_cycle(pool, accounts.catalogue, now).start if pool is not None and pool.since <= now else None
+    share = OrgShare()
+    for state in states:
+        account = state.account
+        pooled = account is not None and account.subscriber == org_id and account.start == pool_start
+        share += OrgShare(1, state.credits_used, state.events, account.used if pooled else ZERO,  # type: ignore[union-attr]
+                          account.events if pooled else 0, account.provider_cost if pooled else ZERO)  # type: ignore[union-attr]
+    return share
+
+
+def pool_balance(accounts: Accounts, org_id: str, share: OrgShare, now: datetime) -> dict[str, Any] | None:
+    """The org pool's current cycle, from every worker's share; None when the org has no subscription in effect."""
+    pool = accounts.subscriptions.get(org_id)
+    if pool is None or pool.since > now:
+        return None
+    cycle = billing_cycle(pool, accounts.catalogue, now)
+    of = cycle_terms(pool, accounts.catalogue, cycle)
+    invoice = compute_invoice(of.plan_id, of.plan, share.pool_used, cycle=cycle, terms=of.terms)
+    beyond = next(line.quantity for line in invoice.lines if line.kind in ("overage", "over_cap"))
+    revenue = invoice.subtotal
+    return {"plan": of.plan_id, "cycle_start": cycle.start.isoformat(), "cycle_end": cycle.end.isoformat(),
+            "included": str(of.terms.included_credits), "used": str(share.pool_used),
+            "remaining": str(max(of.terms.included_credits - share.pool_used, ZERO)), "overage": str(beyond),
+            "hard_cap": of.plan.hard_cap, "events_in_cycle": share.pool_events,
+            "provider_cost_usd": str(share.pool_cost), "revenue_usd": str(revenue),
+            "margin": None if not revenue else str(round(1 - share.pool_cost / revenue, 4)), "note": of.note}

@@ -7,14 +7,17 @@ import json
 import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import faust
-from aiohttp import web
+from aiohttp import ClientError, ClientTimeout, web
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 
-from meterline.auth import balance_refusal, operator_key, same_key
+from meterline.auth import balance_refusal, operator_key, org_key, same_key
+from meterline.processors.accounts import OrgShare, org_share, pool_balance
+from meterline.processors.state import UserState
 from meterline.stack import broker_answers
 
 if TYPE_CHECKING:
@@ -131,6 +134,69 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
             finally:
                 engine.unwatch(key, changes)
             return response
+
+    def org_key_refusal(view: View, request: Request, org_id: str) -> Response | None:
+        if same_key(_bearer(request), org_key(secret, org_id)):
+            return None
+        return view.json({"error": "the org's API key is required"}, status=401)
+
+    @app.page("/v1/orgs/{org_id}/balance")
+    class OrgBalanceView(View):
+        """The org's total over every worker's users, and its pool's current cycle when it has a subscription.
+
+        Asks each worker for its share (this one included); if any cannot answer, or the shares do
+        not cover every partition exactly once, the answer is 503: never a partial sum as a total.
+        """
+
+        async def get(self, request: Request, org_id: str) -> Response:
+            if (refusal := org_key_refusal(self, request, org_id)) is not None:
+                return refusal
+            hosts = app.router.table_metadata(engine.states.name)
+            share, covered = OrgShare(), []
+            for host in hosts:
+                url = str(host).rstrip("/")
+                if url == here():
+                    if (busy := unavailable(self)) is not None:
+                        return busy
+                    answer = local_share(org_id)
+                else:
+                    answer = await remote_share(url, org_id, request)
+                    if answer is None:
+                        return self.json({"error": f"worker {url} did not answer, retry shortly"}, status=503, headers=RETRY)
+                share += OrgShare.from_json(answer["share"])
+                covered += answer["partitions"]
+            if sorted(covered) != list(range(engine.settings.partitions)):
+                return self.json({"error": "rebalancing, retry shortly"}, status=503, headers=RETRY)
+            now = datetime.now(timezone.utc)
+            return self.json({"org_id": org_id, **share.to_json(), "pool": pool_balance(engine.accounts, org_id, share, now)})
+
+    @app.page("/v1/internal/orgs/{org_id}/share")
+    class OrgShareView(View):
+        """This worker's share of an org (OrgBalanceView asks every worker for it)."""
+
+        async def get(self, request: Request, org_id: str) -> Response:
+            if (refusal := org_key_refusal(self, request, org_id)) is not None:
+                return refusal
+            return unavailable(self) or self.json(local_share(org_id))
+
+    def local_share(org_id: str) -> dict[str, Any]:
+        assigned = [found for host, found in app.router.table_metadata(engine.states.name).items()
+                    if str(host).rstrip("/") == here()]
+        partitions = sorted({p for found in assigned for topic_partitions in found.values() for p in topic_partitions})
+        prefix = f"{org_id}/".encode()
+        # A scan of this worker's users: an org's balance is asked far less often than a user's.
+        states = (UserState.from_bytes(raw) for key, raw in list(engine.states.data.data.items()) if key.startswith(prefix))
+        return {"partitions": partitions,
+                "share": org_share(engine.accounts, org_id, states, datetime.now(timezone.utc)).to_json()}
+
+    async def remote_share(url: str, org_id: str, request: Request) -> dict[str, Any] | None:
+        try:
+            async with app.http_client.get(f"{url}/v1/internal/orgs/{quote(org_id, safe='')}/share",
+                                           headers={"Authorization": request.headers.get("Authorization", "")},
+                                           timeout=ClientTimeout(total=5)) as response:
+                return await response.json() if response.status == 200 else None
+        except (OSError, asyncio.TimeoutError, ClientError):
+            return None
 
     @app.page("/v1/worker/stats")
     class WorkerStatsView(View):

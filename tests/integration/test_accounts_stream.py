@@ -7,18 +7,22 @@ Expected figures are computed here: a gpt-4o-mini event without an action costs
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 
+from meterline.auth import org_key, user_token
 from meterline.cli import main
 from meterline.producers import Meter, build_event
 from meterline.schemas.subscription import Subscription
 from meterline.settings import Settings
 from meterline.subscriptions import publish
-from tests.integration.pipeline import counted, running_pipeline, wait_for
+from tests.integration.pipeline import another_worker, counted, running_pipeline, stop, wait_for
 
 MODEL = "gpt-4o-mini"
 
@@ -92,3 +96,45 @@ def test_a_grant_from_the_command_line_is_applied_once(make_settings: Callable[.
         dana = pipeline.balance(org, "dana")
         assert (Decimal(dana["grants"]), Decimal(dana["remaining"])) == (Decimal("12.5"), 50 + Decimal("12.5") - 30)
         assert main(["grants", "add", org, "--user", "dana", "--credits", "-1", "--reason", "x"]) == 2  # refused here
+
+
+def test_the_org_balance_sums_every_workers_users_and_shows_the_pool(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    org, secret = "org-pool", settings.api_secret.get_secret_value()  # type: ignore[union-attr]
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    pool_since = now - timedelta(days=3)
+    publish(settings, [Subscription(org_id=org, plan="pro", since=pool_since),
+                       Subscription(org_id=org, user_id="solo", plan="enterprise", since=pool_since)])
+    tokens = {f"p{n}": 1000 * (n + 1) for n in range(10)} | {"solo": 7000}
+    with running_pipeline(settings, with_sink=False) as pipeline, Meter(settings) as meter:
+        other, process = another_worker(settings)
+        try:
+            for user, count in tokens.items():
+                meter.send(build_event(org, user, MODEL, count, 0, request_id=f"r-{user}", timestamp=now - timedelta(hours=1)))
+            meter.flush()
+            pooled = sum(Decimal(count) / 1000 for user, count in tokens.items() if user != "solo")  # 55
+
+            def org_balance(url: str = settings.worker_url, token: str = org_key(secret, org)) -> dict:
+                request = urllib.request.Request(f"{url}/v1/orgs/{org}/balance", headers={"Authorization": f"Bearer {token}"})
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return json.loads(response.read())
+
+            def complete() -> bool:
+                try:
+                    return org_balance()["events"] == len(tokens) and org_balance(other.worker_url)["events"] == len(tokens)
+                except OSError:
+                    return False
+
+            assert wait_for(complete, timeout=120)
+            for url in (settings.worker_url, other.worker_url):  # either worker answers for all
+                body = org_balance(url)
+                assert (body["users"], Decimal(body["credits_used"])) == (11, pooled + 7)
+                pool = body["pool"]
+                assert (pool["plan"], pool["cycle_start"], Decimal(pool["used"])) == ("pro", pool_since.isoformat(), pooled)
+                assert Decimal(pool["remaining"]) == 100 - pooled and pool["events_in_cycle"] == 10
+            for token in (org_key(secret, "another-org"), user_token(secret, org, "p1", int(now.timestamp()) + 600)):
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    org_balance(token=token)
+                assert refused.value.code == 401
+        finally:
+            stop(process)
