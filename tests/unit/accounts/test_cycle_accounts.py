@@ -67,7 +67,7 @@ def test_unused_pro_credits_carry_into_the_next_cycle_and_no_further():
 
 
 def test_carried_credits_age_through_cycles_without_events():
-    enterprise = Subscription(org_id="acme", plan="enterprise", since=utc(2026, 1, 1))
+    enterprise = Subscription(org_id="acme", user_id="alice", plan="enterprise", since=utc(2026, 1, 1))
     book = accounts(enterprise)
     account, _ = count(book, [(utc(2026, 1, 10), "4000")])
     # February and March have no events: January's 1,000 unused are carried into February (3
@@ -214,3 +214,9 @@ def test_grants_survive_the_state_record_bytes():
     account = book.grant("acme", "alice", grant("g2", "1000000000", None, "promo"), utc(2026, 12, 1), account)
     state = UserState().apply(Decimal(1), 0, 1, account, 0.0, 0.0)
     assert UserState.from_bytes(state.to_bytes()) == state
+
+
+def test_an_org_pool_carries_nothing_over_per_user():
+    book = accounts(Subscription(org_id="acme", plan="pro", since=utc(2026, 11, 1)))
+    account, _ = count(book, [(utc(2026, 11, 2), "10"), (utc(2026, 12, 2), "1")])
+    assert account is not None and account.subscriber == "acme" and account.carried == ()
