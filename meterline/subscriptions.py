@@ -251,21 +251,21 @@ class SubscriptionFeed:
     """
 
     def __init__(self, settings: Settings, catalogue: Catalogue | None = None):
-        from confluent_kafka import Consumer
-
         self.topic = settings.subscriptions_topic
+        self.bootstrap = settings.kafka_bootstrap
         self.catalogue = catalogue
         self.latest: dict[str, Subscription] = {}
         self.unreadable: list[str] = []
-        self._consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "enable.auto.commit": False,
-                                   "group.id": f"meterline-subscriptions-{uuid.uuid4().hex}",
-                                   "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 10_000})
+        self._consumer: Any = None  # made by read_to_end, in the process and thread that use it
         self._stopped = threading.Event()
         self._following = False
 
     def read_to_end(self, timeout: float = 30.0) -> dict[str, Subscription]:
-        from confluent_kafka import TopicPartition
+        from confluent_kafka import Consumer, TopicPartition
 
+        self._consumer = Consumer({"bootstrap.servers": self.bootstrap, "enable.auto.commit": False,
+                                   "group.id": f"meterline-subscriptions-{uuid.uuid4().hex}",
+                                   "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 10_000})
         metadata = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
         if metadata is None or metadata.error is not None:
             return self.latest  # nothing published yet (the worker creates the topic before it starts)
@@ -299,7 +299,7 @@ class SubscriptionFeed:
 
     def close(self) -> None:
         self._stopped.set()
-        if not self._following:
+        if not self._following and self._consumer is not None:
             self._consumer.close()
 
     def _take(self, message: Any) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from datetime import datetime, timezone
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -41,6 +42,10 @@ def serving(app: faust.App) -> bool:
 
 
 STREAM_KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing an idle stream
+
+
+def openapi_document() -> dict[str, Any]:
+    return json.loads(resources.files("meterline.processors").joinpath("openapi.json").read_text())
 
 
 def balance_body(engine: Engine, org_id: str, user_id: str) -> dict[str, Any]:
@@ -206,6 +211,13 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
             if not same_key(_bearer(request), operator_key(secret)):
                 return self.json({"error": "the operator key is required"}, status=401)
             return self.json(engine.stats())
+
+    @app.page("/openapi.json")
+    class OpenApiView(View):
+        """The API's OpenAPI document (processors/openapi.json, committed beside this file)."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json(openapi_document())
 
     @app.page("/healthz")
     class HealthView(View):

@@ -18,6 +18,7 @@ import pytest
 
 from meterline.auth import org_key, user_token
 from meterline.cli import main
+from meterline.processors.views import openapi_document
 from meterline.producers import Meter, build_event
 from meterline.schemas.subscription import Subscription
 from meterline.settings import Settings
@@ -44,6 +45,10 @@ def test_balances_follow_the_subscriptions_published_before_and_during_the_run(m
         meter.flush()
         assert wait_for(lambda: counted(pipeline, org, {"alice", "bob"}) == 3)
         alice, bob = pipeline.balance(org, "alice"), pipeline.balance(org, "bob")
+        schemas = openapi_document()["components"]["schemas"]
+        assert set(alice) == set(bob) == set(schemas["Balance"]["properties"])  # the document says what is served
+        with urllib.request.urlopen(f"{settings.worker_url}/openapi.json", timeout=5) as response:
+            assert json.loads(response.read()) == openapi_document()
 
         used = credits(1200, 300) + credits(500, 0)
         assert (alice["plan"], alice["subscriber"], alice["cycle_start"]) == ("pro", f"{org}/alice", alice_since.isoformat())
@@ -128,6 +133,9 @@ def test_the_org_balance_sums_every_workers_users_and_shows_the_pool(make_settin
             assert wait_for(complete, timeout=120)
             for url in (settings.worker_url, other.worker_url):  # either worker answers for all
                 body = org_balance(url)
+                schemas = openapi_document()["components"]["schemas"]
+                assert set(body) == set(schemas["OrgBalance"]["properties"])
+                assert set(body["pool"]) == set(schemas["OrgBalance"]["properties"]["pool"]["anyOf"][0]["properties"])
                 assert (body["users"], Decimal(body["credits_used"])) == (11, pooled + 7)
                 pool = body["pool"]
                 assert (pool["plan"], pool["cycle_start"], Decimal(pool["used"])) == ("pro", pool_since.isoformat(), pooled)
