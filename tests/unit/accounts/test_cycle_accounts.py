@@ -220,3 +220,45 @@ def test_an_org_pool_carries_nothing_over_per_user():
     book = accounts(Subscription(org_id="acme", plan="pro", since=utc(2026, 11, 1)))
     account, _ = count(book, [(utc(2026, 11, 2), "10"), (utc(2026, 12, 2), "1")])
     assert account is not None and account.subscriber == "acme" and account.carried == ()
+
+
+# --- the cases, worked out by hand --------------------------------------------------------
+
+def test_pro_with_130_credits_used_shows_30_of_overage_and_9_dollars():
+    pro = Subscription(org_id="acme", user_id="alice", plan="pro", since=utc(2026, 12, 1))
+    book = accounts(pro)
+    account, _ = count(book, [(utc(2026, 12, 2), "100"), (utc(2026, 12, 9), "30")])
+    shown = book.balance("acme", "alice", account, utc(2026, 12, 10))
+    assert (shown["remaining"], shown["overage"]) == ("0", "30")
+    assert Decimal(shown["revenue_usd"]) - 20 == Decimal("9.00")  # 30 x $0.30 on top of the $20 fee
+
+
+def test_a_free_user_exactly_at_the_hard_cap():
+    book = accounts()
+    account, _ = count(book, [(utc(2026, 12, 2), "49.5"), (utc(2026, 12, 2), "0.5")])
+    shown = book.balance("acme", "alice", account, utc(2026, 12, 3))
+    assert (Decimal(shown["remaining"]), Decimal(shown["overage"]), shown["hard_cap"]) == (0, 0, True)
+
+
+def test_rollover_is_capped_at_the_plans_maximum():
+    # Enterprise keeps unused credits 3 cycles, 5,000 at most: two idle months fill the cap.
+    enterprise = Subscription(org_id="acme", user_id="alice", plan="enterprise", since=utc(2026, 1, 1))
+    book = accounts(enterprise)
+    account, _ = count(book, [(utc(2026, 1, 2), "0.001")])
+    march = book.balance("acme", "alice", account, utc(2026, 3, 2))
+    assert Decimal(march["carried"]) == 5000
+
+
+def test_an_anchor_on_january_31_bills_to_the_end_of_february_and_then_march_31():
+    pro = Subscription(org_id="acme", user_id="alice", plan="pro", since=utc(2027, 1, 31, 8))
+    book = accounts(pro)
+    _, placed = count(book, [(utc(2027, 2, 28, 7), "1"), (utc(2027, 2, 28, 8), "1"), (utc(2027, 3, 31, 8), "1")])
+    assert [start for _plan, start, _late in placed] == [utc(2027, 1, 31, 8), utc(2027, 2, 28, 8), utc(2027, 3, 31, 8)]
+
+
+def test_an_anchor_on_february_29_keeps_the_29th_when_the_month_has_it():
+    pro = Subscription(org_id="acme", user_id="alice", plan="pro", since=utc(2028, 2, 29))
+    book = accounts(pro)
+    account, placed = count(book, [(utc(2028, 3, 28), "1"), (utc(2028, 3, 29), "1")])
+    assert [start for _plan, start, _late in placed] == [utc(2028, 2, 29), utc(2028, 3, 29)]
+    assert account is not None and account.end == utc(2028, 4, 29)
