@@ -27,6 +27,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, NamedTuple, Protocol
 
+import orjson
+
 from meterline.pricing.catalogue import Catalogue
 from meterline.pricing.cycles import BillingSchedule, Cycle
 from meterline.pricing.invoice import CarriedCredits, Grant, compute_invoice
@@ -38,6 +40,7 @@ DEFAULT_SUBSCRIBER = ""  # the subscriber key of a user on the default plan
 # Cycles walked at most when an account closes after a long silence: carried credits have lapsed
 # long before (rollover keeps them a few cycles), so the walk stops early in practice.
 MAX_CYCLES_WALKED = 1200
+MAX_CACHED_DEFAULTS = 100_000
 
 
 class UserStateLike(Protocol):
@@ -98,12 +101,13 @@ class Accounts:
         self.catalogue = catalogue
         self.default_plan = default_plan
         self.subscriptions = subscriptions  # read by reference: the subscriptions feed keeps it current
+        self._defaults: dict[tuple[str, str], Subscription] = {}
 
     def subscription(self, org_id: str, user_id: str, at: datetime) -> tuple[str, Subscription]:
         """The subscriber key and subscription in effect for the user at `at`."""
         found = subscription_in_effect(org_id, user_id, self.subscriptions, at)
         if found is None:
-            return DEFAULT_SUBSCRIBER, default_subscription(org_id, user_id, self.default_plan)
+            return DEFAULT_SUBSCRIBER, self._default_subscription(org_id, user_id)
         return found.subscriber_key, found
 
     def place(self, org_id: str, user_id: str, at: datetime, credits: Decimal, cost: Decimal,
@@ -129,13 +133,22 @@ class Accounts:
             account = self._advance(org_id, user_id, key, cycle, account)
         return account._replace(grants=(*account.grants, grant))
 
+    def _default_subscription(self, org_id: str, user_id: str) -> Subscription:
+        # Built once per user (validating a Subscription costs ~5 us; the alerts ask twice a batch).
+        found = self._defaults.get((org_id, user_id))
+        if found is None:
+            if len(self._defaults) >= MAX_CACHED_DEFAULTS:
+                self._defaults.clear()
+            found = self._defaults[(org_id, user_id)] = default_subscription(org_id, user_id, self.default_plan)
+        return found
+
     def _subscriber(self, org_id: str, user_id: str, at: datetime) -> str:
         found = subscription_in_effect(org_id, user_id, self.subscriptions, at)
         return DEFAULT_SUBSCRIBER if found is None else found.subscriber_key
 
     def _subscription_of(self, subscriber: str, org_id: str, user_id: str) -> Subscription:
         found = self.subscriptions.get(subscriber) if subscriber else None
-        return found or default_subscription(org_id, user_id, self.default_plan)
+        return found or self._default_subscription(org_id, user_id)
 
     def _plan_at(self, org_id: str, user_id: str, subscriber: str, at: datetime) -> str:
         if subscriber == DEFAULT_SUBSCRIBER:
@@ -179,6 +192,25 @@ class Accounts:
             cycle = schedule.cycle(cycle.index + 1)
         return tuple((batch.credits, batch.cycles_left) for batch in carried), tuple(grants)
 
+    def allowance(self, org_id: str, user_id: str, account: CycleAccount | None) -> Allowance | None:
+        """How much of its allowance the live account has used; None for no account, or an org's pool."""
+        if account is None or account.subscriber == org_id:
+            return None  # a pool's level depends on every user of the org
+        subscription = self._subscription_of(account.subscriber, org_id, user_id)
+        of = cycle_terms(subscription, self.catalogue, Cycle(-1, account.start, account.end))
+        allowance = (of.terms.included_credits + sum((credits for credits, _cycles in account.carried), ZERO)
+                     + sum((g.credits for g in account.grants if g.expires_at is None or g.expires_at > account.start), ZERO))
+        return Allowance(_level(account.used, allowance), of.plan_id, of.plan.hard_cap, account.start, account.used, allowance)
+
+    def alerts(self, org_id: str, user_id: str, before: CycleAccount | None, after: CycleAccount | None) -> list[Alert]:
+        """The alerts between two states of one user's live account (before and after a batch)."""
+        now = self.allowance(org_id, user_id, after)
+        if now is not None and before is not None and (before.subscriber, before.start, before.carried, before.grants) \
+                == (after.subscriber, after.start, after.carried, after.grants):  # type: ignore[union-attr]
+            # The same allowance (the common case): only the usage moved.
+            return alerts_between(now._replace(level=_level(before.used, now.allowance), used=before.used), now)
+        return alerts_between(self.allowance(org_id, user_id, before), now)
+
     def balance(self, org_id: str, user_id: str, account: CycleAccount | None, now: datetime) -> dict[str, Any]:
         """The live account as the balance API shows it: plan, cycle, included, carried, grants, used, remaining, overage."""
         key, subscription = self.subscription(org_id, user_id, now)
@@ -213,6 +245,67 @@ class Accounts:
             "margin": None if pooled or not revenue else str(round(1 - account.provider_cost / revenue, 4)),
             "note": of.note,
         }
+
+
+ALERT_LEVELS = (50, 80, 100)  # % of the cycle's allowance (included + carried + grants)
+
+
+class Alert(NamedTuple):
+    """One crossing of an allowance level, or its clearing, for the alerts topic."""
+
+    level: int
+    condition: str  # usage_50, usage_80, then at 100 overage_started (overage plans) or hard_cap_reached
+    state: str  # crossed | resolved
+    plan: str
+    cycle_start: datetime
+    used: Decimal
+    allowance: Decimal
+
+
+class Allowance(NamedTuple):
+    level: int  # the highest of ALERT_LEVELS reached, or 0
+    plan: str
+    hard_cap: bool
+    cycle_start: datetime
+    used: Decimal
+    allowance: Decimal
+
+
+def alerts_between(before: Allowance | None, after: Allowance | None) -> list[Alert]:
+    """The levels crossed (or cleared: a grant, a new cycle) between two moments of one user's account."""
+    was = before.level if before is not None else 0
+    now = after.level if after is not None else 0
+    if before is not None and after is not None and before.cycle_start != after.cycle_start:
+        # A new cycle clears the old one's levels, then the new one crosses its own.
+        return alerts_between(before, None) + alerts_between(None, after)
+    shown = after if now > was else before
+    if shown is None or now == was:
+        return []
+    levels = [level for level in ALERT_LEVELS if min(was, now) < level <= max(was, now)]
+    state = "crossed" if now > was else "resolved"
+    return [Alert(level, _condition(level, shown.hard_cap), state, shown.plan, shown.cycle_start,
+                  (after or before).used, (after or before).allowance) for level in levels]  # type: ignore[union-attr]
+
+
+def alert_record(org_id: str, user_id: str, alert: Alert, at: float) -> bytes:
+    """The alerts topic's record; `id` is the same for the same crossing, so a consumer can drop a repeat."""
+    cycle = alert.cycle_start.isoformat()
+    return orjson.dumps({
+        "type": "dev.meterline.alert.v1", "id": f"{org_id}/{user_id}/{cycle}/{alert.level}/{alert.state}",
+        "org_id": org_id, "user_id": user_id, "plan": alert.plan, "cycle_start": cycle, "level": alert.level,
+        "condition": alert.condition, "state": alert.state, "used": str(alert.used), "allowance": str(alert.allowance),
+        "at": at,
+    })
+
+
+def _level(used: Decimal, allowance: Decimal) -> int:
+    return max((level for level in ALERT_LEVELS if used > 0 and used * 100 >= allowance * level), default=0)
+
+
+def _condition(level: int, hard_cap: bool) -> str:
+    if level < 100:
+        return f"usage_{level}"
+    return "hard_cap_reached" if hard_cap else "overage_started"
 
 
 class OrgShare(NamedTuple):

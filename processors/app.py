@@ -279,6 +279,7 @@ class Engine:
         for partition, key in result.forgotten:
             self._persist(self.remembered, partition, key, None)  # a tombstone
         self.outbox.put_many(self.settings.rated_topic, result.rated)
+        self.outbox.put_many(self.settings.alerts_topic, result.alerts)
         for letter in result.dead_letters:
             self.outbox.dead_letter(self.settings.dead_letter_topic, letter)
 

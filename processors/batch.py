@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from meterline.pricing import PricingError, Rater
 from meterline.pricing.invoice import Grant
-from meterline.processors.accounts import Accounts
+from meterline.processors.accounts import Accounts, CycleAccount, alert_record
 from meterline.pricing.money import EXACT
 from meterline.schemas import FieldProblem, InvalidEventError, UsageEvent, parse_event, record_time
 from meterline.schemas.grant import GRANT_TYPE_BYTES, GrantEvent, parse_grant
@@ -59,6 +59,8 @@ class BatchResult:
     remembered: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (partition, batch key, record)
     forgotten: list[tuple[int, bytes]] = field(default_factory=list)  # (partition, batch key) to delete
     rated: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (partition, user key, rated record)
+    alerts: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (partition, user key, alert record)
+    before: dict[bytes, CycleAccount | None] = field(default_factory=dict)  # each user's account before the batch
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
 
@@ -160,6 +162,10 @@ class BatchProcessor:
                 result.dead_letters.append(DeadLetter(record, (FieldProblem(
                     "data", f"its credits cannot be added to the balance exactly: {type(error).__name__}"),)))
                 result.counts["dead_lettered"] += 1
+        for user_key, (partition, state) in result.states.items():
+            org_id, _, user_id = user_key.decode().partition("/")
+            for alert in self.accounts.alerts(org_id, user_id, result.before[user_key], state.account):
+                result.alerts.append((partition, user_key, alert_record(org_id, user_id, alert, now)))
         for partition, entries in first_seen.items():
             ids = self.remembered[partition]
             if entries:
@@ -186,13 +192,21 @@ class BatchProcessor:
                                                         f"events older than the dedupe window ({self.window_seconds / 86_400:g} "
                                                         "days) are refused, as a re-send could be counted twice"),))
 
+    def _state(self, user_key: bytes, state_of: Callable[[bytes], UserState], result: BatchResult) -> UserState:
+        """The user's state as this batch has left it so far (the stored one, read once, at first)."""
+        touched = result.states.get(user_key)
+        if touched:
+            return touched[1]
+        state = state_of(user_key)
+        result.before.setdefault(user_key, state.account)
+        return state
+
     def _grant(self, record: SourceRecord, grant: GrantEvent, state_of: Callable[[bytes], UserState],
                first_seen: dict[int, Seen], result: BatchResult) -> None:
         """A grant, exactly once: its id is remembered like a request id, its offset like an event's."""
         user_key = record.key or b""  # decode() checked that it is the grant's org_id/user_id
         partition, offset = record.partition, record.offset
-        touched = result.states.get(user_key)
-        state = touched[1] if touched else state_of(user_key)
+        state = self._state(user_key, state_of, result)
         digest = id_digest(b"%s\x00grant\x00%s" % (user_key, grant.id.encode()))  # no request id holds a NUL
         # What the grant gives, not when it was sent: a retry of the same grant is a duplicate.
         fingerprint = payload_fingerprint(f"{grant.credits}/{grant.kind}/{grant.expires_at}".encode())
@@ -215,8 +229,7 @@ class BatchProcessor:
                result: BatchResult, now: float) -> None:
         user_key = record.key or b""  # decode() checked that it is the event's org_id/user_id
         partition, offset = record.partition, record.offset
-        touched = result.states.get(user_key)
-        state = touched[1] if touched else state_of(user_key)
+        state = self._state(user_key, state_of, result)
         digest = id_digest(b"%s/%s" % (user_key, event.id.encode()))
         fingerprint = payload_fingerprint(record.value or b"")
         seen = first_seen.get(digest) or self.remembered[partition].get(digest)

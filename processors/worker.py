@@ -20,7 +20,7 @@ WORKER_SETTINGS = (
     "home", "bootstrap", "kafka_host", "kafka_port", "usage_topic", "dead_letter_topic", "rated_topic",
     "partitions", "app_id", "worker_host", "worker_port", "dedupe_window_seconds",
     "dedupe_max_ids_per_partition", "worker_batch_size", "worker_batch_seconds", "worker_session_timeout_seconds",
-    "worker_stuck_seconds", "prices", "plans", "api_secret_file", "subscriptions_topic", "default_plan",
+    "worker_stuck_seconds", "prices", "plans", "api_secret_file", "subscriptions_topic", "default_plan", "alerts_topic",
 )
 
 

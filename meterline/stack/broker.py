@@ -248,6 +248,7 @@ def ensure_topics(settings: Settings, compacted: tuple[str, ...] = ()) -> None:
         settings.usage_topic: {},
         settings.rated_topic: {},
         settings.dead_letter_topic: {"max.message.bytes": str(DEAD_LETTER_MAX_BYTES)},
+        settings.alerts_topic: {},
         **{name: {"cleanup.policy": "compact"} for name in compacted},
     }
     names = list(configs)

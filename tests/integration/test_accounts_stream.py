@@ -23,7 +23,7 @@ from meterline.producers import Meter, build_event
 from meterline.schemas.subscription import Subscription
 from meterline.settings import Settings
 from meterline.subscriptions import publish
-from tests.integration.pipeline import another_worker, counted, running_pipeline, stop, wait_for
+from tests.integration.pipeline import another_worker, counted, read_topic, running_pipeline, stop, wait_for
 
 MODEL = "gpt-4o-mini"
 
@@ -101,6 +101,10 @@ def test_a_grant_from_the_command_line_is_applied_once(make_settings: Callable[.
         dana = pipeline.balance(org, "dana")
         assert (Decimal(dana["grants"]), Decimal(dana["remaining"])) == (Decimal("12.5"), 50 + Decimal("12.5") - 30)
         assert main(["grants", "add", org, "--user", "dana", "--credits", "-1", "--reason", "x"]) == 2  # refused here
+        # 30 of 50 crossed 50 %; with the grant, 30 of 62.5 is 48 %: cleared. Once each, keyed by the user.
+        alerts = read_topic(settings, settings.alerts_topic, expected=2, drain=True)
+        assert [(m.key(), json.loads(m.value())["condition"], json.loads(m.value())["state"]) for m in alerts] == [
+            (b"org-grants/dana", "usage_50", "crossed"), (b"org-grants/dana", "usage_50", "resolved")]
 
 
 def test_the_org_balance_sums_every_workers_users_and_shows_the_pool(make_settings: Callable[..., Settings]) -> None:

@@ -26,6 +26,7 @@ from meterline.processors.batch import MAX_REASON_CHARS, BatchProcessor, BatchRe
 from meterline.processors.state import UserState, decode_batch
 from meterline.producers import build_event
 from meterline.schemas import UsageEvent
+from meterline.schemas.subscription import Subscription
 
 ORG = "acme"
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -526,3 +527,39 @@ def test_a_bad_grant_is_a_dead_letter_naming_its_field(fields: dict[str, Any], k
     assert [letter.record.offset for letter in result.dead_letters] == [0]
     assert [problem.field for problem in result.dead_letters[0].problems] == [field]
     assert result.counts["applied"] == 1 and result.counts["grants"] == 0
+
+
+# --- alerts: one record per crossing of 50 / 80 / 100 % of the allowance, and per clearing ---------
+
+def alerts(result: BatchResult) -> list[tuple[int, str, str]]:
+    return [(a["level"], a["condition"], a["state"]) for a in (orjson.loads(raw) for _p, _k, raw in result.alerts)]
+
+
+def test_alerts_fire_once_per_crossing_and_clear_with_a_grant_or_a_new_cycle() -> None:
+    worker = Worker()
+    # Free: 50 credits a month, hard cap. gpt-4o-mini: tokens / 1000 credits.
+    assert alerts(worker.run([record(event("alice", 30_000, 0, "r1"), 0)])) == [(50, "usage_50", "crossed")]
+    assert alerts(worker.run([record(event("alice", 1_000, 0, "r2"), 1)])) == []  # 62 %: no new level
+    assert alerts(worker.run([record(event("alice", 15_000, 0, "r3"), 2), record(event("alice", 4_000, 0, "r4"), 3)])) == [
+        (80, "usage_80", "crossed"), (100, "hard_cap_reached", "crossed")]  # 50 of 50, in one batch
+    assert alerts(worker.run([record(event("alice", 15_000, 0, "r3"), 2)])) == []  # a replay changes nothing
+    # A top-up of 50: 50 used of 100 is 50 %, so 100 and 80 clear.
+    assert alerts(worker.run([grant_record(4, credits="50")])) == [(80, "usage_80", "resolved"),
+                                                                    (100, "hard_cap_reached", "resolved")]
+    february = build_event(ORG, "alice", "gpt-4o-mini", 1_000, 0, request_id="r5", source="test",
+                           timestamp=datetime(2024, 2, 1, tzinfo=timezone.utc))
+    # The new cycle clears January's 50 %; February's 1 of 50 + the 50 granted reaches no level.
+    assert alerts(worker.run([record(february, 5)])) == [(50, "usage_50", "resolved")]
+    (raw,) = [raw for _p, _k, raw in worker.run([record(event("bob", 60_000, 0, "b1"), 6)]).alerts][-1:]
+    bob = orjson.loads(raw)
+    assert (bob["user_id"], bob["plan"], bob["used"], bob["allowance"]) == ("bob", "free", "60", "50")
+    assert bob["id"] == "acme/bob/2024-01-01T00:00:00+00:00/100/crossed"
+
+
+def test_an_overage_plan_says_overage_started_at_100_percent() -> None:
+    processor = new_processor()
+    processor.accounts.subscriptions = {"acme/alice": Subscription(  # type: ignore[assignment]
+        org_id=ORG, user_id="alice", plan="pro", since=datetime(2023, 12, 1, tzinfo=timezone.utc))}
+    worker = Worker(processor)
+    assert alerts(worker.run([record(event("alice", 100_000, 0, "r1"), 0)])) == [
+        (50, "usage_50", "crossed"), (80, "usage_80", "crossed"), (100, "overage_started", "crossed")]
