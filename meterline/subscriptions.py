@@ -23,9 +23,6 @@ from __future__ import annotations
 import csv
 import difflib
 import io
-import threading
-import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,6 +33,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from meterline.exceptions import MeterlineError
+from meterline.feeds import CompactedFeed, UnusableRecord
 from meterline.pricing.catalogue import Catalogue
 from meterline.pricing.cycles import BillingSchedule, Cycle
 from meterline.pricing.config import problems_from
@@ -240,84 +238,28 @@ def publish(settings: Settings, subscriptions: list[Subscription]) -> None:
                      [(subscription.subscriber_key.encode(), subscription.to_json()) for subscription in subscriptions])
 
 
-class SubscriptionFeed:
-    """Every subscriber's latest record on the subscriptions topic: read to its end, then followed.
+class SubscriptionFeed(CompactedFeed[Subscription]):
+    """Every subscriber's latest record on the subscriptions topic (meterline/feeds.py).
 
-    `read_to_end` is what `subscriptions show` and the reports need; the worker calls it before
-    its first batch and then `follow`s the topic in a thread, so `latest` stays current (one dict
-    assignment per record: readers on other threads see the old or the new record, never half).
     A record that is not a subscription, or (given a catalogue) names a plan the catalogue does
     not know, is skipped and named in `unreadable`: the subscriber keeps its previous record.
     """
 
     def __init__(self, settings: Settings, catalogue: Catalogue | None = None):
-        self.topic = settings.subscriptions_topic
-        self.bootstrap = settings.kafka_bootstrap
+        super().__init__(settings.kafka_bootstrap, settings.subscriptions_topic)
         self.catalogue = catalogue
-        self.latest: dict[str, Subscription] = {}
-        self.unreadable: list[str] = []
-        self._consumer: Any = None  # made by read_to_end, in the process and thread that use it
-        self._stopped = threading.Event()
-        self._following = False
 
-    def read_to_end(self, timeout: float = 30.0) -> dict[str, Subscription]:
-        from confluent_kafka import Consumer, TopicPartition
-
-        self._consumer = Consumer({"bootstrap.servers": self.bootstrap, "enable.auto.commit": False,
-                                   "group.id": f"meterline-subscriptions-{uuid.uuid4().hex}",
-                                   "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 10_000})
-        metadata = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
-        if metadata is None or metadata.error is not None:
-            return self.latest  # nothing published yet (the worker creates the topic before it starts)
-        ends = {}
-        for partition in metadata.partitions:
-            low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
-            if high > low:
-                ends[partition] = high
-        self._consumer.assign([TopicPartition(self.topic, p, 0) for p in metadata.partitions])
-        deadline = time.monotonic() + timeout
-        while ends and time.monotonic() < deadline:
-            for message in self._consumer.consume(500, 0.5):
-                if message.error() is None:
-                    self._take(message)
-                    if message.offset() + 1 >= ends.get(message.partition(), 0):
-                        ends.pop(message.partition(), None)
-        if ends:
-            raise MeterlineError(f"could not read the subscriptions topic to its end within {timeout}s")
-        return self.latest
-
-    def follow(self) -> None:
-        """Apply records as they are published, until `close` (run it in a thread)."""
-        self._following = True
+    def parse(self, key: str, value: bytes) -> Subscription:
         try:
-            while not self._stopped.is_set():
-                for message in self._consumer.consume(500, 0.5):
-                    if message.error() is None:
-                        self._take(message)
-        finally:
-            self._consumer.close()  # on the thread that uses it
-
-    def close(self) -> None:
-        self._stopped.set()
-        if not self._following and self._consumer is not None:
-            self._consumer.close()
-
-    def _take(self, message: Any) -> None:
-        key = (message.key() or b"").decode("utf-8", "replace")
-        if message.value() is None:
-            self.latest.pop(key, None)
-            return
-        where = f"partition {message.partition()} offset {message.offset()}"
-        try:
-            record = Subscription.model_validate_json(message.value())
-        except ValidationError:  # not written by `subscriptions load`: named, never fatal
-            self.unreadable.append(where)
-            return
+            record = Subscription.model_validate_json(value)
+        except ValidationError:
+            raise UnusableRecord("") from None
+        if key != record.subscriber_key:  # the topic is compacted by key: another key would keep two histories
+            raise UnusableRecord(f"its key {key!r} is not its subscriber {record.subscriber_key!r}")
         problems = list(_catalogue_problems(record, self.catalogue)) if self.catalogue is not None else []
         if problems:
-            self.unreadable.append(f"{where} ({record.subscriber_key}: {'; '.join(f'{f}: {r}' for f, r in problems)})")
-            return
-        self.latest[record.subscriber_key] = record
+            raise UnusableRecord(f"{record.subscriber_key}: {'; '.join(f'{f}: {r}' for f, r in problems)}")
+        return record
 
 
 def read_topic(settings: Settings, unreadable: list[str], timeout: float = 30.0) -> dict[str, Subscription]:
