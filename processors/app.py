@@ -28,7 +28,7 @@ from meterline.processors.outbox import Outbox
 from meterline.processors.state import UserState
 from meterline.processors.views import register_views
 from meterline.processors.watchdog import EXIT_CRASHED, exit_now, watch_recovery
-from meterline.settings import Settings
+from meterline.settings import Settings, private_dir
 from meterline.subscriptions import SubscriptionFeed, load_checked_catalogue
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ def prepare_process(program: str, loglevel: str) -> list[str]:
 
 def create_faust_app(settings: Settings, app_id: str | None = None) -> faust.App:
     """The Faust app with the worker's settings (the benchmark's do-nothing agent uses it too)."""
+    private_dir(settings.home)  # Faust makes its data directory inside, not the home itself
     return faust.App(
         app_id or settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
