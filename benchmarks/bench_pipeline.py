@@ -12,7 +12,8 @@ Each contender reads with its own consumer group and fresh state; runs alternate
 medians are compared as ratios, because this machine is shared and noisy. Each is timed from
 its first processed event to its last, so start-up and group joins are left out. Then freshness:
 events emitted through the SDK at a steady rate, and the time until each probe event shows in
-the balance API, on one and on two workers. Bounded: about 12 minutes in all, every wait has a deadline.
+the balance API (polled, and read as a server-sent event stream), on one and on two workers. Bounded:
+about 15 minutes in all, every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -49,9 +50,10 @@ EVENTS = 100_000
 USERS = 1_000
 RUNS = 3
 DEADLINE = 120.0  # seconds any one contender may take
-# (events/s, workers): a rate one worker keeps up with, and the design's target on one and on two
-# workers. One worker at 5,000/s runs near its ceiling beside the SDK and the broker on 2 cores.
-FRESHNESS_CASES = ((500, 1), (5_000, 1), (5_000, 2))
+# (events/s, workers, read from the balance stream instead of polling): a rate one worker keeps
+# up with, and the design's target on one and on two workers; then the stream (issue 9: a change
+# within 1 s of the emit).
+FRESHNESS_CASES = ((500, 1, False), (5_000, 1, False), (5_000, 2, False), (500, 1, True), (5_000, 2, True))
 FRESHNESS_SECONDS = 15
 FRESHNESS_RUNS = 3
 EMIT_TICK_SECONDS = 0.002
@@ -205,10 +207,11 @@ def run_quix(settings: Settings, topic: str, events: int) -> float:
         return time.monotonic() - first[0]
 
 
-def measure_freshness(settings: Settings, rate: int, workers: int = 1) -> tuple[list[float], int]:
+def measure_freshness(settings: Settings, rate: int, workers: int = 1, stream: bool = False) -> tuple[list[float], int]:
     """Emit at `rate` events/s through the SDK; every 50th event goes to a probe user whose
-    balance is polled; a probe's latency is emit -> first poll that shows it. Returns the
-    latencies seen and the number of probes sent (probes not seen 30 s after the end are missing)."""
+    balance is polled (or, with `stream`, read from its server-sent event stream); a probe's
+    latency is emit -> first answer that shows it. Returns the latencies seen and the number of
+    probes sent (probes not seen 30 s after the end are missing)."""
     run = uuid.uuid4().hex[:8]
     every = [settings.model_copy(update={"usage_topic": f"bench-fresh-{run}", "app_id": f"bench-fresh-{run}",
                                          "worker_port": free_port(), "dead_letter_topic": f"bench-dlq-{run}"})
@@ -239,6 +242,20 @@ def measure_freshness(settings: Settings, rate: int, workers: int = 1) -> tuple[
                 return
             time.sleep(POLL_SECONDS)
 
+    def read_stream() -> None:
+        url = f"{fresh.worker_url}/v1/orgs/fresh/users/probe/balance/stream"  # urllib follows the 307 to the owner
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        shown = 0
+        with urllib.request.urlopen(request, timeout=30) as response:
+            for line in response:
+                if line.startswith(b"data: "):
+                    count, now = json.loads(line[6:]).get("events", shown), time.monotonic()
+                    while shown < min(count, len(emitted)):
+                        latencies.append(now - emitted[shown])
+                        shown += 1
+                if done.is_set() and (shown >= len(emitted) or time.monotonic() - stop_at > 30):
+                    return
+
     stop_at = float("inf")
     try:
         while True:  # wait until the worker owns its partitions
@@ -247,7 +264,7 @@ def measure_freshness(settings: Settings, rate: int, workers: int = 1) -> tuple[
                 break
             except OSError:
                 time.sleep(0.2)
-        poller = threading.Thread(target=poll)
+        poller = threading.Thread(target=read_stream if stream else poll)
         poller.start()
         with Meter(fresh) as meter:
             # Connected first: a new producer's metadata and producer-id requests took the first
@@ -341,25 +358,32 @@ def main() -> None:
                   f"2 workers once both process: {sustained:,.0f} events/s "
                   f"(runs: {' '.join(f'{rate:,.0f}' for rate in SUSTAINED_RATES)}), {sustained / one_worker:.2f}x one worker")
     console.print(f"memory per remembered request id: {bytes_per_remembered_id():,.0f} bytes")
-    freshness: dict[tuple[int, int], list[tuple[float, float, float, int, int]]] = {case: [] for case in FRESHNESS_CASES}
+    measure_freshness_cases(settings)
+
+
+def measure_freshness_cases(settings: Settings) -> None:
+    """Every FRESHNESS_CASES case FRESHNESS_RUNS times, alternating; prints the medians."""
+    freshness: dict[tuple[int, int, bool], list[tuple[float, float, float, int, int]]] = {case: [] for case in FRESHNESS_CASES}
     for run in range(FRESHNESS_RUNS):
-        for rate, workers in FRESHNESS_CASES:
+        for rate, workers, stream in FRESHNESS_CASES:
             with console.status(f"freshness run {run + 1}/{FRESHNESS_RUNS}: {rate:,} events/s, {workers} worker(s), "
-                                f"{FRESHNESS_SECONDS} s..."):
-                latencies, probes = measure_freshness(settings, rate, workers)
+                                f"{'stream' if stream else 'polled'}, {FRESHNESS_SECONDS} s..."):
+                latencies, probes = measure_freshness(settings, rate, workers, stream)
             if latencies:
-                freshness[(rate, workers)].append((_percentile(latencies, 0.5), _percentile(latencies, 0.99),
-                                                   max(latencies), len(latencies), probes))
+                freshness[(rate, workers, stream)].append((_percentile(latencies, 0.5), _percentile(latencies, 0.99),
+                                                           max(latencies), len(latencies), probes))
     table = Table(title=f"balance freshness: emit -> balance API, {FRESHNESS_RUNS} runs of {FRESHNESS_SECONDS} s, medians")
-    for column in ("events/s", "workers", "p50 ms", "p99 ms", "p99 per run (ms)", "max ms", "probes seen"):
+    for column in ("events/s", "workers", "read by", "p50 ms", "p99 ms", "p99 per run (ms)", "max ms", "probes seen"):
         table.add_column(column, justify="right")
-    for (rate, workers), runs in freshness.items():
+    for (rate, workers, stream), runs in freshness.items():
         if runs:
-            table.add_row(f"{rate:,}", str(workers), f"{statistics.median(r[0] for r in runs) * 1000:,.0f}",
+            table.add_row(f"{rate:,}", str(workers), "stream" if stream else f"poll {POLL_SECONDS * 1000:g} ms",
+                          f"{statistics.median(r[0] for r in runs) * 1000:,.0f}",
                           f"{statistics.median(r[1] for r in runs) * 1000:,.0f}",
                           " ".join(f"{r[1] * 1000:,.0f}" for r in runs), f"{max(r[2] for r in runs) * 1000:,.0f}",
                           f"{sum(r[3] for r in runs)} of {sum(r[4] for r in runs)}")
     console.print(table)
+
 
 if __name__ == "__main__":
     main()

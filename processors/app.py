@@ -122,7 +122,7 @@ class Engine:
             Rater.from_catalogue(catalogue), self.accounts, catalogue_version(settings.prices, settings.plans),
             settings.dedupe_window_seconds, settings.dedupe_max_ids_per_partition,
         )
-        self._subscriptions_read = False
+        self.subscriptions_read = False
         self.outbox = Outbox(settings.kafka_bootstrap, settings.usage_topic)
         self.counters: Counter[str] = Counter()
         self._pending: list[EventT] = []
@@ -147,7 +147,7 @@ class Engine:
         `noack_take` was tried first: after a rebalance it stopped yielding events for good.)
         """
         self._stream = stream
-        if not self._subscriptions_read:
+        if not self.subscriptions_read:
             await self._read_subscriptions()
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.ensure_future(self._flush_when_due())
@@ -174,7 +174,7 @@ class Engine:
         except Exception:
             self._crashed()  # counting usage under the wrong plans would be worse than not counting it
             raise
-        self._subscriptions_read = True
+        self.subscriptions_read = True
         threading.Thread(target=self.subscriptions.follow, name="subscriptions", daemon=True).start()
 
     async def _flush_when_due(self) -> None:

@@ -78,7 +78,8 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
             return None
 
     def unavailable(view: View) -> Response | None:
-        if not serving(app):
+        # Before the subscriptions are read, a subscribed user would show the default plan's numbers.
+        if not serving(app) or not engine.subscriptions_read:
             return view.json({"error": "recovering state, retry shortly"}, status=503, headers=RETRY)
         return None
 
