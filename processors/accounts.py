@@ -113,9 +113,12 @@ class Accounts:
     def place(self, org_id: str, user_id: str, at: datetime, credits: Decimal, cost: Decimal,
               account: CycleAccount | None) -> tuple[Placement, CycleAccount | None]:
         """Count one event at event time `at`: where it goes, and the user's live account after it."""
-        subscriber = self._subscriber(org_id, user_id, at)
+        # One lookup, kept: the subscriptions feed may replace or remove a record meanwhile.
+        found = subscription_in_effect(org_id, user_id, self.subscriptions, at)
+        subscriber = DEFAULT_SUBSCRIBER if found is None else found.subscriber_key
         if account is not None and account.contains(subscriber, at):  # the common case: no cycle arithmetic
-            return Placement(self._plan_at(org_id, user_id, subscriber, at), account.start, False), account.add(credits, cost)
+            plan = self.default_plan if found is None else found.plan_at(at) or found.plan
+            return Placement(plan, account.start, False), account.add(credits, cost)
         key, subscription = self.subscription(org_id, user_id, at)
         cycle = billing_cycle(subscription, self.catalogue, at)
         placement = Placement(subscription.plan_at(at) or subscription.plan, cycle.start, False)
@@ -142,19 +145,9 @@ class Accounts:
             found = self._defaults[(org_id, user_id)] = default_subscription(org_id, user_id, self.default_plan)
         return found
 
-    def _subscriber(self, org_id: str, user_id: str, at: datetime) -> str:
-        found = subscription_in_effect(org_id, user_id, self.subscriptions, at)
-        return DEFAULT_SUBSCRIBER if found is None else found.subscriber_key
-
     def _subscription_of(self, subscriber: str, org_id: str, user_id: str) -> Subscription:
         found = self.subscriptions.get(subscriber) if subscriber else None
         return found or self._default_subscription(org_id, user_id)
-
-    def _plan_at(self, org_id: str, user_id: str, subscriber: str, at: datetime) -> str:
-        if subscriber == DEFAULT_SUBSCRIBER:
-            return self.default_plan
-        subscription = self.subscriptions[subscriber]
-        return subscription.plan_at(at) or subscription.plan
 
     def _advance(self, org_id: str, user_id: str, subscriber: str, cycle: Cycle,
                  account: CycleAccount | None) -> CycleAccount:
