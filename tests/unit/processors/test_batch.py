@@ -520,6 +520,11 @@ def test_a_grant_is_applied_once_whatever_is_re_sent_or_replayed() -> None:
     pytest.param({"expires_at": "2023-12-31T00:00:00Z"}, b"acme/alice", "event", id="expires-before-granted"),
     pytest.param({"reason": ""}, b"acme/alice", "reason", id="no-reason"),
     pytest.param({}, b"acme/bob", "key", id="another-users-key"),
+    pytest.param({"credits": "NaN"}, b"acme/alice", "credits", id="nan"),
+    pytest.param({"credits": "Infinity"}, b"acme/alice", "credits", id="infinity"),
+    pytest.param({"credits": "0.0000000000001"}, b"acme/alice", "credits", id="13-decimals"),
+    pytest.param({"id": "g" * 257}, b"acme/alice", "id", id="long-id"),
+    pytest.param({"time": "0001-01-01T00:00:00+14:00"}, b"acme/alice", "time", id="before-year-1-in-utc"),
 ])
 def test_a_bad_grant_is_a_dead_letter_naming_its_field(fields: dict[str, Any], key: bytes, field: str) -> None:
     worker = Worker()
@@ -563,3 +568,11 @@ def test_an_overage_plan_says_overage_started_at_100_percent() -> None:
     worker = Worker(processor)
     assert alerts(worker.run([record(event("alice", 100_000, 0, "r1"), 0)])) == [
         (50, "usage_50", "crossed"), (80, "usage_80", "crossed"), (100, "overage_started", "crossed")]
+
+
+def test_bytes_that_mention_the_grant_type_but_are_not_text_are_a_dead_letter() -> None:
+    worker = Worker()
+    value = b'\xff\xfe{"type": "dev.meterline.grant.v1", \x00'
+    result = worker.run([SourceRecord(0, 0, b"acme/alice", value), record(event("alice", 10, 0, "r1"), 1)])
+    assert [letter.record.value for letter in result.dead_letters] == [value]  # the original bytes, kept
+    assert result.counts["applied"] == 1
