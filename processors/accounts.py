@@ -33,14 +33,14 @@ from meterline.pricing.catalogue import Catalogue
 from meterline.pricing.cycles import BillingSchedule, Cycle
 from meterline.pricing.invoice import CarriedCredits, Grant, compute_invoice
 from meterline.schemas.subscription import Subscription, default_subscription, subscription_in_effect
-from meterline.subscriptions import billing_cycle, cycle_terms
+from meterline.subscriptions import CycleTermsOf, billing_cycle, cycle_terms
 
 ZERO = Decimal(0)
 DEFAULT_SUBSCRIBER = ""  # the subscriber key of a user on the default plan
 # Cycles walked at most when an account closes after a long silence: carried credits have lapsed
 # long before (rollover keeps them a few cycles), so the walk stops early in practice.
 MAX_CYCLES_WALKED = 1200
-MAX_CACHED_DEFAULTS = 100_000
+MAX_CACHED_DEFAULTS = 100_000  # entries of each per-worker cache, cleared whole when full
 
 
 class UserStateLike(Protocol):
@@ -102,6 +102,7 @@ class Accounts:
         self.default_plan = default_plan
         self.subscriptions = subscriptions  # read by reference: the subscriptions feed keeps it current
         self._defaults: dict[tuple[str, str], Subscription] = {}
+        self._cycle_terms: dict[tuple[str, int, datetime], tuple[Subscription | None, CycleTermsOf]] = {}
 
     def subscription(self, org_id: str, user_id: str, at: datetime) -> tuple[str, Subscription]:
         """The subscriber key and subscription in effect for the user at `at`."""
@@ -189,11 +190,24 @@ class Accounts:
         """How much of its allowance the live account has used; None for no account, or an org's pool."""
         if account is None or account.subscriber == org_id:
             return None  # a pool's level depends on every user of the org
-        subscription = self._subscription_of(account.subscriber, org_id, user_id)
-        of = cycle_terms(subscription, self.catalogue, Cycle(-1, account.start, account.end))
+        of = self._terms(account, org_id, user_id)
         allowance = (of.terms.included_credits + sum((credits for credits, _cycles in account.carried), ZERO)
                      + sum((g.credits for g in account.grants if g.expires_at is None or g.expires_at > account.start), ZERO))
         return Allowance(_level(account.used, allowance), of.plan_id, of.plan.hard_cap, account.start, account.used, allowance)
+
+    def _terms(self, account: CycleAccount, org_id: str, user_id: str) -> CycleTermsOf:
+        """The terms of the account's cycle, kept per subscription record and cycle: every user on the
+        default plan shares one entry a cycle, so a batch's alerts cost a lookup per user."""
+        subscription = self.subscriptions.get(account.subscriber) if account.subscriber else None
+        key = (account.subscriber if subscription is not None else DEFAULT_SUBSCRIBER, id(subscription), account.start)
+        found = self._cycle_terms.get(key)
+        if found is None or found[0] is not subscription:  # `is`: the id of a replaced record can be reused
+            if len(self._cycle_terms) >= MAX_CACHED_DEFAULTS:
+                self._cycle_terms.clear()
+            terms = cycle_terms(subscription or self._default_subscription(org_id, user_id), self.catalogue,
+                                Cycle(-1, account.start, account.end))
+            found = self._cycle_terms[key] = (subscription, terms)
+        return found[1]
 
     def alerts(self, org_id: str, user_id: str, before: CycleAccount | None, after: CycleAccount | None) -> list[Alert]:
         """The alerts between two states of one user's live account (before and after a batch)."""

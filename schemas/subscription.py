@@ -99,6 +99,8 @@ class Subscription(BaseModel):
 def subscription_in_effect(org_id: str, user_id: str, subscriptions: Mapping[str, Subscription],
                            at: datetime) -> Subscription | None:
     """The user's own subscription, else the org's, that has started by `at`; None: the default plan applies."""
+    if not subscriptions:  # no subscription at all: the worker asks once per event
+        return None
     for key in (f"{org_id}/{user_id}", org_id):
         found = subscriptions.get(key)
         if found is not None and found.since <= at:
