@@ -138,7 +138,7 @@ class Accounts:
         return account._replace(grants=(*account.grants, grant))
 
     def _default_subscription(self, org_id: str, user_id: str) -> Subscription:
-        # Built once per user (validating a Subscription costs ~5 us; the alerts ask twice a batch).
+        # Built once per user: validating a Subscription costs ~5 us, and cycle changes and reads ask for it.
         found = self._defaults.get((org_id, user_id))
         if found is None:
             if len(self._defaults) >= MAX_CACHED_DEFAULTS:
