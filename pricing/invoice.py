@@ -83,6 +83,11 @@ class Invoice:
         return sum((line.amount for line in self.lines), ZERO)
 
     @property
+    def beyond_allowance(self) -> Decimal:
+        """Credits used past everything the cycle includes, carries and grants: overage, or past a hard cap."""
+        return next((line.quantity for line in self.lines if line.kind in ("overage", "over_cap")), ZERO)
+
+    @property
     def total(self) -> Decimal:
         """The amount due: the subtotal rounded to cents, half up, the only rounding on the invoice."""
         return self.subtotal.quantize(CENT, ROUND_HALF_UP)

@@ -22,7 +22,7 @@ Under an org's subscription the account holds this user's share of the org's poo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, NamedTuple, Protocol
@@ -230,28 +230,29 @@ class Accounts:
             account = self._advance(org_id, user_id, key, cycle, account)  # nothing used yet this cycle
         of = cycle_terms(subscription, self.catalogue, cycle)
         carried = [CarriedCredits(credits, cycles) for credits, cycles in account.carried]
-        invoice = compute_invoice(of.plan_id, of.plan, account.used, carried=carried, grants=account.grants,
-                                  cycle=cycle, terms=of.terms)
-        beyond = next(line.quantity for line in invoice.lines if line.kind in ("overage", "over_cap"))
-        carried_credits = sum((batch.credits for batch in carried), ZERO)
         granted = sum((g.credits for g in account.grants if g.expires_at is None or g.expires_at > cycle.start), ZERO)
-        pooled = key == org_id
-        remaining = max(of.terms.included_credits + carried_credits + granted - account.used, ZERO)
-        revenue = invoice.subtotal
-        return {
-            "plan": of.plan_id, "subscriber": key or None, "pooled": pooled,
-            "cycle_start": cycle.start.isoformat(), "cycle_end": cycle.end.isoformat(),
-            "included": str(of.terms.included_credits), "carried": str(carried_credits), "grants": str(granted),
-            "used": str(account.used),
+        view = cycle_view(of, cycle, account.used, account.events, account.provider_cost, carried, account.grants, granted)
+        if key == org_id:
             # A pool's remaining and overage depend on every user of the org, whose accounts live
             # on other partitions: this user's record alone cannot say (None, not a wrong number).
-            "remaining": None if pooled else str(remaining), "overage": None if pooled else str(beyond),
-            "hard_cap": of.plan.hard_cap, "events_in_cycle": account.events,
-            "provider_cost_usd": str(account.provider_cost),
-            "revenue_usd": None if pooled else str(revenue),
-            "margin": None if pooled or not revenue else str(round(1 - account.provider_cost / revenue, 4)),
-            "note": of.note,
-        }
+            view |= {"remaining": None, "overage": None, "revenue_usd": None, "margin": None}
+        return {"subscriber": key or None, "pooled": key == org_id, **view}
+
+
+def cycle_view(of: CycleTermsOf, cycle: Cycle, used: Decimal, events: int, cost: Decimal,
+               carried: Sequence[CarriedCredits] = (), grants: Sequence[Grant] = (), granted: Decimal = ZERO) -> dict[str, Any]:
+    """One cycle as the balance API shows it (a user's account, or an org's pool): the invoice math so far."""
+    invoice = compute_invoice(of.plan_id, of.plan, used, carried=carried, grants=grants, cycle=cycle, terms=of.terms)
+    carried_credits = sum((batch.credits for batch in carried), ZERO)
+    revenue = invoice.subtotal
+    return {
+        "plan": of.plan_id, "cycle_start": cycle.start.isoformat(), "cycle_end": cycle.end.isoformat(),
+        "included": str(of.terms.included_credits), "carried": str(carried_credits), "grants": str(granted),
+        "used": str(used), "remaining": str(max(of.terms.included_credits + carried_credits + granted - used, ZERO)),
+        "overage": str(invoice.beyond_allowance), "hard_cap": of.plan.hard_cap, "events_in_cycle": events,
+        "provider_cost_usd": str(cost), "revenue_usd": str(revenue),
+        "margin": None if not revenue else str(round(1 - cost / revenue, 4)), "note": of.note,
+    }
 
 
 ALERT_LEVELS = (50, 80, 100)  # % of the cycle's allowance (included + carried + grants)
@@ -357,13 +358,4 @@ def pool_balance(accounts: Accounts, org_id: str, share: OrgShare, now: datetime
     if pool is None or pool.since > now:
         return None
     cycle = billing_cycle(pool, accounts.catalogue, now)
-    of = cycle_terms(pool, accounts.catalogue, cycle)
-    invoice = compute_invoice(of.plan_id, of.plan, share.pool_used, cycle=cycle, terms=of.terms)
-    beyond = next(line.quantity for line in invoice.lines if line.kind in ("overage", "over_cap"))
-    revenue = invoice.subtotal
-    return {"plan": of.plan_id, "cycle_start": cycle.start.isoformat(), "cycle_end": cycle.end.isoformat(),
-            "included": str(of.terms.included_credits), "used": str(share.pool_used),
-            "remaining": str(max(of.terms.included_credits - share.pool_used, ZERO)), "overage": str(beyond),
-            "hard_cap": of.plan.hard_cap, "events_in_cycle": share.pool_events,
-            "provider_cost_usd": str(share.pool_cost), "revenue_usd": str(revenue),
-            "margin": None if not revenue else str(round(1 - share.pool_cost / revenue, 4)), "note": of.note}
+    return cycle_view(cycle_terms(pool, accounts.catalogue, cycle), cycle, share.pool_used, share.pool_events, share.pool_cost)

@@ -174,10 +174,9 @@ def _entity(name: str, subscription: Subscription, catalogue: Catalogue, cycle: 
     of = cycle_terms(subscription, catalogue, cycle)
     credits = sum((Decimal(row[2]) for row in rows), Decimal(0))
     invoice = compute_invoice(of.plan_id, of.plan, credits, cycle=cycle, terms=of.terms)
-    beyond = next(line.quantity for line in invoice.lines if line.kind in ("overage", "over_cap"))
     return CycleUsage(name, of.plan_id, cycle.start, cycle.end, len(rows), sum(int(row[1]) for row in rows), credits,
                       sum(int(row[3]) for row in rows), sum(int(row[4]) for row in rows),
-                      sum((Decimal(row[5]) for row in rows), Decimal(0)), of.terms.included_credits, beyond,
+                      sum((Decimal(row[5]) for row in rows), Decimal(0)), of.terms.included_credits, invoice.beyond_allowance,
                       invoice.total, of.note)
 
 
