@@ -78,7 +78,7 @@ def decode(record: SourceRecord) -> UsageEvent | GrantEvent | DeadLetter:
         except InvalidEventError:
             if GRANT_TYPE_BYTES not in record.value:
                 raise
-            event = parse_grant(record.value)  # only a record that is not a usage event pays for this
+            event = parse_grant(record.value, record_time(record.timestamp))  # only what is not a usage event pays
     except InvalidEventError as error:
         return DeadLetter(record, tuple(error.problems))
     except Exception as error:  # noqa: BLE001 - whatever a record does, it must not stop the worker
@@ -147,15 +147,16 @@ class BatchProcessor:
                 result.dead_letters.append(outcome)
                 result.counts["dead_lettered"] += 1
                 continue
-            if isinstance(outcome, GrantEvent):
-                self._grant(record, outcome, state_of, first_seen.setdefault(record.partition, {}), result)
-                continue
             try:
+                if isinstance(outcome, GrantEvent):
+                    self._grant(record, outcome, state_of, first_seen.setdefault(record.partition, {}), result)
+                    continue
                 rating = self.rater.rate(outcome)
                 self._apply(record, outcome, rating.provider_cost_usd, rating.credits, rating.rule, state_of,
                             first_seen.setdefault(record.partition, {}), result, now)
             except PricingError as error:  # e.g. a model the price book does not know: never priced at zero
-                result.dead_letters.append(DeadLetter(record, (FieldProblem("data.model", str(error)),)))
+                field_name = "data.model" if isinstance(outcome, UsageEvent) else "event"
+                result.dead_letters.append(DeadLetter(record, (FieldProblem(field_name, str(error)),)))
                 result.counts["dead_lettered"] += 1
             except ArithmeticError as error:  # the bounds make it unreachable; never rounded if it were
                 # _apply raises before it records anything, so the event is not half applied.

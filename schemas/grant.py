@@ -11,10 +11,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from meterline.schemas.errors import InvalidEventError
-from meterline.schemas.usage import Identifier, utc_instant
+from meterline.schemas.usage import Identifier, past_instant, utc_instant
 
 GRANT_TYPE = "dev.meterline.grant.v1"
 GRANT_TYPE_BYTES = f'"{GRANT_TYPE}"'.encode()  # how the worker tells a grant from a usage event, cheaply
@@ -34,7 +34,12 @@ class GrantEvent(BaseModel):
     reason: str = Field(min_length=1, max_length=500)
     time: AwareDatetime  # when it was granted
 
-    @field_validator("time", "expires_at")
+    @field_validator("time")
+    @classmethod
+    def _not_in_future(cls, value: datetime, info: ValidationInfo) -> datetime:
+        return past_instant(value, info)
+
+    @field_validator("expires_at")
     @classmethod
     def _in_utc(cls, value: datetime | None) -> datetime | None:
         return None if value is None else utc_instant(value)
@@ -54,9 +59,9 @@ class GrantEvent(BaseModel):
         return self.model_dump_json(exclude_none=True).encode()
 
 
-def parse_grant(raw: bytes) -> GrantEvent:
-    """Validate one grant record; raise InvalidEventError naming every bad field."""
+def parse_grant(raw: bytes, now: datetime | None = None) -> GrantEvent:
+    """Validate one grant record (its time judged against `now`); raise InvalidEventError naming every bad field."""
     try:
-        return GrantEvent.model_validate_json(raw)
+        return GrantEvent.model_validate_json(raw, context={"now": now} if now else None)
     except ValidationError as error:
         raise InvalidEventError.from_validation_error(error) from None

@@ -55,6 +55,17 @@ def utc_instant(value: datetime) -> datetime:
 # Clocks drift; an event a little ahead of ours is fine, one from tomorrow is a bug.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
+
+def past_instant(value: datetime, info: ValidationInfo) -> datetime:
+    """`value` in UTC, at most MAX_CLOCK_SKEW ahead of the validation context's `now` (else this clock)."""
+    now = (info.context or {}).get("now") or datetime.now(timezone.utc)
+    utc = utc_instant(value)
+    if utc - now > MAX_CLOCK_SKEW:
+        ahead = utc - now
+        raise ValueError(f"must be at most {MAX_CLOCK_SKEW.total_seconds() / 60:g} minutes in the future, "
+                         f"got {ahead} ahead (a timestamp from the future is a bug, not clock skew)")
+    return utc
+
 # Control characters (C0, DEL, C1) are never part of an id: they hide in logs and terminals, and two
 # ids that print alike would be two users. "/" joins org and user in keys; whitespace is always a typo.
 _CONTROL = r"\x00-\x1f\x7f-\x9f"
@@ -136,13 +147,7 @@ class UsageEvent(BaseModel):
     @field_validator("time")
     @classmethod
     def _not_in_future(cls, value: datetime, info: ValidationInfo) -> datetime:
-        now = (info.context or {}).get("now") or datetime.now(timezone.utc)
-        utc = utc_instant(value)
-        if utc - now > MAX_CLOCK_SKEW:
-            ahead = utc - now
-            raise ValueError(f"must be at most {MAX_CLOCK_SKEW.total_seconds() / 60:g} minutes in the future, "
-                             f"got {ahead} ahead (a timestamp from the future is a bug, not clock skew)")
-        return utc
+        return past_instant(value, info)
 
     @model_validator(mode="after")
     def _subject_is_user(self) -> UsageEvent:

@@ -525,6 +525,7 @@ def test_a_grant_is_applied_once_whatever_is_re_sent_or_replayed() -> None:
     pytest.param({"credits": "0.0000000000001"}, b"acme/alice", "credits", id="13-decimals"),
     pytest.param({"id": "g" * 257}, b"acme/alice", "id", id="long-id"),
     pytest.param({"time": "0001-01-01T00:00:00+14:00"}, b"acme/alice", "time", id="before-year-1-in-utc"),
+    pytest.param({"time": "9999-12-31T23:59:59Z"}, b"acme/alice", "time", id="from-the-future"),
 ])
 def test_a_bad_grant_is_a_dead_letter_naming_its_field(fields: dict[str, Any], key: bytes, field: str) -> None:
     worker = Worker()
