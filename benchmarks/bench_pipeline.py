@@ -227,6 +227,14 @@ def measure_freshness(settings: Settings, rate: int, workers: int = 1, stream: b
     latencies: list[float] = []
     done = threading.Event()
 
+    def seen(count: int, shown: int) -> int:
+        """The probe's balance now counts `count` events: each newly shown probe's latency is now."""
+        now = time.monotonic()
+        while shown < min(count, len(emitted)):
+            latencies.append(now - emitted[shown])
+            shown += 1
+        return shown
+
     def poll() -> None:
         shown = 0
         while not done.is_set() or shown < len(emitted):
@@ -234,10 +242,7 @@ def measure_freshness(settings: Settings, rate: int, workers: int = 1, stream: b
                 count = get_balance(fresh.worker_url, token, "fresh", "probe")["events"]
             except OSError:
                 count = shown
-            now = time.monotonic()
-            while shown < min(count, len(emitted)):
-                latencies.append(now - emitted[shown])
-                shown += 1
+            shown = seen(count, shown)
             if done.is_set() and time.monotonic() - stop_at > 30:
                 return
             time.sleep(POLL_SECONDS)
@@ -249,10 +254,7 @@ def measure_freshness(settings: Settings, rate: int, workers: int = 1, stream: b
         with urllib.request.urlopen(request, timeout=30) as response:
             for line in response:
                 if line.startswith(b"data: "):
-                    count, now = json.loads(line[6:]).get("events", shown), time.monotonic()
-                    while shown < min(count, len(emitted)):
-                        latencies.append(now - emitted[shown])
-                        shown += 1
+                    shown = seen(json.loads(line[6:]).get("events", shown), shown)
                 if done.is_set() and (shown >= len(emitted) or time.monotonic() - stop_at > 30):
                     return
 

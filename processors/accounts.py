@@ -120,14 +120,14 @@ class Accounts:
         if account is not None and account.contains(subscriber, at):  # the common case: no cycle arithmetic
             plan = self.default_plan if found is None else found.plan_at(at) or found.plan
             return Placement(plan, account.start, False), account.add(credits, cost)
-        key, subscription = self.subscription(org_id, user_id, at)
+        subscription = found or self._default_subscription(org_id, user_id)
         cycle = billing_cycle(subscription, self.catalogue, at)
         placement = Placement(subscription.plan_at(at) or subscription.plan, cycle.start, False)
         if account is not None and cycle.start < account.start:
             return placement._replace(late=True), account  # its cycle is no longer the live one
         # A later cycle, or another subscriber's cycle from the same instant (a subscription that
         # started with the calendar month): the event's own subscription is in effect, it goes live.
-        return placement, self._advance(org_id, user_id, key, cycle, account).add(credits, cost)
+        return placement, self._advance(org_id, user_id, subscriber, cycle, account).add(credits, cost)
 
     def grant(self, org_id: str, user_id: str, grant: Grant, at: datetime, account: CycleAccount | None) -> CycleAccount:
         """The live account after granting `grant` at `at` (a grant dated in a closed cycle is usable now)."""

@@ -44,6 +44,11 @@ def serving(app: faust.App) -> bool:
 STREAM_KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing an idle stream
 
 
+def _base_url(url: object) -> str:
+    """A worker's URL as Faust gives it (a yarl URL or text, with or without a final slash), comparable."""
+    return str(url).rstrip("/")
+
+
 def openapi_document() -> dict[str, Any]:
     return json.loads(resources.files("meterline.processors").joinpath("openapi.json").read_text())
 
@@ -68,14 +73,18 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
         return None if refusal is None else view.json({"error": refusal}, status=401)
 
     def here() -> str:
-        return str(app.conf.canonical_url).rstrip("/")
+        return _base_url(app.conf.canonical_url)
 
     def owner_of(key: bytes) -> str | None:
         """The base URL of the worker that owns `key`'s partition; None while no one is known to."""
         try:
-            return str(app.router.key_store(engine.states.name, key)).rstrip("/")
+            return _base_url(app.router.key_store(engine.states.name, key))
         except (KeyError, TypeError):
             return None
+
+    def rebalancing(view: View) -> Response:
+        # No assignment yet (starting or rebalancing): the owner is unknown for a moment.
+        return view.json({"error": "rebalancing, retry shortly"}, status=503, headers=RETRY)
 
     def unavailable(view: View) -> Response | None:
         # Before the subscriptions are read, a subscribed user would show the default plan's numbers.
@@ -93,8 +102,7 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
             except SameNode:
                 pass  # this worker owns the user's partition: answer from the local table
             except (KeyError, TypeError, ServiceUnavailable):
-                # No assignment yet (starting or rebalancing): the owner is unknown for a moment.
-                return self.json({"error": "rebalancing, retry shortly"}, status=503, headers=RETRY)
+                return rebalancing(self)
             return unavailable(self) or self.json(balance_body(engine, org_id, user_id))
 
     @app.page("/v1/orgs/{org_id}/users/{user_id}/balance/stream")
@@ -111,7 +119,7 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
             key = f"{org_id}/{user_id}".encode()
             owner = owner_of(key)
             if owner is None:
-                return self.json({"error": "rebalancing, retry shortly"}, status=503, headers=RETRY)
+                return rebalancing(self)
             if owner != here():
                 return self.json({"owner": owner}, status=307, headers={"Location": owner + str(request.rel_url)})
             if (busy := unavailable(self)) is not None:
@@ -160,7 +168,7 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
             hosts = app.router.table_metadata(engine.states.name)
             share, covered = OrgShare(), []
             for host in hosts:
-                url = str(host).rstrip("/")
+                url = _base_url(host)
                 if url == here():
                     if (busy := unavailable(self)) is not None:
                         return busy
@@ -172,7 +180,7 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
                 share += OrgShare.from_json(answer["share"])
                 covered += answer["partitions"]
             if sorted(covered) != list(range(engine.settings.partitions)):
-                return self.json({"error": "rebalancing, retry shortly"}, status=503, headers=RETRY)
+                return rebalancing(self)
             now = datetime.now(timezone.utc)
             return self.json({"org_id": org_id, **share.to_json(), "pool": pool_balance(engine.accounts, org_id, share, now)})
 
@@ -187,7 +195,7 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
 
     def local_share(org_id: str) -> dict[str, Any]:
         assigned = [found for host, found in app.router.table_metadata(engine.states.name).items()
-                    if str(host).rstrip("/") == here()]
+                    if _base_url(host) == here()]
         partitions = sorted({p for found in assigned for topic_partitions in found.values() for p in topic_partitions})
         prefix = f"{org_id}/".encode()
         # A scan of this worker's users: an org's balance is asked far less often than a user's.
