@@ -128,13 +128,21 @@ def test_the_org_balance_sums_every_workers_users_and_shows_the_pool(make_settin
                 with urllib.request.urlopen(request, timeout=10) as response:
                     return json.loads(response.read())
 
+            last: list[object] = []
+
             def complete() -> bool:
                 try:
-                    return org_balance()["events"] == len(tokens) and org_balance(other.worker_url)["events"] == len(tokens)
-                except OSError:
+                    answers = [org_balance(), org_balance(other.worker_url)]
+                except urllib.error.HTTPError as error:
+                    last[:] = [error.code, error.read()[:300]]
                     return False
+                except OSError as error:
+                    last[:] = [error]
+                    return False
+                last[:] = answers
+                return all(answer["events"] == len(tokens) for answer in answers)
 
-            assert wait_for(complete, timeout=120)
+            assert wait_for(complete, timeout=120), last
             for url in (settings.worker_url, other.worker_url):  # either worker answers for all
                 body = org_balance(url)
                 schemas = openapi_document()["components"]["schemas"]
