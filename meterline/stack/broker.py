@@ -101,6 +101,15 @@ def _new_cluster_id() -> str:
             return cluster_id
 
 
+def _java_error(output: str) -> str:
+    """The line of a Java tool's output that says what went wrong (its first exception), else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in lines:
+        if "Exception" in line or "Error" in line:
+            return line.split(": ", 1)[-1] if line.startswith("Exception in thread") else line
+    return lines[-1] if lines else "no output"
+
+
 def _pid_file(settings: Settings) -> Path:
     return settings.kafka_data_dir / "broker.pid"
 
@@ -181,6 +190,9 @@ def _load_producer_id_coordinator(settings: Settings, timeout: float) -> None:
 
 
 def _start_broker(settings: Settings) -> None:
+    if settings.kafka_port == settings.kafka_controller_port:
+        raise ConfigurationError(f"kafka_port and kafka_controller_port are both {settings.kafka_port}: "
+                                 "the broker's two listeners need two ports")
     java = _require("java", "install a JDK >= 17 (e.g. `apt-get install openjdk-17-jre-headless`)")
     jars = fetch_jars(settings)
     data = settings.kafka_data_dir
@@ -190,10 +202,13 @@ def _start_broker(settings: Settings) -> None:
     classpath = f"{jars}/*"
     if not (data / "logs" / "meta.properties").exists():
         cluster_id = _new_cluster_id()
-        subprocess.run(
+        formatted = subprocess.run(
             [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
-            check=True, capture_output=True,
+            capture_output=True, text=True,
         )
+        if formatted.returncode != 0:
+            reason = _java_error(formatted.stderr or formatted.stdout)
+            raise MeterlineError(f"Kafka could not format its storage in {data}: {reason}")
     # The broker needs none of our settings (its own are in server.properties); the API secret and
     # the warehouse URL must not sit in its environment, which /proc/PID/environ shows.
     env = {name: value for name, value in os.environ.items() if not name.startswith("METERLINE_")}
@@ -286,14 +301,22 @@ def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float = 30
 FREE_PORTS = range(20_000, 32_000)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on the loopback interface that nothing uses right now, outside the ephemeral range."""
+    """A TCP port on the loopback interface that nothing uses right now, outside the ephemeral range,
+    and never one this process was given before: two ports asked for in a row are both still free,
+    so without that memory a broker could be given the same port for its two listeners."""
     for port in random.sample(FREE_PORTS, 200):
+        if port in _handed_out:
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _handed_out.add(port)
             return port
     raise MeterlineError(f"no free TCP port between {FREE_PORTS.start} and {FREE_PORTS.stop - 1} on 127.0.0.1")
 

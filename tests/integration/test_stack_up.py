@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
+from meterline.exceptions import ConfigurationError, MeterlineError
 from meterline.producers.engine import producer_config
 from meterline.settings import Settings
 from meterline.stack import stack_down, stack_up
@@ -54,3 +55,26 @@ def test_the_broker_gets_none_of_our_settings_and_its_data_is_private(tmp_path: 
             assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     finally:
         stack_down(settings)
+
+
+def test_ports_handed_to_tests_and_benchmarks_are_never_the_same_twice() -> None:
+    # Two ports asked for in a row were both free, and once in CI they were the same one: the broker's
+    # storage format then failed ("two listeners on the same port").
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+
+
+def test_a_broker_given_one_port_for_both_listeners_is_refused_before_java_runs(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", kafka_port=free_port(), bootstrap=None)
+    settings = settings.model_copy(update={"kafka_controller_port": settings.kafka_port})
+    with pytest.raises(ConfigurationError, match="kafka_port and kafka_controller_port are both"):
+        stack_up(settings)
+    assert not (settings.kafka_data_dir / "logs").exists()
+
+
+def test_a_broker_whose_storage_cannot_be_formatted_says_why(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", kafka_host="no such host!", kafka_port=free_port(),
+                        kafka_controller_port=free_port())
+    with pytest.raises(MeterlineError, match="Kafka could not format its storage in .*: Failed to parse host name") as raised:
+        stack_up(settings)
+    assert "Traceback" not in str(raised.value) and "\tat " not in str(raised.value)
