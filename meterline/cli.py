@@ -111,6 +111,15 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
         print(operator_key(secret))
     elif args.org is None:
         raise MeterlineError("give an org id (and --user for a user token), or --operator")
+    elif args.revoke:
+        if args.user is not None or not args.reason:
+            raise MeterlineError("--revoke revokes every key and token of the org: give the org and --reason, no --user")
+        from meterline.revocations import revoke
+
+        valid_from = revoke(settings, args.org, args.reason)
+        print(f"every key and user token of {args.org} issued before now is revoked (the workers apply it within "
+              "about a second); its new org key:", file=sys.stderr)
+        print(org_key(secret, args.org, valid_from))
     else:
         print(org_key(secret, args.org) if args.user is None
               else user_token(secret, args.org, args.user, int(time.time()) + (args.ttl or DEFAULT_TOKEN_TTL_SECONDS)))
@@ -201,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--operator", action="store_true", help="the key for the worker's own counters")
     keys.add_argument("--ttl", type=_duration,
                       help="how long a --user token stays valid: 30m, 24h, 7d (default 24h, at most 366d)")
+    keys.add_argument("--revoke", action="store_true",
+                      help="refuse every key and user token of the org issued until now, and print a new org key")
+    keys.add_argument("--reason", help="why the keys are revoked (with --revoke; kept on the revocations topic)")
     keys.set_defaults(run=_keys)
     register_emit(commands)
     register_pricing(commands)

@@ -102,6 +102,7 @@ class Settings(SdkSettings):
     dead_letter_topic: str = "meterline.usage.dlq.v1"
     rated_topic: str = "meterline.rated.v1"
     subscriptions_topic: str = "meterline.subscriptions.v1"  # compacted, keyed by org or org/user
+    key_revocations_topic: str = "meterline.key_revocations.v1"  # compacted, keyed by org (meterline/revocations.py)
     alerts_topic: str = "meterline.alerts.v1"  # a user's allowance crossing 50 / 80 / 100 %, and clearing
     default_plan: str = "free"  # the plan of a user with no subscription of its own or its org's
     partitions: int = 8

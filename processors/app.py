@@ -28,6 +28,7 @@ from meterline.processors.outbox import Outbox
 from meterline.processors.state import UserState
 from meterline.processors.views import register_views
 from meterline.processors.watchdog import EXIT_CRASHED, exit_now, watch_recovery
+from meterline.revocations import RevocationFeed
 from meterline.settings import Settings, private_dir
 from meterline.subscriptions import SubscriptionFeed, load_checked_catalogue
 
@@ -117,12 +118,13 @@ class Engine:
         self.remembered = remembered
         catalogue = load_checked_catalogue(settings)  # a bad price book or plan stops the worker at start
         self.subscriptions = SubscriptionFeed(settings, catalogue)
+        self.revocations = RevocationFeed(settings)
         self.accounts = Accounts(catalogue, settings.default_plan, self.subscriptions.latest)
         self.processor = BatchProcessor(
             Rater.from_catalogue(catalogue), self.accounts, catalogue_version(settings.prices, settings.plans),
             settings.dedupe_window_seconds, settings.dedupe_max_ids_per_partition,
         )
-        self.subscriptions_read = False
+        self.feeds_read = False
         self.outbox = Outbox(settings.kafka_bootstrap, settings.usage_topic)
         self.counters: Counter[str] = Counter()
         self._pending: list[EventT] = []
@@ -147,7 +149,7 @@ class Engine:
         `noack_take` was tried first: after a rebalance it stopped yielding events for good.)
         """
         self._stream = stream
-        if not self.subscriptions_read:
+        if not self.feeds_read:
             await self._read_subscriptions()
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.ensure_future(self._flush_when_due())
@@ -168,14 +170,18 @@ class Engine:
             raise
 
     async def _read_subscriptions(self) -> None:
-        """Before the first batch: every subscription published so far; then follow the topic in a thread."""
+        """Before the first batch (and the first balance served): every subscription and key
+        revocation published so far; then follow both topics, each in a thread."""
         try:
-            await asyncio.to_thread(self.subscriptions.read_to_end, 60.0)
+            for feed in (self.subscriptions, self.revocations):
+                await asyncio.to_thread(feed.read_to_end, 60.0)
         except Exception:
-            self._crashed()  # counting usage under the wrong plans would be worse than not counting it
+            # Counting usage under the wrong plans, or letting a revoked key in, would be worse than stopping.
+            self._crashed()
             raise
-        self.subscriptions_read = True
-        threading.Thread(target=self.subscriptions.follow, name="subscriptions", daemon=True).start()
+        self.feeds_read = True
+        for name, feed in (("subscriptions", self.subscriptions), ("revocations", self.revocations)):
+            threading.Thread(target=feed.follow, name=name, daemon=True).start()
 
     async def _flush_when_due(self) -> None:
         """A batch that waited `worker_batch_seconds` goes now, however small.
@@ -331,7 +337,8 @@ class Engine:
                 "duplicate_grants": 0, "conflicting_grants": 0,
                 **self.counters, "remembered_ids": remembered, "forgotten_early": forgotten_early,
                 "pending_events": len(self._pending), "unconfirmed_events": unconfirmed,
-                "subscriptions": len(self.subscriptions.latest), "subscriptions_unreadable": len(self.subscriptions.unreadable)}
+                "subscriptions": len(self.subscriptions.latest), "subscriptions_unreadable": len(self.subscriptions.unreadable),
+                "key_revocations": len(self.revocations.latest), "key_revocations_unreadable": len(self.revocations.unreadable)}
 
 
 def _position_key(partition: int) -> bytes:

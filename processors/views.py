@@ -16,7 +16,7 @@ from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 
-from meterline.auth import balance_refusal, operator_key, org_key, same_key
+from meterline.auth import balance_refusal, operator_key, org_key_refusal, same_key
 from meterline.processors.accounts import OrgShare, org_share, pool_balance
 from meterline.processors.state import UserState
 from meterline.stack import broker_answers
@@ -69,7 +69,8 @@ def balance_body(engine: Engine, org_id: str, user_id: str) -> dict[str, Any]:
 
 def register_views(app: faust.App, engine: Engine, secret: str) -> None:
     def refused(view: View, request: Request, org_id: str, user_id: str) -> Response | None:
-        refusal = balance_refusal(secret, _bearer(request), org_id, user_id, time.time())
+        refusal = balance_refusal(secret, _bearer(request), org_id, user_id, time.time(),
+                                  engine.revocations.revoked_before_ms(org_id))
         return None if refusal is None else view.json({"error": refusal}, status=401)
 
     def here() -> str:
@@ -88,7 +89,7 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
 
     def unavailable(view: View) -> Response | None:
         # Before the subscriptions are read, a subscribed user would show the default plan's numbers.
-        if not serving(app) or not engine.subscriptions_read:
+        if not serving(app) or not engine.feeds_read:
             return view.json({"error": "recovering state, retry shortly"}, status=503, headers=RETRY)
         return None
 
@@ -149,10 +150,9 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
                 engine.unwatch(key, changes)
             return response
 
-    def org_key_refusal(view: View, request: Request, org_id: str) -> Response | None:
-        if same_key(_bearer(request), org_key(secret, org_id)):
-            return None
-        return view.json({"error": "the org's API key is required"}, status=401)
+    def org_refused(view: View, request: Request, org_id: str) -> Response | None:
+        refusal = org_key_refusal(secret, _bearer(request), org_id, engine.revocations.revoked_before_ms(org_id))
+        return None if refusal is None else view.json({"error": refusal}, status=401)
 
     @app.page("/v1/orgs/{org_id}/balance")
     class OrgBalanceView(View):
@@ -163,7 +163,7 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
         """
 
         async def get(self, request: Request, org_id: str) -> Response:
-            if (refusal := org_key_refusal(self, request, org_id)) is not None:
+            if (refusal := org_refused(self, request, org_id)) is not None:
                 return refusal
             hosts = app.router.table_metadata(engine.states.name)
             share, covered = OrgShare(), []
@@ -189,7 +189,7 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
         """This worker's share of an org (OrgBalanceView asks every worker for it)."""
 
         async def get(self, request: Request, org_id: str) -> Response:
-            if (refusal := org_key_refusal(self, request, org_id)) is not None:
+            if (refusal := org_refused(self, request, org_id)) is not None:
                 return refusal
             return unavailable(self) or self.json(local_share(org_id))
 

@@ -51,6 +51,7 @@ def make_settings(broker_settings: Settings) -> Callable[..., Settings]:
             "usage_topic": f"usage-{run}",
             "dead_letter_topic": f"dlq-{run}",
             "subscriptions_topic": f"subscriptions-{run}",
+            "key_revocations_topic": f"revocations-{run}",
             "alerts_topic": f"alerts-{run}",
             "app_id": f"processor-{run}",
             "sink_group": f"sink-{run}",
