@@ -62,6 +62,25 @@ def _sink(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def _alerts(settings: Settings, args: argparse.Namespace) -> int:
+    from meterline.auth import resolve_secret
+    from meterline.webhooks import shown_url, check_url, deliver_alerts, webhook_secret
+
+    url = args.url or settings.alert_webhook_url
+    if not url:
+        raise MeterlineError("give the receiver's URL: --url or METERLINE_ALERT_WEBHOOK_URL")
+    check_url(url)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    logging.getLogger("meterline.webhooks").info("delivering %s to %s", settings.alerts_topic, shown_url(url))
+    counts = deliver_alerts(settings, url, webhook_secret(resolve_secret(settings)), stop)
+    logging.getLogger("meterline.webhooks").info("stopped: %d delivered, %d refused by the receiver, %d retries",
+                                                 counts.delivered, counts.skipped, counts.retries)
+    return 0
+
+
 def _warehouse(settings: Settings, _args: argparse.Namespace) -> int:
     from meterline.sinks import Warehouse
     from meterline.sinks.migrations import MIGRATIONS
@@ -109,6 +128,10 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
     secret = resolve_secret(settings)
     if args.operator:
         print(operator_key(secret))
+    elif args.webhook:
+        from meterline.webhooks import webhook_secret
+
+        print(webhook_secret(secret))
     elif args.org is None:
         raise MeterlineError("give an org id (and --user for a user token), or --operator")
     elif args.revoke:
@@ -150,7 +173,7 @@ class _Version(argparse.Action):
 
 # The commands that read the price book and plans (the others never open them).
 PRICED_COMMANDS = frozenset({"worker", "demo", "emit", "pricing", "plans", "billing", "subscriptions"})
-LONG_RUNNING = frozenset({"worker", "sink", "demo"})
+LONG_RUNNING = frozenset({"worker", "sink", "demo", "alerts"})
 # The commands that read only SdkSettings (every METERLINE_ name is still checked).
 SDK_COMMANDS = frozenset({"emit", "pricing", "plans", "billing"})
 
@@ -208,12 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("org", nargs="?")
     keys.add_argument("--user")
     keys.add_argument("--operator", action="store_true", help="the key for the worker's own counters")
+    keys.add_argument("--webhook", action="store_true", help="the secret alert webhooks are signed with")
     keys.add_argument("--ttl", type=_duration,
                       help="how long a --user token stays valid: 30m, 24h, 7d (default 24h, at most 366d)")
     keys.add_argument("--revoke", action="store_true",
                       help="refuse every key and user token of the org issued until now, and print a new org key")
     keys.add_argument("--reason", help="why the keys are revoked (with --revoke; kept on the revocations topic)")
     keys.set_defaults(run=_keys)
+    alerts = commands.add_parser("alerts", help="alert webhooks: POST each alert, signed, retried") \
+        .add_subparsers(dest="action", required=True)
+    deliver = alerts.add_parser("deliver", help="deliver the alerts topic to a URL until stopped (SIGTERM)")
+    deliver.add_argument("--url", help="the receiver (default: METERLINE_ALERT_WEBHOOK_URL)")
+    deliver.set_defaults(run=_alerts)
     register_emit(commands)
     register_pricing(commands)
     register_subscriptions(commands)

@@ -104,6 +104,8 @@ class Settings(SdkSettings):
     subscriptions_topic: str = "meterline.subscriptions.v1"  # compacted, keyed by org or org/user
     key_revocations_topic: str = "meterline.key_revocations.v1"  # compacted, keyed by org (meterline/revocations.py)
     alerts_topic: str = "meterline.alerts.v1"  # a user's allowance crossing 50 / 80 / 100 %, and clearing
+    alert_webhook_url: str | None = None  # `meterline alerts deliver` POSTs each alert here (meterline/webhooks.py)
+    alert_webhook_group: str = "meterline-alert-webhooks"
     default_plan: str = "free"  # the plan of a user with no subscription of its own or its org's
     partitions: int = 8
 

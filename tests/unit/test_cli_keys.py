@@ -21,7 +21,7 @@ ids = st.one_of(st.text(max_size=8), st.sampled_from(["u-1", "   ", "u\x01", "a/
 def keys_accept(tmp: Path, org: str, user: str) -> bool:
     config = Settings(home=tmp, api_secret="unit-test-secret")  # type: ignore[arg-type]
     try:
-        _keys(config, argparse.Namespace(org=org, user=user, operator=False, ttl=None, revoke=False, reason=None))
+        _keys(config, argparse.Namespace(org=org, user=user, operator=False, webhook=False, ttl=None, revoke=False, reason=None))
     except MeterlineError:
         return False
     return True
