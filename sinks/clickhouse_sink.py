@@ -6,6 +6,9 @@ the balances counted. Guarantees, step by step:
 - `add()` only buffers; nothing is acknowledged yet.
 - `write()` inserts one batch per partition with a deduplication token made of
   the partition and offset range, so a retried batch is dropped by ClickHouse.
+  ClickHouse parses the records itself (JSONEachRow: the rated record's fields are the
+  columns); a batch it refuses is converted here instead, record by record, and a record that
+  cannot be converted is skipped and counted - never a batch retried forever.
 - offsets are committed only after the insert succeeded: a crash before the
   commit re-delivers the batch, and the token (or, if the batch boundaries moved,
   ReplacingMergeTree on the request id) keeps it from counting twice.
@@ -24,15 +27,15 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from meterline.schemas.rated import RATED_FIELDS, rated_row
+from meterline.schemas.rated import rated_row
 from meterline.settings import Settings
 from meterline.sinks.queries import TABLE_FOR_STATUS
 from meterline.sinks.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
-_STATUS = RATED_FIELDS.index("status")
 # A slow or unreachable ClickHouse must not hold a rebalance or a stop for long (quix's rule):
 # partitions are handed over uncommitted instead.
 REVOKE_SECONDS = 10.0
@@ -49,7 +52,7 @@ class ClickHouseSink:
     def __init__(self, settings: Settings, warehouse: Warehouse):
         self.settings = settings
         self.warehouse = warehouse
-        self._rows: dict[tuple[str, int], list[list[Any]]] = defaultdict(list)  # (table, partition) -> rows
+        self._records: dict[tuple[str, int], list[bytes]] = defaultdict(list)  # (table, partition) -> rated records
         self._first_offset: dict[int, int] = {}
         self._next_offset: dict[int, int] = {}
         self._batch_started = time.monotonic()
@@ -80,33 +83,57 @@ class ClickHouseSink:
         # within REVOKE_SECONDS; else hand them over uncommitted (nothing is lost, nothing counted twice).
         if not self.flush(self._stop, deadline=time.monotonic() + REVOKE_SECONDS):
             log.warning("ClickHouse unreachable: %d buffered row(s) handed over uncommitted; they are read again",
-                        sum(len(rows) for rows in self._rows.values()))
+                        self._buffered())
             self._clear_buffer()
 
     def add(self, message: Message) -> None:
         partition, offset = message.partition(), message.offset()
         self._first_offset.setdefault(partition, offset)
         self._next_offset[partition] = offset + 1
+        value = message.value()
         try:
-            row = rated_row(message.value())
-            table = TABLE_FOR_STATUS[row[_STATUS]]
+            table = TABLE_FOR_STATUS[orjson.loads(value)["status"]]  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001 - the worker wrote it; still, no record may stop the sink
             log.warning("unreadable rated record at %s[%d]@%d, skipped", message.topic(), partition, offset)
             self.unreadable_skipped += 1
             return
-        self._rows[table, partition].append(row)
+        self._records[table, partition].append(value)  # type: ignore[arg-type]
+
+    def _buffered(self) -> int:
+        return sum(len(records) for records in self._records.values())
 
     def _due(self) -> bool:
-        buffered = sum(len(rows) for rows in self._rows.values())
         age = time.monotonic() - self._batch_started
-        return buffered >= self.settings.sink_batch_size or (bool(self._next_offset) and age >= self.settings.sink_batch_seconds)
+        return self._buffered() >= self.settings.sink_batch_size or (bool(self._next_offset) and age >= self.settings.sink_batch_seconds)
 
-    def write(self) -> None:
+    def write(self) -> int:
+        """Insert the buffer; return the rows stored (a record that could not be converted is not one)."""
         topic = self.settings.rated_topic
-        for (table, partition), rows in self._rows.items():
-            if rows:
+        stored = 0
+        for (table, partition), records in self._records.items():
+            if records:
                 token = f"{topic}:{partition}:{self._first_offset[partition]}-{self._next_offset[partition] - 1}"
-                self.warehouse.insert_rated(table, rows, dedupe_token=token)
+                stored += self._insert(table, records, token)
+        return stored
+
+    def _insert(self, table: str, records: list[bytes], token: str) -> int:
+        try:
+            self.warehouse.insert_rated_json(table, records, dedupe_token=token)
+            return len(records)
+        except Exception as error:  # noqa: BLE001 - refused, or unreachable: the typed path tells them apart
+            refusal = error
+        rows, unreadable = [], 0
+        for raw in records:
+            try:
+                rows.append(rated_row(raw))
+            except Exception:  # noqa: BLE001 - the worker wrote it; still, no record may stop the sink
+                unreadable += 1
+        if rows:
+            self.warehouse.insert_rated(table, rows, dedupe_token=token)  # raises while ClickHouse is unreachable
+        if unreadable:  # counted once the batch is stored, not at every retry
+            log.warning("%d unreadable rated record(s) in %s skipped (ClickHouse: %s)", unreadable, token, refusal)
+            self.unreadable_skipped += unreadable
+        return len(rows)
 
     def flush(self, stop: threading.Event | None = None, deadline: float | None = None) -> bool:
         """Write the buffer (retrying while ClickHouse is down), then commit its offsets.
@@ -119,7 +146,7 @@ class ClickHouseSink:
         delay = 0.5
         while True:
             try:
-                self.write()
+                stored = self.write()
                 break
             except Exception as error:  # noqa: BLE001 - any warehouse failure: keep the batch, retry
                 wait = delay if deadline is None else min(delay, deadline - time.monotonic())
@@ -127,7 +154,7 @@ class ClickHouseSink:
                 if wait <= 0 or (stop or threading.Event()).wait(wait):
                     return False  # stopping or out of time: offsets stay uncommitted
                 delay = min(delay * 2, 10.0)
-        self.rows_written += sum(len(rows) for rows in self._rows.values())  # once, however many retries
+        self.rows_written += stored  # once, however many retries
         self.batches_written += 1
         offsets = [TopicPartition(self.settings.rated_topic, p, o) for p, o in self._next_offset.items()]
         try:
@@ -142,7 +169,7 @@ class ClickHouseSink:
         return True
 
     def _clear_buffer(self) -> None:
-        self._rows.clear()
+        self._records.clear()
         self._first_offset.clear()
         self._next_offset.clear()
         self._batch_started = time.monotonic()
@@ -168,7 +195,7 @@ class ClickHouseSink:
             _low, high = self._consumer.get_watermark_offsets(position, cached=True)
             if position.offset >= 0 and high >= 0:
                 behind += max(high - position.offset, 0)
-        return behind + sum(len(rows) for rows in self._rows.values())
+        return behind + self._buffered()
 
     def report(self, now: float) -> None:
         """Every `sink_report_seconds`, one line: what was stored since the last one, and the lag."""

@@ -88,6 +88,21 @@ class Warehouse:
                 settings={"insert_deduplication_token": dedupe_token},
             )
 
+    def insert_rated_json(self, table: str, records: Sequence[bytes], dedupe_token: str) -> None:
+        """Insert rated records as they are (JSON, one per line), parsed by ClickHouse; a retry with the same token is dropped.
+
+        A field a record lacks takes its column's default (schemas/rated.py MISSING_VALUES are those
+        defaults); a field the table lacks is ignored.
+        """
+        with self._lock:
+            self._client.raw_insert(f"`{self.database}`.{table}", insert_block=b"\n".join(records), fmt="JSONEachRow",
+                                    settings={
+                                        "insert_deduplication_token": dedupe_token,
+                                        "date_time_input_format": "best_effort",  # ISO 8601 with its offset
+                                        "input_format_skip_unknown_fields": 1,
+                                        "input_format_defaults_for_omitted_fields": 1,
+                                    })
+
     def query(self, query: Query, settings: dict[str, Any] | None = None) -> list[Sequence[Any]]:
         sql, parameters = query
         with self._lock:

@@ -51,10 +51,17 @@ class FlakyWarehouse:
     def __init__(self, warehouse, failures: int):
         self.warehouse, self.failures, self.attempts = warehouse, failures, 0
 
-    def insert_rated(self, table, rows, dedupe_token):
+    def _attempt(self):
         self.attempts += 1
         if self.attempts <= self.failures:
             raise ConnectionError("ClickHouse unreachable")
+
+    def insert_rated_json(self, table, records, dedupe_token):
+        self._attempt()
+        self.warehouse.insert_rated_json(table, records, dedupe_token)
+
+    def insert_rated(self, table, rows, dedupe_token):
+        self._attempt()
         self.warehouse.insert_rated(table, rows, dedupe_token)
 
 
@@ -73,12 +80,12 @@ def test_sink_crash_between_write_and_commit_counts_nothing_twice(make_settings)
     with running_pipeline(settings, with_sink=False) as pipeline, Meter(settings) as meter:
         events = rated_in_stream(pipeline, meter, "org-sink", 500, users=7)
         crashed = ClickHouseSink(settings, pipeline.warehouse)
-        assert wait_for(lambda: crashed.poll_once(timeout=0.5) >= 0 and sum(map(len, crashed._rows.values())) >= 500), \
-            f"the sink buffered {sum(map(len, crashed._rows.values()))} of 500 rated records"
+        assert wait_for(lambda: crashed.poll_once(timeout=0.5) >= 0 and sum(map(len, crashed._records.values())) >= 500), \
+            f"the sink buffered {sum(map(len, crashed._records.values()))} of 500 rated records"
         crashed.write()  # rows stored ...
         # ... and the process dies before committing: its buffer is gone, nothing is committed,
         # and (standing in for the session timeout) its group membership ends.
-        for buffer in (crashed._rows, crashed._first_offset, crashed._next_offset):
+        for buffer in (crashed._records, crashed._first_offset, crashed._next_offset):
             buffer.clear()
         crashed.close()
         assert pipeline.warehouse.query(queries.count_distinct_events("org-sink"))[0][0] == 500

@@ -10,7 +10,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from meterline.producers import build_event
 from meterline.processors.accounts import Placement
-from meterline.schemas.rated import RATED_FIELDS, Status, rated_record
+from meterline.schemas.rated import RATED_FIELDS, Status, rated_record, rated_row
 from meterline.settings import Settings
 from meterline.sinks.clickhouse_sink import ClickHouseSink
 
@@ -18,11 +18,23 @@ RATED_TOPIC = "meterline.rated.v1"
 
 
 class _Warehouse:
+    """Takes what ClickHouse would parse, as rows (the typed path's shape), so both paths read alike here."""
+
     def __init__(self) -> None:
         self.batches: list[tuple[str, list[Any], str]] = []
 
+    def insert_rated_json(self, table: str, records: list[bytes], dedupe_token: str) -> None:
+        self.batches.append((table, [rated_row(record) for record in records], dedupe_token))
+
     def insert_rated(self, table: str, rows: list[Any], dedupe_token: str) -> None:
         self.batches.append((table, rows, dedupe_token))
+
+
+class _RefusesJson(_Warehouse):
+    """A warehouse that cannot parse some record of the batch: the sink converts the rows itself."""
+
+    def insert_rated_json(self, table: str, records: list[bytes], dedupe_token: str) -> None:
+        raise ValueError("Code: 27. DB::Exception: Cannot parse input")
 
 
 class _CoordinatorAway:
@@ -79,7 +91,7 @@ def test_a_failed_commit_after_a_stored_batch_does_not_stop_the_sink(tmp_path: A
     assert [(table, _request_ids(rows), token) for table, rows, token in warehouse.batches] == [
         ("rated_events", ["r1"], f"{RATED_TOPIC}:0:5-5")
     ]
-    assert not sink._rows and not sink._next_offset and sink.rows_written == 1
+    assert not sink._records and not sink._next_offset and sink.rows_written == 1
     sink.flush()  # the buffer was cleared: nothing is written twice
     assert len(warehouse.batches) == 1
 
@@ -115,7 +127,27 @@ def test_an_unreadable_rated_record_is_skipped_and_its_offset_still_committed(tm
     assert consumer.commits == [[(RATED_TOPIC, 0, 9)]]  # past the skipped record too
 
 
+def test_a_batch_clickhouse_cannot_parse_is_stored_without_the_record_that_cannot_be_read(tmp_path: Any) -> None:
+    warehouse = _RefusesJson()
+    sink = ClickHouseSink(Settings(home=tmp_path), warehouse)  # type: ignore[arg-type]
+    consumer = _CoordinatorAway()
+    sink._consumer = consumer  # type: ignore[assignment]
+    sink.add(_Message(0, 7, _rated("r1", "applied", 7)))  # type: ignore[arg-type]
+    # Valid JSON with a status, so it is buffered; its time is not a time.
+    sink.add(_Message(0, 8, _rated("r2", "applied", 8).replace(b'"event_time":"2024', b'"event_time":"x024')))  # type: ignore[arg-type]
+    sink.add(_Message(0, 9, _rated("r3", "applied", 9)))  # type: ignore[arg-type]
+    sink.flush()
+    assert [(table, _request_ids(rows), token) for table, rows, token in warehouse.batches] == [
+        ("rated_events", ["r1", "r3"], f"{RATED_TOPIC}:0:7-9")
+    ]
+    assert (sink.unreadable_skipped, sink.rows_written) == (1, 2)
+    assert consumer.commits == [[(RATED_TOPIC, 0, 10)]]
+
+
 class _Unreachable:
+    def insert_rated_json(self, table: str, records: list[bytes], dedupe_token: str) -> None:
+        raise ConnectionError("ClickHouse unreachable")
+
     def insert_rated(self, table: str, rows: list[Any], dedupe_token: str) -> None:
         raise ConnectionError("ClickHouse unreachable")
 
@@ -132,7 +164,7 @@ def test_a_revoke_while_clickhouse_is_down_hands_the_partitions_over_within_the_
     began = time.monotonic()
     sink._on_revoke(None, [])  # type: ignore[arg-type]  # the consumer is not used: nothing is committed
     assert 0.9 <= time.monotonic() - began < 3.0
-    assert not sink._next_offset and not sink._rows  # handed over uncommitted: the next owner reads them
+    assert not sink._next_offset and not sink._records  # handed over uncommitted: the next owner reads them
     sink.add(_Message(0, 6, _rated("r-2", "applied", 6)))
     sink._stop = threading.Event()
     sink._stop.set()  # stopping: the revoke that closing the consumer causes does not wait at all

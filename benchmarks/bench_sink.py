@@ -1,0 +1,148 @@
+"""The sink's rate into the embedded warehouse (target: >= 100,000 rows/s), beside a bare insert of the same rows.
+
+The same rated records, made once: a new rated topic holds them. Then, alternating, each into a
+fresh database of one chDB directory (chDB opens one directory per process):
+
+- bare insert: the rows already decoded, inserted with clickhouse-connect in batches of the sink's
+  size (`sink_batch_size`), nothing else - the ceiling for this client on this engine;
+- sink: `ClickHouseSink` reading the topic (decode, batch per partition with a dedupe token,
+  insert, commit offsets), timed from its first stored batch to its last, so the group join
+  is left out.
+
+Bounded: each run has a deadline; medians over RUNS, ratios from the same run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from rich.console import Console
+from rich.table import Table
+
+from meterline.processors.accounts import Placement
+from meterline.producers import build_event
+from meterline.schemas.rated import RATED_FIELDS, rated_record, rated_row
+from meterline.settings import Settings, load_settings
+from meterline.sinks import ClickHouseSink, Warehouse
+from meterline.sinks.queries import RATED_EVENTS
+from meterline.stack import stack_up
+from meterline.traffic import simulate
+
+ROWS = 300_000
+USERS = 10_000
+RUNS = 3
+DEADLINE = 180.0
+console = Console()
+
+
+def fill_rated_topic(settings: Settings) -> tuple[str, list[bytes]]:
+    """A new rated topic holding ROWS distinct rated records; returns it and the records."""
+    topic = f"bench-rated-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, settings.partitions, 1)])[topic].result(30)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20, "compression.type": "lz4"})
+    placement = Placement("free", datetime(2026, 12, 1, tzinfo=timezone.utc), False)
+    records = []
+    for offset, call in enumerate(simulate(ROWS, USERS, resend_ratio=0.0, seed=5)):
+        event = build_event("bench", call.user_id, call.model, call.input_tokens, call.output_tokens,
+                            latency_ms=call.latency_ms, action=call.action)
+        record = rated_record(event, provider_cost_usd=Decimal("0.00123"), credits=Decimal("1.5"), credit_rule="base",
+                              price_version="bench", status="applied", partition=offset % settings.partitions,
+                              offset=offset, processed_at=time.time(), placement=placement)
+        records.append(record)
+        while True:
+            try:
+                producer.produce(topic, record, event.user_key.encode())
+                break
+            except BufferError:
+                producer.poll(0.1)
+    producer.flush(60)
+    return topic, records
+
+
+@contextmanager
+def fresh_warehouse(settings: Settings) -> Iterator[Warehouse]:
+    warehouse = Warehouse(settings.model_copy(update={"clickhouse_database": f"bench_sink_{uuid.uuid4().hex[:8]}"}))
+    try:
+        yield warehouse
+    finally:
+        warehouse.command(f"DROP DATABASE IF EXISTS `{warehouse.database}`")
+
+
+def run_bare_insert(settings: Settings, rows: list[list[object]]) -> float:
+    with fresh_warehouse(settings) as warehouse:
+        batch = settings.sink_batch_size
+        began = time.monotonic()
+        for start in range(0, len(rows), batch):
+            warehouse._client.insert(RATED_EVENTS, rows[start:start + batch], column_names=list(RATED_FIELDS),
+                                     database=warehouse.database)
+        return ROWS / (time.monotonic() - began)
+
+
+def run_sink(settings: Settings, topic: str) -> float:
+    with fresh_warehouse(settings) as warehouse:
+        sink_settings = settings.model_copy(update={"rated_topic": topic, "sink_group": f"bench-sink-{uuid.uuid4().hex[:8]}",
+                                                    "sink_report_seconds": 3600.0})
+        sink = ClickHouseSink(sink_settings, warehouse)
+        stop = threading.Event()
+        thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
+        thread.start()
+        began, first, first_rows = time.monotonic(), 0.0, 0
+        try:
+            while sink.rows_written < ROWS and time.monotonic() - began < DEADLINE:
+                if not first and sink.rows_written:
+                    first, first_rows = time.monotonic(), sink.rows_written
+                time.sleep(0.005)
+            done = time.monotonic()
+        finally:
+            stop.set()
+            thread.join(60)
+        if sink.rows_written < ROWS or not first or done <= first:
+            return float("nan")
+        return (ROWS - first_rows) / (done - first)
+
+
+def main() -> None:
+    stack_up(load_settings())
+    directory = tempfile.mkdtemp(prefix="meterline-bench-sink-")
+    try:
+        measure(load_settings().model_copy(update={"chdb_path": Path(directory), "clickhouse_url": None}))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def measure(settings: Settings) -> None:
+    with console.status(f"making {ROWS:,} rated records..."):
+        topic, records = fill_rated_topic(settings)
+        rows = [rated_row(record) for record in records]
+    rates: dict[str, list[float]] = {"bare clickhouse-connect insert": [], "meterline sink": []}
+    for run in range(RUNS):
+        with console.status(f"run {run + 1}/{RUNS}: bare insert..."):
+            rates["bare clickhouse-connect insert"].append(run_bare_insert(settings, rows))
+        with console.status(f"run {run + 1}/{RUNS}: sink..."):
+            rates["meterline sink"].append(run_sink(settings, topic))
+    table = Table(title=f"{ROWS:,} rated rows into embedded chDB, batches of {settings.sink_batch_size:,}, {RUNS} alternating runs")
+    for column in ("contender", "median rows/s", "runs (rows/s)", "vs bare insert"):
+        table.add_column(column, justify="left" if column == "contender" else "right")
+    bare = rates["bare clickhouse-connect insert"]
+    for name, runs in rates.items():
+        ratio = statistics.median(own / base for own, base in zip(runs, bare))
+        table.add_row(name, f"{statistics.median(runs):,.0f}", " ".join(f"{rate:,.0f}" for rate in runs), f"{ratio:.2f}x")
+    console.print(table)
+    console.print("target: the sink >= 100,000 rows/s")
+
+
+if __name__ == "__main__":
+    main()
