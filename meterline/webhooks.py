@@ -3,7 +3,8 @@
 `meterline alerts deliver --url URL` runs `deliver_alerts` until SIGTERM. Rules:
 
 - The body is the alert record exactly as the worker published it (JSON); `Meterline-Alert-Id`
-  repeats its `id`, the same for the same crossing, so a receiver drops a repeat by it.
+  repeats its `id`, percent-encoded (user ids may hold any Unicode, headers may not), the same
+  for the same crossing, so a receiver drops a repeat by it.
 - `Meterline-Signature: t=<unix seconds>,v1=<hex>`: HMAC-SHA256 of `"<t>.<body>"` with the webhook
   secret (`webhook_secret`, derived from the API secret: `meterline keys --webhook`). A receiver
   checks it with `verify_signature`, which also refuses a stale `t` (a replayed request).
@@ -90,7 +91,7 @@ class DeliveryCounts:
 def _post(url: str, secret: str, body: bytes, alert_id: str) -> int:
     """The receiver's HTTP status; 0 for a network error or a timeout."""
     request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/json", ALERT_ID_HEADER: alert_id,
+        "Content-Type": "application/json", ALERT_ID_HEADER: urllib.parse.quote(alert_id, safe="/:+@"),
         SIGNATURE_HEADER: sign(secret, body, int(time.time())), "User-Agent": "meterline-alerts/1"})
     try:
         with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_SECONDS) as response:
