@@ -5,8 +5,8 @@ fresh database of one chDB directory (chDB opens one directory per process):
 
 - bare insert: the rows already decoded, inserted with clickhouse-connect in batches of the sink's
   size (`sink_batch_size`), nothing else - the ceiling for this client on this engine;
-- sink: `ClickHouseSink` reading the topic (decode, batch per partition with a dedupe token,
-  insert, commit offsets), timed from its first stored batch to its last, so the group join
+- sink: `ClickHouseSink` reading the topic (route by status, one insert per table per batch
+  with a dedupe token, commit offsets), timed from its first stored batch to its last, so the group join
   is left out.
 
 Bounded: each run has a deadline; medians over RUNS, ratios from the same run.
@@ -33,7 +33,7 @@ from rich.table import Table
 
 from meterline.processors.accounts import Placement
 from meterline.producers import build_event
-from meterline.schemas.rated import RATED_FIELDS, rated_record, rated_row
+from meterline.schemas.rated import rated_record, rated_row
 from meterline.settings import Settings, load_settings
 from meterline.sinks import ClickHouseSink, Warehouse
 from meterline.sinks.queries import RATED_EVENTS
@@ -86,8 +86,7 @@ def run_bare_insert(settings: Settings, rows: list[list[object]]) -> float:
         batch = settings.sink_batch_size
         began = time.monotonic()
         for start in range(0, len(rows), batch):
-            warehouse._client.insert(RATED_EVENTS, rows[start:start + batch], column_names=list(RATED_FIELDS),
-                                     database=warehouse.database)
+            warehouse.insert_rated(RATED_EVENTS, rows[start:start + batch], dedupe_token=f"bare:{start}")
         return ROWS / (time.monotonic() - began)
 
 
