@@ -110,11 +110,22 @@ def balances_match(pipeline: Pipeline, org_id: str, expected: dict[str, Decimal]
 
 
 def balance_differences(pipeline: Pipeline, org_id: str, expected: dict[str, Decimal]) -> str:
-    """For an assertion message: which balances are off, as (API, expected)."""
+    """For an assertion message: which balances are off, as (API, expected), or why none could be read."""
     try:
         return f"balances off (API, expected): {off_balances(pipeline, org_id, expected)}"
+    except urllib.error.HTTPError as error:
+        return f"the worker answers {error.code} {error.read().decode(errors='replace')}\n{worker_logs(pipeline.settings)}"
     except urllib.error.URLError as error:
-        return f"the worker does not answer: {error}"
+        return f"the worker does not answer: {error}\n{worker_logs(pipeline.settings)}"
+
+
+def worker_logs(settings: Settings, lines: int = 40) -> str:
+    """The last lines of every worker log in this test's home, for a failure's message."""
+    tails = []
+    for path in sorted(settings.home.glob("*worker*.log")):
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        tails.append(f"--- {path.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+    return "\n".join(tails)
 
 
 @contextmanager
