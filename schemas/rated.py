@@ -62,6 +62,7 @@ def rated_record(event: UsageEvent, *, provider_cost_usd: Decimal, credits: Deci
                  placement: Placement) -> bytes:
     data = event.data
     return orjson.dumps({
+        "status": status,  # first: the sink routes a record by it without parsing (rated_status)
         "org_id": data.org_id, "user_id": data.user_id, "request_id": event.id,
         "event_time": event.time, "model": data.model, "action": data.action or "",
         "input_tokens": data.input_tokens, "output_tokens": data.output_tokens,
@@ -69,9 +70,20 @@ def rated_record(event: UsageEvent, *, provider_cost_usd: Decimal, credits: Deci
         "reported_cost_usd": None if data.cost_usd is None else str(data.cost_usd),
         "provider_cost_usd": str(provider_cost_usd), "credits": str(credits), "credit_rule": credit_rule,
         "price_version": price_version, "source": event.source, "metadata": data.metadata,
-        "status": status, "kafka_partition": partition, "kafka_offset": offset, "processed_at": processed_at,
+        "kafka_partition": partition, "kafka_offset": offset, "processed_at": processed_at,
         "plan": placement.plan, "cycle_start": placement.cycle_start, "late": placement.late,
     })
+
+
+_STATUS_PREFIX = b'{"status":"'
+
+
+def rated_status(raw: bytes) -> str:
+    """A rated record's status. Read from its first field when it is there (rated_record puts it
+    first; parsing 600 bytes to route them was ~15 % of the sink's time), else parsed."""
+    if raw.startswith(_STATUS_PREFIX):
+        return raw[len(_STATUS_PREFIX):raw.index(b'"', len(_STATUS_PREFIX))].decode()
+    return orjson.loads(raw)["status"]  # type: ignore[no-any-return]
 
 
 def rated_row(raw: bytes) -> list[Any]:

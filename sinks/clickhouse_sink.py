@@ -4,6 +4,10 @@ The worker is the one rating authority: the sink stores its rated records as the
 ones in `rated_events`, re-sent copies in `usage_duplicates`), so ClickHouse holds exactly what
 the balances counted. Guarantees, step by step:
 - `add()` only buffers; nothing is acknowledged yet.
+- a full (or old enough) batch goes to a writer thread, and the sink reads the next one meanwhile:
+  chDB releases the GIL while it inserts, so reading and inserting overlap. At most one batch
+  is being written and one gathered, so memory stays bounded; batches are stored and committed
+  in order.
 - `write()` inserts one batch per table with a deduplication token made of each
   partition's offset range, so a retried batch is dropped by ClickHouse (one insert per
   table, not per partition: with 8 partitions, per-partition inserts of a 5,000-record
@@ -27,12 +31,14 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from meterline.schemas.rated import rated_row
+from meterline.schemas.rated import rated_row, rated_status
 from meterline.settings import Settings
 from meterline.sinks.queries import TABLE_FOR_STATUS
 from meterline.sinks.warehouse import Warehouse
@@ -41,6 +47,25 @@ log = logging.getLogger(__name__)
 # A slow or unreachable ClickHouse must not hold a rebalance or a stop for long (quix's rule):
 # partitions are handed over uncommitted instead.
 REVOKE_SECONDS = 10.0
+
+
+@dataclass
+class Batch:
+    """Rated records gathered from the topic, by table, and the offsets they span."""
+
+    records: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    first_offset: dict[int, int] = field(default_factory=dict)
+    next_offset: dict[int, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def __len__(self) -> int:
+        return sum(len(records) for records in self.records.values())
+
+    def token(self, topic: str) -> str:
+        """The insert deduplication token: each partition's offset range."""
+        ranges = ",".join(f"{partition}:{self.first_offset[partition]}-{self.next_offset[partition] - 1}"
+                          for partition in sorted(self.next_offset))
+        return f"{topic}:{ranges}"
 
 
 class ClickHouseSink:
@@ -54,10 +79,9 @@ class ClickHouseSink:
     def __init__(self, settings: Settings, warehouse: Warehouse):
         self.settings = settings
         self.warehouse = warehouse
-        self._records: dict[str, list[bytes]] = defaultdict(list)  # table -> rated records
-        self._first_offset: dict[int, int] = {}
-        self._next_offset: dict[int, int] = {}
-        self._batch_started = time.monotonic()
+        self.batch = Batch()  # being gathered
+        self._writing: tuple[Batch, Future[int]] | None = None  # handed to the writer, not yet committed
+        self._writer: ThreadPoolExecutor | None = None
         self._consumer: Consumer | None = None
         self._stop: threading.Event | None = None  # run()'s, so a revoke during a stop ends at once
         self.rows_written = 0
@@ -90,30 +114,31 @@ class ClickHouseSink:
 
     def add(self, message: Message) -> None:
         partition, offset = message.partition(), message.offset()
-        self._first_offset.setdefault(partition, offset)
-        self._next_offset[partition] = offset + 1
+        batch = self.batch
+        batch.first_offset.setdefault(partition, offset)
+        batch.next_offset[partition] = offset + 1
         value = message.value()
         try:
-            table = TABLE_FOR_STATUS[orjson.loads(value)["status"]]  # type: ignore[arg-type]
+            table = TABLE_FOR_STATUS[rated_status(value)]  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001 - the worker wrote it; still, no record may stop the sink
             log.warning("unreadable rated record at %s[%d]@%d, skipped", message.topic(), partition, offset)
             self.unreadable_skipped += 1
             return
-        self._records[table].append(value)  # type: ignore[arg-type]
+        batch.records[table].append(value)  # type: ignore[arg-type]
 
     def _buffered(self) -> int:
-        return sum(len(records) for records in self._records.values())
+        """Records held: gathered, and being written."""
+        return len(self.batch) + (len(self._writing[0]) if self._writing else 0)
 
     def _due(self) -> bool:
-        age = time.monotonic() - self._batch_started
-        return self._buffered() >= self.settings.sink_batch_size or (bool(self._next_offset) and age >= self.settings.sink_batch_seconds)
+        age = time.monotonic() - self.batch.started
+        return len(self.batch) >= self.settings.sink_batch_size or (bool(self.batch.next_offset) and age >= self.settings.sink_batch_seconds)
 
-    def write(self) -> int:
-        """Insert the buffer; return the rows stored (a record that could not be converted is not one)."""
-        ranges = ",".join(f"{partition}:{self._first_offset[partition]}-{self._next_offset[partition] - 1}"
-                          for partition in sorted(self._next_offset))
-        token = f"{self.settings.rated_topic}:{ranges}"
-        return sum(self._insert(table, records, token) for table, records in self._records.items() if records)
+    def write(self, batch: Batch | None = None) -> int:
+        """Insert `batch` (default: the one gathered); return the rows stored (a record that could not be converted is not one)."""
+        batch = self.batch if batch is None else batch
+        token = batch.token(self.settings.rated_topic)
+        return sum(self._insert(table, records, token) for table, records in batch.records.items() if records)
 
     def _insert(self, table: str, records: list[bytes], token: str) -> int:
         try:
@@ -135,27 +160,61 @@ class ClickHouseSink:
         return len(rows)
 
     def flush(self, stop: threading.Event | None = None, deadline: float | None = None) -> bool:
-        """Write the buffer (retrying while ClickHouse is down), then commit its offsets.
+        """Store the batch being written and the one gathered (retrying while ClickHouse is down), committing each.
 
-        Returns False if it gave up first (`stop` set, or past `deadline`): the buffer is kept and
-        nothing is committed, so the batch is read again by whoever reads these partitions next.
+        Returns False if it gave up first (`stop` set, or past `deadline`): what is held is kept and
+        not committed, so it is read again by whoever reads these partitions next.
         """
-        if not self._next_offset:
+        if not self._settle(stop, deadline):
+            return False
+        if self.batch.next_offset:
+            self._hand_over()
+        return self._settle(stop, deadline)
+
+    def _hand_over(self) -> None:
+        """The gathered batch goes to the writer thread; a new one starts. Call only after `_settle`."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-writer")
+        batch, self.batch = self.batch, Batch()
+        self._writing = (batch, self._writer.submit(self.write, batch))
+
+    def _settle(self, stop: threading.Event | None, deadline: float | None) -> bool:
+        """Wait for the batch being written (retrying it here if it failed), then commit its offsets."""
+        if self._writing is None:
             return True
-        delay = 0.5
-        while True:
-            try:
-                stored = self.write()
-                break
-            except Exception as error:  # noqa: BLE001 - any warehouse failure: keep the batch, retry
-                wait = delay if deadline is None else min(delay, deadline - time.monotonic())
-                log.warning("ClickHouse write failed, retrying in %.1fs: %s", max(wait, 0), error)
-                if wait <= 0 or (stop or threading.Event()).wait(wait):
-                    return False  # stopping or out of time: offsets stay uncommitted
-                delay = min(delay * 2, 10.0)
+        batch, writing = self._writing
+        try:
+            stored = writing.result(timeout=None if deadline is None else max(deadline - time.monotonic(), 0))
+        except FutureTimeout:
+            return False  # ClickHouse is slow: the insert may still land, and the next reader's is dropped
+        except Exception as error:  # noqa: BLE001 - any warehouse failure: keep the batch, retry
+            retried = self._write_retrying(batch, error, stop, deadline)
+            if retried is None:
+                return False
+            stored = retried
+        self._writing = None
         self.rows_written += stored  # once, however many retries
         self.batches_written += 1
-        offsets = [TopicPartition(self.settings.rated_topic, p, o) for p, o in self._next_offset.items()]
+        self._commit(batch)
+        return True
+
+    def _write_retrying(self, batch: Batch, error: Exception, stop: threading.Event | None,
+                        deadline: float | None) -> int | None:
+        """Write `batch` until it is stored (its rows) or `stop` / `deadline` comes first (None)."""
+        delay = 0.5
+        while True:
+            wait = delay if deadline is None else min(delay, deadline - time.monotonic())
+            log.warning("ClickHouse write failed, retrying in %.1fs: %s", max(wait, 0), error)
+            if wait <= 0 or (stop or threading.Event()).wait(wait):
+                return None  # stopping or out of time: offsets stay uncommitted
+            delay = min(delay * 2, 10.0)
+            try:
+                return self.write(batch)
+            except Exception as again:  # noqa: BLE001
+                error = again
+
+    def _commit(self, batch: Batch) -> None:
+        offsets = [TopicPartition(self.settings.rated_topic, p, o) for p, o in batch.next_offset.items()]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as error:
@@ -164,14 +223,10 @@ class ClickHouseSink:
             # starts from the last commit and stores the batch again: harmless, inserts carry
             # dedupe tokens and the table keeps one row per request id. Dying here is not.
             log.warning("offset commit failed; the stored batch will be read again: %s", error)
-        self._clear_buffer()
-        return True
 
     def _clear_buffer(self) -> None:
-        self._records.clear()
-        self._first_offset.clear()
-        self._next_offset.clear()
-        self._batch_started = time.monotonic()
+        self.batch = Batch()
+        self._writing = None
 
     def poll_once(self, timeout: float = 0.2, stop: threading.Event | None = None) -> int:
         messages = self.consumer.consume(num_messages=self.settings.sink_batch_size, timeout=timeout)
@@ -181,8 +236,10 @@ class ClickHouseSink:
                 self.add(message)
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consume error: %s", error)
-        if self._due():
-            self.flush(stop)
+        if self._writing is not None and self._writing[1].done():
+            self._settle(stop, None)  # commit it, or retry it here if it failed
+        if self._due() and self._settle(stop, None):
+            self._hand_over()  # written while the next batch is read
         return len(messages)
 
     def lag(self) -> int | None:
@@ -218,6 +275,9 @@ class ClickHouseSink:
             self.close()
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None

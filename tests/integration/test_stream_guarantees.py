@@ -15,6 +15,7 @@ from meterline.auth import operator_key, org_key, user_token
 from meterline.client import get_balance
 from meterline.producers import Meter
 from meterline.sinks import ClickHouseSink, queries
+from meterline.sinks.clickhouse_sink import Batch
 from tests.integration.pipeline import balances_match, expected_credits, running_pipeline, wait_for
 
 
@@ -80,13 +81,12 @@ def test_sink_crash_between_write_and_commit_counts_nothing_twice(make_settings)
     with running_pipeline(settings, with_sink=False) as pipeline, Meter(settings) as meter:
         events = rated_in_stream(pipeline, meter, "org-sink", 500, users=7)
         crashed = ClickHouseSink(settings, pipeline.warehouse)
-        assert wait_for(lambda: crashed.poll_once(timeout=0.5) >= 0 and sum(map(len, crashed._records.values())) >= 500), \
-            f"the sink buffered {sum(map(len, crashed._records.values()))} of 500 rated records"
+        assert wait_for(lambda: crashed.poll_once(timeout=0.5) >= 0 and len(crashed.batch) >= 500), \
+            f"the sink buffered {len(crashed.batch)} of 500 rated records"
         crashed.write()  # rows stored ...
         # ... and the process dies before committing: its buffer is gone, nothing is committed,
         # and (standing in for the session timeout) its group membership ends.
-        for buffer in (crashed._records, crashed._first_offset, crashed._next_offset):
-            buffer.clear()
+        crashed.batch = Batch()
         crashed.close()
         assert pipeline.warehouse.query(queries.count_distinct_events("org-sink"))[0][0] == 500
 
@@ -96,9 +96,11 @@ def test_sink_crash_between_write_and_commit_counts_nothing_twice(make_settings)
         stop = threading.Event()
         thread = threading.Thread(target=restarted.run, args=(stop,))
         thread.start()
-        assert wait_for(lambda: flaky.attempts >= 3 and restarted.rows_written >= 500 and not restarted._next_offset)
-        stop.set()
-        thread.join(30)
+        try:
+            assert wait_for(lambda: flaky.attempts >= 3 and restarted.rows_written >= 500 and not restarted.batch.next_offset)
+        finally:
+            stop.set()
+            thread.join(30)
         assert pipeline.warehouse.query(queries.count_distinct_events("org-sink"))[0][0] == 500
         stored = {u: c for _o, u, c, _n in pipeline.warehouse.query(queries.credits_per_user("org-sink"))}
         assert stored == expected_credits(events)

@@ -91,7 +91,7 @@ def test_a_failed_commit_after_a_stored_batch_does_not_stop_the_sink(tmp_path: A
     assert [(table, _request_ids(rows), token) for table, rows, token in warehouse.batches] == [
         ("rated_events", ["r1"], f"{RATED_TOPIC}:0:5-5")
     ]
-    assert not sink._records and not sink._next_offset and sink.rows_written == 1
+    assert not sink.batch.next_offset and sink.rows_written == 1
     sink.flush()  # the buffer was cleared: nothing is written twice
     assert len(warehouse.batches) == 1
 
@@ -164,7 +164,7 @@ def test_a_revoke_while_clickhouse_is_down_hands_the_partitions_over_within_the_
     began = time.monotonic()
     sink._on_revoke(None, [])  # type: ignore[arg-type]  # the consumer is not used: nothing is committed
     assert 0.9 <= time.monotonic() - began < 3.0
-    assert not sink._next_offset and not sink._records  # handed over uncommitted: the next owner reads them
+    assert not sink.batch.next_offset and not len(sink.batch)  # handed over uncommitted: the next owner reads them
     sink.add(_Message(0, 6, _rated("r-2", "applied", 6)))
     sink._stop = threading.Event()
     sink._stop.set()  # stopping: the revoke that closing the consumer causes does not wait at all
