@@ -1,4 +1,5 @@
-"""`meterline report distribution|heavy-users` (the power law of cost per user, and who carries it) and `meterline sql`."""
+"""`meterline report distribution|heavy-users|top|models|spikes|cycle` (the power law of cost per user, who carries it, on
+which models, and who jumped) and `meterline sql`."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def _print(rows: list[dict[str, Any]], title: str, output_format: str) -> None:
             return
         table = Table(title=title or None)
         for name in rows[0] if rows else ["(no rows)"]:
-            table.add_column(name, justify="left" if name in ("org_id", "user_id", "top_model") else "right")
+            table.add_column(name, justify="left" if name in ("org_id", "user_id", "top_model", "model", "model_mix", "suggestion") else "right")
         for row in rows:
             table.add_row(*(_text(value) for value in row.values()))
         Console().print(table)
@@ -88,6 +89,39 @@ def _heavy_users(settings: Settings, args: argparse.Namespace) -> int:
     found = heavy_users(Warehouse(settings), start, end, args.org, args.times_median, args.limit)
     _print([user.as_row() for user in found], f"users above {args.times_median} x the median cost, "
            f"{start:%Y-%m-%d} to {end:%Y-%m-%d}", args.format)
+    return 0
+
+
+def _top(settings: Settings, args: argparse.Namespace) -> int:
+    from meterline.sinks import Warehouse
+    from meterline.sinks.reports import top_users
+
+    start, end = _period(args)
+    found = top_users(Warehouse(settings), start, end, args.org, args.limit)
+    _print([user.as_row() for user in found], f"the {args.limit} costliest users and their models, "
+           f"{start:%Y-%m-%d} to {end:%Y-%m-%d}", args.format)
+    return 0
+
+
+def _models(settings: Settings, args: argparse.Namespace) -> int:
+    from meterline.sinks import Warehouse
+    from meterline.sinks.reports import model_mix
+
+    start, end = _period(args)
+    _print([usage.as_row() for usage in model_mix(Warehouse(settings), start, end, args.org)],
+           f"the model mix, {start:%Y-%m-%d} to {end:%Y-%m-%d}", args.format)
+    return 0
+
+
+def _spikes(settings: Settings, args: argparse.Namespace) -> int:
+    from meterline.sinks import Warehouse
+    from meterline.sinks.reports import BASELINE_DAYS, spikes
+
+    day = (args.day or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    day = day.replace(hour=0, minute=0, second=0, microsecond=0)
+    found = spikes(Warehouse(settings), day, args.org, args.times_baseline, args.limit)
+    _print([spike.as_row() for spike in found], f"users above {args.times_baseline} x their own mean daily cost of the "
+           f"{BASELINE_DAYS} days before, on {day:%Y-%m-%d} UTC", args.format)
     return 0
 
 
@@ -162,12 +196,22 @@ def register(commands: Any) -> None:
     heavy = reports.add_parser("heavy-users", help="users above K x the median user's cost, costliest first")
     heavy.add_argument("--times-median", type=_positive_decimal, default=Decimal(10), metavar="K")
     heavy.add_argument("--limit", type=_limit, default=20)
+    top = reports.add_parser("top", help="the N costliest users, each with their model mix")
+    top.add_argument("--limit", type=_limit, default=20)
+    models = reports.add_parser("models", help="events, tokens, credits and provider cost per model")
+    spike = reports.add_parser("spikes", help="users whose cost on a day jumped above K x their own last 7 days")
+    spike.add_argument("--day", type=instant_argument, help="the UTC day containing this instant (default: today)")
+    spike.add_argument("--times-baseline", type=_positive_decimal, default=Decimal(3), metavar="K")
+    spike.add_argument("--limit", type=_limit, default=20)
+    spike.add_argument("--org", help="one org only (default: every org's users)")
+    spike.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    spike.set_defaults(run=_reporting_errors(_spikes))
     cycle = reports.add_parser("cycle", help="an org's billing entities in their current cycle: usage, cost, revenue, margin")
     cycle.add_argument("org")
     cycle.add_argument("--at", type=instant_argument, help="the cycle containing this instant (default: now)")
     cycle.add_argument("--format", choices=["table", "csv", "json"], default="table")
     cycle.set_defaults(run=_reporting_errors(_cycle))
-    for parser, run in ((distribution, _distribution), (heavy, _heavy_users)):
+    for parser, run in ((distribution, _distribution), (heavy, _heavy_users), (top, _top), (models, _models)):
         parser.add_argument("--org", help="one org only (default: every org's users)")
         parser.add_argument("--from", dest="start", type=instant_argument, help=f"ISO 8601 (default: --to minus {DEFAULT_DAYS} days)")
         parser.add_argument("--to", type=instant_argument, help="ISO 8601, excluded (default: now)")

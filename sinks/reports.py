@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -37,14 +37,21 @@ def _stored(instant: datetime) -> datetime:
     return min(max(instant, FIRST_INSTANT), LAST_INSTANT)
 
 
+def _period_filter(org_id: str | None) -> str:
+    org = " AND org_id = {org:String}" if org_id else ""
+    return "event_time >= {start:DateTime64(3, 'UTC')} AND event_time < {end:DateTime64(3, 'UTC')}" + org
+
+
+def _period_parameters(start: datetime, end: datetime, org_id: str | None) -> dict[str, Any]:
+    return {"start": _stored(start), "end": _stored(end), **({"org": org_id} if org_id else {})}
+
+
 def _per_user(start: datetime, end: datetime, org_id: str | None) -> Query:
     """One row per user of the period: provider cost, credits, events, and the model of their costliest event."""
-    org = " AND org_id = {org:String}" if org_id else ""
     sql = (f"SELECT org_id, user_id, sum(provider_cost_usd) AS cost, sum(credits) AS credits, count() AS events, "
            f"argMax(model, provider_cost_usd) AS top_model FROM {RATED_EVENTS} FINAL "
-           "WHERE event_time >= {start:DateTime64(3, 'UTC')} AND event_time < {end:DateTime64(3, 'UTC')}" + org +
-           " GROUP BY org_id, user_id")
-    return sql, {"start": _stored(start), "end": _stored(end), **({"org": org_id} if org_id else {})}
+           f"WHERE {_period_filter(org_id)} GROUP BY org_id, user_id")
+    return sql, _period_parameters(start, end, org_id)
 
 
 def cost_distribution_query(start: datetime, end: datetime, org_id: str | None = None) -> Query:
@@ -104,7 +111,8 @@ class HeavyUser:
 
     def as_row(self) -> dict[str, Any]:
         return {"org_id": self.org_id, "user_id": self.user_id, "cost_usd": self.cost, "credits": self.credits,
-                "events": self.events, "top_model": self.top_model, "times_median": self.times_median}
+                "events": self.events, "top_model": self.top_model, "times_median": self.times_median,
+                "suggestion": MOVE_UP}
 
 
 def cost_distribution(warehouse: Warehouse, start: datetime, end: datetime, org_id: str | None = None) -> CostDistribution:
@@ -122,6 +130,135 @@ def heavy_users(warehouse: Warehouse, start: datetime, end: datetime, org_id: st
     return [HeavyUser(org, user, Decimal(cost), Decimal(credits), int(events), model,
                       Decimal(cost) / Decimal(median) if median else None)
             for org, user, cost, credits, events, model, median in rows]
+
+
+def top_users_query(start: datetime, end: datetime, org_id: str | None = None, limit: int = 20) -> Query:
+    sql = ("SELECT org_id, user_id, sum(cost) AS total, sum(credits), sum(events), groupArray((model, cost, events)) "
+           "FROM (SELECT org_id, user_id, model, sum(provider_cost_usd) AS cost, sum(credits) AS credits, count() AS events "
+           f"FROM {RATED_EVENTS} FINAL WHERE {_period_filter(org_id)} GROUP BY org_id, user_id, model) "
+           "GROUP BY org_id, user_id ORDER BY total DESC, org_id, user_id LIMIT {limit:UInt32}")
+    return sql, {**_period_parameters(start, end, org_id), "limit": limit}
+
+
+def model_mix_query(start: datetime, end: datetime, org_id: str | None = None) -> Query:
+    sql = ("SELECT model, count(), sum(input_tokens), sum(output_tokens), sum(credits), sum(provider_cost_usd) AS cost "
+           f"FROM {RATED_EVENTS} FINAL WHERE {_period_filter(org_id)} GROUP BY model ORDER BY cost DESC, model")
+    return sql, _period_parameters(start, end, org_id)
+
+
+def spikes_query(day: datetime, org_id: str | None = None, times_baseline: Decimal = Decimal(3),
+                 limit: int = 20) -> Query:
+    """Users whose cost in [day, day + 1 day) is above `times_baseline` x their mean daily cost over
+    the BASELINE_DAYS before. Compared without dividing (day x days > before x k): exact."""
+    day = _stored(day)  # so the week before and the day after exist
+    start = day - timedelta(days=BASELINE_DAYS)
+    sql = ("SELECT org_id, user_id, sumIf(provider_cost_usd, event_time >= {day:DateTime64(3, 'UTC')}) AS today, "
+           "sumIf(provider_cost_usd, event_time < {day:DateTime64(3, 'UTC')}) AS before, "
+           "countIf(event_time >= {day:DateTime64(3, 'UTC')}) AS events "
+           f"FROM {RATED_EVENTS} FINAL WHERE {_period_filter(org_id)} GROUP BY org_id, user_id "
+           "HAVING before > 0 AND today * {days:UInt32} > before * {times:Decimal(38, 6)} "
+           "ORDER BY today / before DESC, org_id, user_id LIMIT {limit:UInt32}")
+    return sql, {**_period_parameters(start, day + timedelta(days=1), org_id), "day": day,
+                 "days": BASELINE_DAYS, "times": times_baseline, "limit": limit}
+
+
+# What to do about an outlier. A user far above the median, month after month, is a customer the
+# plan no longer fits; a sudden jump against the user's own week is a runaway loop, a leaked key
+# or abuse, until someone looks.
+MOVE_UP = "move to a higher plan"
+RATE_LIMIT = "rate-limit"
+BASELINE_DAYS = 7
+
+
+@dataclass(frozen=True)
+class ModelShare:
+    model: str
+    events: int
+    cost: Decimal
+    share: Decimal | None  # of the whole's cost
+
+
+@dataclass(frozen=True)
+class TopUser:
+    org_id: str
+    user_id: str
+    cost: Decimal
+    credits: Decimal
+    events: int
+    models: list[ModelShare]  # costliest first
+
+    def as_row(self) -> dict[str, Any]:
+        mix = ", ".join(m.model if m.share is None else f"{m.model} {m.share:.0%}" for m in self.models)
+        return {"org_id": self.org_id, "user_id": self.user_id, "cost_usd": self.cost, "credits": self.credits,
+                "events": self.events, "model_mix": mix}
+
+
+@dataclass(frozen=True)
+class ModelUsage:
+    model: str
+    events: int
+    input_tokens: int
+    output_tokens: int
+    credits: Decimal
+    cost: Decimal
+    share: Decimal | None
+
+    def as_row(self) -> dict[str, Any]:
+        return {"model": self.model, "events": self.events, "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens, "credits": self.credits, "cost_usd": self.cost,
+                "cost_share": None if self.share is None else round(self.share, 4)}
+
+
+@dataclass(frozen=True)
+class Spike:
+    org_id: str
+    user_id: str
+    day_cost: Decimal
+    baseline: Decimal  # mean daily cost over the BASELINE_DAYS before
+    events: int  # on the day
+
+    @property
+    def times_baseline(self) -> Decimal:
+        return self.day_cost / self.baseline
+
+    def as_row(self) -> dict[str, Any]:
+        return {"org_id": self.org_id, "user_id": self.user_id, "day_cost_usd": self.day_cost,
+                "baseline_usd_per_day": self.baseline, "times_baseline": round(self.times_baseline, 2),
+                "events": self.events, "suggestion": RATE_LIMIT}
+
+
+def _share(part: Decimal, whole: Decimal) -> Decimal | None:
+    return part / whole if whole else None
+
+
+def top_users(warehouse: Warehouse, start: datetime, end: datetime, org_id: str | None = None,
+              limit: int = 20) -> list[TopUser]:
+    """The `limit` costliest users of the period, each with the share of their cost per model."""
+    found = []
+    for org, user, total, credits, events, models in warehouse.query(top_users_query(start, end, org_id, limit)):
+        total = Decimal(total)
+        mix = sorted((ModelShare(model, int(n), Decimal(cost), _share(Decimal(cost), total)) for model, cost, n in models),
+                     key=lambda m: (-m.cost, m.model))
+        found.append(TopUser(org, user, total, Decimal(credits), int(events), mix))
+    return found
+
+
+def model_mix(warehouse: Warehouse, start: datetime, end: datetime, org_id: str | None = None) -> list[ModelUsage]:
+    """Each model's events, tokens, credits and provider cost in the period, costliest first."""
+    rows = warehouse.query(model_mix_query(start, end, org_id))
+    total = sum((Decimal(row[5]) for row in rows), Decimal(0))
+    return [ModelUsage(model, int(n), int(tokens_in), int(tokens_out), Decimal(credits), Decimal(cost),
+                       _share(Decimal(cost), total)) for model, n, tokens_in, tokens_out, credits, cost in rows]
+
+
+def spikes(warehouse: Warehouse, day: datetime, org_id: str | None = None, times_baseline: Decimal = Decimal(3),
+           limit: int = 20) -> list[Spike]:
+    """Users whose cost on the UTC day starting at `day` is above `times_baseline` x their own mean
+    daily cost over the BASELINE_DAYS before, steepest first. A user with no cost in those days
+    has no baseline and is not a spike (heavy_users finds a new user who costs a lot)."""
+    rows = warehouse.query(spikes_query(day, org_id, times_baseline, limit))
+    return [Spike(org, user, Decimal(today), Decimal(before) / BASELINE_DAYS, int(events))
+            for org, user, today, before, events in rows]
 
 
 @dataclass(frozen=True)
