@@ -19,13 +19,14 @@ from rich.table import Table
 from meterline.settings import load_settings
 from meterline.sinks import Warehouse
 from meterline.sinks.queries import RATED_EVENTS
-from meterline.sinks.reports import cost_distribution, heavy_users
+from meterline.sinks.reports import cost_distribution, heavy_users, model_mix, spikes, top_users
 
 EVENTS = 10_000_000
 USERS = 100_000
 RUNS = 5
 START = datetime(2026, 11, 1, tzinfo=timezone.utc)
 END = datetime(2026, 12, 1, tzinfo=timezone.utc)
+SPIKE_DAY = datetime(2026, 11, 20, tzinfo=timezone.utc)
 
 
 def fill(warehouse: Warehouse) -> float:
@@ -75,7 +76,10 @@ def main() -> None:
             floor = _median_seconds(lambda: warehouse.query((f"SELECT sum(provider_cost_usd) FROM {RATED_EVENTS} FINAL", {})))
             table.add_row(f"one pass: sum(cost) FINAL (floor), {state}", str(parts), f"{floor:.2f}", "", "1.00x")
             for name, run in (("cost distribution (p50..p99.9, top 1 %)", lambda: cost_distribution(warehouse, START, END)),
-                              ("heavy users (> 10 x median, top 20)", lambda: heavy_users(warehouse, START, END))):
+                              ("heavy users (> 10 x median, top 20)", lambda: heavy_users(warehouse, START, END)),
+                              ("top 20 users with their model mix", lambda: top_users(warehouse, START, END)),
+                              ("model mix", lambda: model_mix(warehouse, START, END)),
+                              ("spikes (one day vs the 7 before)", lambda: spikes(warehouse, SPIKE_DAY))):
                 value = _median_seconds(run)
                 table.add_row(f"{name}, {state}", str(parts), f"{value:.2f}", "<= 1.00 " + ("met" if value <= 1 else "MISSED"),
                               f"{value / floor:.2f}x")
