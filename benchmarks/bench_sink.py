@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -84,21 +85,14 @@ def fresh_warehouse(settings: Settings) -> Iterator[Warehouse]:
         warehouse.command(f"DROP DATABASE IF EXISTS `{warehouse.database}`")
 
 
-def run_bare_insert(settings: Settings, rows: list[list[object]]) -> float:
+def run_bare(settings: Settings, method: str, items: list[Any]) -> float:
+    """Insert `items` (rows or records) in batches of the sink's size with the Warehouse's `method`, nothing else; rows/s."""
     with fresh_warehouse(settings) as warehouse:
+        insert = getattr(warehouse, method)
         batch = settings.sink_batch_size
         began = time.monotonic()
-        for start in range(0, len(rows), batch):
-            warehouse.insert_rated(RATED_EVENTS, rows[start:start + batch], dedupe_token=f"bare:{start}")
-        return ROWS / (time.monotonic() - began)
-
-
-def run_bare_json_insert(settings: Settings, records: list[bytes]) -> float:
-    with fresh_warehouse(settings) as warehouse:
-        batch = settings.sink_batch_size
-        began = time.monotonic()
-        for start in range(0, len(records), batch):
-            warehouse.insert_rated_json(RATED_EVENTS, records[start:start + batch], dedupe_token=f"json:{start}")
+        for start in range(0, len(items), batch):
+            insert(RATED_EVENTS, items[start:start + batch], dedupe_token=f"{method}:{start}")
         return ROWS / (time.monotonic() - began)
 
 
@@ -139,8 +133,8 @@ def measure(settings: Settings) -> None:
         topic, records = fill_rated_topic(settings)
         rows = [rated_row(record) for record in records]
     contenders = {
-        "bare JSON insert (ceiling)": lambda: run_bare_json_insert(settings, records),
-        "bare typed insert": lambda: run_bare_insert(settings, rows),
+        "bare JSON insert (ceiling)": lambda: run_bare(settings, "insert_rated_json", records),
+        "bare typed insert": lambda: run_bare(settings, "insert_rated", rows),
         "meterline sink": lambda: run_sink(settings, topic),
     }
     rates: dict[str, list[float]] = {name: [] for name in contenders}
