@@ -57,6 +57,9 @@ class Batch:
     first_offset: dict[int, int] = field(default_factory=dict)
     next_offset: dict[int, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    # Per table, records ClickHouse refused and the sink could not convert: set by whichever thread
+    # writes the batch (once per table, however many retries), added to the sink's count when stored.
+    unreadable: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return sum(len(records) for records in self.records.values())
@@ -138,9 +141,9 @@ class ClickHouseSink:
         """Insert `batch` (default: the one gathered); return the rows stored (a record that could not be converted is not one)."""
         batch = self.batch if batch is None else batch
         token = batch.token(self.settings.rated_topic)
-        return sum(self._insert(table, records, token) for table, records in batch.records.items() if records)
+        return sum(self._insert(batch, table, records, token) for table, records in batch.records.items() if records)
 
-    def _insert(self, table: str, records: list[bytes], token: str) -> int:
+    def _insert(self, batch: Batch, table: str, records: list[bytes], token: str) -> int:
         try:
             self.warehouse.insert_rated_json(table, records, dedupe_token=token)
             return len(records)
@@ -154,9 +157,9 @@ class ClickHouseSink:
                 unreadable += 1
         if rows:
             self.warehouse.insert_rated(table, rows, dedupe_token=token)  # raises while ClickHouse is unreachable
-        if unreadable:  # counted once the batch is stored, not at every retry
+        if unreadable:
             log.warning("%d unreadable rated record(s) in %s skipped (ClickHouse: %s)", unreadable, token, refusal)
-            self.unreadable_skipped += unreadable
+            batch.unreadable[table] = unreadable
         return len(rows)
 
     def flush(self, stop: threading.Event | None = None, deadline: float | None = None) -> bool:
@@ -194,6 +197,7 @@ class ClickHouseSink:
             stored = retried
         self._writing = None
         self.rows_written += stored  # once, however many retries
+        self.unreadable_skipped += sum(batch.unreadable.values())
         self.batches_written += 1
         self._commit(batch)
         return True
