@@ -1,4 +1,4 @@
-"""`meterline report distribution|heavy-users|top|models|spikes|cycle` (the power law of cost per user, who carries it, on
+"""`meterline report distribution|heavy-users|top|models|spikes|cycle|losses` (the power law of cost per user, who carries it, on
 which models, and who jumped) and `meterline sql`."""
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ def _spikes(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cycle(settings: Settings, args: argparse.Namespace) -> int:
+def _cycle_usage(settings: Settings, args: argparse.Namespace) -> tuple[list[Any], Any, datetime]:
+    """The org's billing entities in the cycle containing `--at`, the catalogue and that instant."""
     from meterline.schemas.usage import require_identifiers
     from meterline.sinks import Warehouse
     from meterline.sinks.reports import cycle_usage
@@ -135,12 +136,25 @@ def _cycle(settings: Settings, args: argparse.Namespace) -> int:
     catalogue = load_checked_catalogue(settings)
     unreadable: list[str] = []
     subscriptions = read_topic(settings, unreadable)
-    at = args.at or datetime.now(timezone.utc)
-    found = cycle_usage(Warehouse(settings), args.org, subscriptions, catalogue, settings.default_plan, at)
-    _print([usage.as_row() for usage in found], f"org {args.org}: the billing cycle containing {at.isoformat()} "
-           "(revenue before grants and carried-over credits)", args.format)
     for where in unreadable:
         print(f"skipped a subscriptions record that is not a subscription: {where}", file=sys.stderr)
+    at = args.at or datetime.now(timezone.utc)
+    return cycle_usage(Warehouse(settings), args.org, subscriptions, catalogue, settings.default_plan, at), catalogue, at
+
+
+def _cycle(settings: Settings, args: argparse.Namespace) -> int:
+    found, _catalogue, at = _cycle_usage(settings, args)
+    _print([usage.as_row() for usage in found], f"org {args.org}: the billing cycle containing {at.isoformat()} "
+           "(revenue before grants and carried-over credits)", args.format)
+    return 0
+
+
+def _losses(settings: Settings, args: argparse.Namespace) -> int:
+    from meterline.sinks.reports import negative_margins
+
+    found, catalogue, at = _cycle_usage(settings, args)
+    _print([loss.as_row() for loss in negative_margins(found, catalogue)],
+           f"org {args.org}: who costs more than they pay in the cycle containing {at.isoformat()}", args.format)
     return 0
 
 
@@ -207,10 +221,13 @@ def register(commands: Any) -> None:
     spike.add_argument("--format", choices=["table", "csv", "json"], default="table")
     spike.set_defaults(run=_reporting_errors(_spikes))
     cycle = reports.add_parser("cycle", help="an org's billing entities in their current cycle: usage, cost, revenue, margin")
-    cycle.add_argument("org")
-    cycle.add_argument("--at", type=instant_argument, help="the cycle containing this instant (default: now)")
-    cycle.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    cycle.set_defaults(run=_reporting_errors(_cycle))
+    losses = reports.add_parser("losses", help="an org's billing entities that cost more than they pay this cycle, "
+                                "each with the plan that would cover it")
+    for parser, run in ((cycle, _cycle), (losses, _losses)):
+        parser.add_argument("org")
+        parser.add_argument("--at", type=instant_argument, help="the cycle containing this instant (default: now)")
+        parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
+        parser.set_defaults(run=_reporting_errors(run))
     for parser, run in ((distribution, _distribution), (heavy, _heavy_users), (top, _top), (models, _models)):
         parser.add_argument("--org", help="one org only (default: every org's users)")
         parser.add_argument("--from", dest="start", type=instant_argument, help=f"ISO 8601 (default: --to minus {DEFAULT_DAYS} days)")

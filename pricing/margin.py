@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from meterline.pricing.catalogue import Catalogue
+from meterline.pricing.invoice import compute_invoice
 from meterline.pricing.plans import Plan, TokenProfile
 from meterline.pricing.rating import Rater
 
@@ -123,3 +124,16 @@ def fallback_problems(catalogue: Catalogue) -> list[str]:
 
     return [f"plans.{pid}.degradation.{src}: {dst} is not cheaper than {src} (${cost(dst)} vs ${cost(src)} per typical 1,000 tokens)"
             for pid, plan in catalogue.plans.items() for src, dst in plan.degradation.items() if cost(dst) >= cost(src)]
+
+
+def plan_that_covers(catalogue: Catalogue, credits_used: Decimal, provider_cost: Decimal, interval: str,
+                     other_than: str) -> tuple[str, Decimal] | None:
+    """The plan (other than `other_than`, billed every `interval`) whose invoice for `credits_used`
+    is the lowest above `provider_cost`, with that total; None when no plan would cover it.
+
+    On a hard-cap plan the invoice is its fee: the cap stops usage past its credits, so the cost
+    stops growing too.
+    """
+    covering = sorted((compute_invoice(plan_id, plan, credits_used).total, plan_id)
+                      for plan_id, plan in catalogue.plans.items() if plan_id != other_than and plan.interval == interval)
+    return next(((plan_id, total) for total, plan_id in covering if total > provider_cost), None)

@@ -340,3 +340,32 @@ def cycle_usage(warehouse: Warehouse, org_id: str, subscriptions: dict[str, Subs
         found.append(_entity(f"{org_id}/{user}", subscription, catalogue, cycle,
                              warehouse.query(_usage_in(cycle.start, cycle.end, org_id, [user], []))))
     return found
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A billing entity whose provider cost this cycle is above its revenue."""
+
+    usage: CycleUsage
+    suggestion: str
+
+    def as_row(self) -> dict[str, Any]:
+        return {**self.usage.as_row(), "loss_usd": self.usage.provider_cost - self.usage.revenue,
+                "suggestion": self.suggestion}
+
+
+def negative_margins(usages: list[CycleUsage], catalogue: Catalogue) -> list[Loss]:
+    """The entities of a cycle report (`cycle_usage`) that cost more than they pay, the largest loss
+    first; each suggested the plan whose invoice for the same credits is the lowest that covers
+    the cost, else a rate limit (no plan pays for this usage)."""
+    from meterline.pricing.margin import plan_that_covers
+
+    losses = []
+    for usage in usages:
+        if usage.provider_cost <= usage.revenue:
+            continue
+        interval = catalogue.plan(usage.plan).interval
+        covering = plan_that_covers(catalogue, usage.credits, usage.provider_cost, interval, other_than=usage.plan)
+        suggestion = RATE_LIMIT if covering is None else f"{MOVE_UP}: {covering[0]} (${covering[1]} this cycle)"
+        losses.append(Loss(usage, suggestion))
+    return sorted(losses, key=lambda loss: (loss.usage.revenue - loss.usage.provider_cost, loss.usage.entity))

@@ -112,3 +112,41 @@ def test_the_commands_print_them_and_odd_days_are_no_traceback(usage, broker_set
     for day in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"):  # past what the warehouse holds: clamped
         assert main(["report", "spikes", "--day", day, "--format", "json"]) == 0
         assert json.loads(capsys.readouterr().out) == []
+
+
+def test_losses_are_the_entities_that_cost_more_than_they_pay_with_the_plan_that_would_cover_them(
+        broker_settings: Settings) -> None:
+    """Worked out by hand on the shipped plans (free $0 capped at 50 credits, pro $20 + $0.30 a credit
+    past 100, enterprise $750 with 5,000 included)."""
+    from meterline.pricing.catalogue import default_catalogue
+    from meterline.schemas.rated import RATED_FIELDS
+    from meterline.schemas.subscription import Subscription
+    from meterline.sinks.reports import MOVE_UP, cycle_usage, negative_margins
+
+    warehouse = Warehouse(broker_settings.model_copy(update={"clickhouse_database": f"losses_{uuid.uuid4().hex[:8]}"}))
+    nov = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+    def event(org: str, user: str, credits: int, cost: str) -> list[object]:
+        row = _row(org, user, uuid.uuid4().hex, Decimal(cost), nov + timedelta(days=3))
+        row[RATED_FIELDS.index("credits")] = Decimal(credits)
+        return row
+
+    rows = [event("free-org", "cheap", 10, "0.05"), event("free-org", "heavy", 60, "0.50"),
+            event("pooled", "a", 80, "30"), event("pooled", "b", 50, "10"),  # 130 credits: $29 of revenue, $40 of cost
+            event("big", "whale", 100, "10000")]  # on enterprise: no plan's invoice covers $10,000
+    warehouse.insert_rated(RATED_EVENTS, rows, dedupe_token=uuid.uuid4().hex)
+    warehouse.insert_rated(RATED_EVENTS, rows, dedupe_token=uuid.uuid4().hex)  # replayed: counted once
+    subscriptions = {"pooled": Subscription(org_id="pooled", plan="pro", since=nov),
+                     "big": Subscription(org_id="big", plan="enterprise", since=nov)}
+    catalogue, at = default_catalogue(), nov + timedelta(days=10)
+
+    def losses(org: str) -> list[tuple[str, Decimal, str]]:
+        found = negative_margins(cycle_usage(warehouse, org, subscriptions, catalogue, "free", at), catalogue)
+        return [(loss.usage.entity, loss.as_row()["loss_usd"], loss.suggestion) for loss in found]
+
+    # Free users cost money and pay nothing; pro's $20 fee covers either.
+    assert losses("free-org") == [("free-org/heavy", Decimal("0.50"), f"{MOVE_UP}: pro ($20.00 this cycle)"),
+                                  ("free-org/cheap", Decimal("0.05"), f"{MOVE_UP}: pro ($20.00 this cycle)")]
+    # $29.00 against $40: enterprise bills $750 for 130 credits, the lowest that covers it.
+    assert losses("pooled") == [("pooled", Decimal("11.00"), f"{MOVE_UP}: enterprise ($750.00 this cycle)")]
+    assert losses("big") == [("big", Decimal(10000 - 750), "rate-limit")]
