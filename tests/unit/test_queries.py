@@ -78,3 +78,23 @@ def test_both_tables_have_the_same_columns():
 def test_status_routes_applied_rows_to_rated_events_and_copies_to_duplicates():
     assert queries.TABLE_FOR_STATUS == {"applied": "rated_events", "duplicate": "usage_duplicates",
                                         "conflict": "usage_duplicates"}
+
+
+def test_the_spike_query_compares_without_dividing_and_takes_every_value_as_a_parameter():
+    from datetime import datetime, timezone
+    from decimal import Decimal
+
+    from meterline.sinks.reports import spikes_query
+
+    day = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    sql, parameters = spikes_query(day, "acme", Decimal("2.5"), limit=7)
+    assert sql == (
+        "SELECT org_id, user_id, sumIf(provider_cost_usd, event_time >= {day:DateTime64(3, 'UTC')}) AS today, "
+        "sumIf(provider_cost_usd, event_time < {day:DateTime64(3, 'UTC')}) AS before, "
+        "countIf(event_time >= {day:DateTime64(3, 'UTC')}) AS events "
+        "FROM rated_events FINAL WHERE event_time >= {start:DateTime64(3, 'UTC')} AND event_time < {end:DateTime64(3, 'UTC')} "
+        "AND org_id = {org:String} GROUP BY org_id, user_id "
+        "HAVING before > 0 AND today * {days:UInt32} > before * {times:Decimal(38, 6)} "
+        "ORDER BY today / before DESC, org_id, user_id LIMIT {limit:UInt32}")
+    assert parameters == {"start": datetime(2026, 11, 13, tzinfo=timezone.utc), "end": datetime(2026, 11, 21, tzinfo=timezone.utc),
+                          "org": "acme", "day": day, "days": 7, "times": Decimal("2.5"), "limit": 7}
