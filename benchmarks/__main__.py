@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import pkgutil
 import sys
@@ -9,12 +10,21 @@ import sys
 import meterline.benchmarks as package
 
 
-def main(names: list[str]) -> int:
-    modules = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name.startswith("bench_"))
-    selected = [m for m in modules if not names or m.removeprefix("bench_") in names or m in names]
+def benchmark_names() -> list[str]:
+    return sorted(m.name.removeprefix("bench_") for m in pkgutil.iter_modules(package.__path__) if m.name.startswith("bench_"))
+
+
+def main(argv: list[str]) -> int:
+    names = benchmark_names()
+    parser = argparse.ArgumentParser(prog="python -m meterline.benchmarks",
+                                     description="Bounded benchmarks on the local stack; each prints its table.")
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"which to run (default: all): {', '.join(names)}")
+    selected = parser.parse_args(argv).names or names
+    if unknown := [name for name in selected if name not in names]:
+        parser.error(f"no benchmark called {', '.join(map(repr, unknown))} (choose from {', '.join(names)})")
     for name in selected:
-        print(f"\n=== {name} ===", flush=True)
-        importlib.import_module(f"meterline.benchmarks.{name}").main()
+        print(f"\n=== bench_{name} ===", flush=True)
+        importlib.import_module(f"meterline.benchmarks.bench_{name}").main()
     return 0
 
 
