@@ -48,6 +48,7 @@ def _stack(settings: Settings, args: argparse.Namespace) -> int:
 
 def _sink(settings: Settings, _args: argparse.Namespace) -> int:
     from meterline.sinks import ClickHouseSink, Warehouse
+    from meterline.sinks.query_endpoint import QueryEndpoint
     from meterline.stack import ensure_topics
 
     ensure_topics(settings)
@@ -58,7 +59,13 @@ def _sink(settings: Settings, _args: argparse.Namespace) -> int:
     warehouse = Warehouse(settings)
     logging.getLogger("meterline.sinks").info("storing %s in ClickHouse (%s)", settings.rated_topic,
                                              "server" if settings.clickhouse_url else f"chDB at {settings.chdb_dir}")
-    ClickHouseSink(settings, warehouse).run(stop)
+    # Embedded, this process alone can open the warehouse: it answers `meterline sql` and `report` for others.
+    endpoint = None if settings.clickhouse_url else QueryEndpoint(settings, warehouse)
+    try:
+        ClickHouseSink(settings, warehouse).run(stop)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
     return 0
 
 

@@ -71,55 +71,55 @@ def _print(rows: list[dict[str, Any]], title: str, output_format: str) -> None:
 
 
 def _distribution(settings: Settings, args: argparse.Namespace) -> int:
-    from meterline.sinks import Warehouse
+    from meterline.sinks.query_endpoint import open_for_reading
     from meterline.sinks.reports import cost_distribution
 
     start, end = _period(args)
-    report = cost_distribution(Warehouse(settings), start, end, args.org)
+    report = cost_distribution(open_for_reading(settings), start, end, args.org)
     _print([report.as_row()], f"provider cost per user, {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
            + (f", org {args.org}" if args.org else ""), args.format)
     return 0
 
 
 def _heavy_users(settings: Settings, args: argparse.Namespace) -> int:
-    from meterline.sinks import Warehouse
+    from meterline.sinks.query_endpoint import open_for_reading
     from meterline.sinks.reports import heavy_users
 
     start, end = _period(args)
-    found = heavy_users(Warehouse(settings), start, end, args.org, args.times_median, args.limit)
+    found = heavy_users(open_for_reading(settings), start, end, args.org, args.times_median, args.limit)
     _print([user.as_row() for user in found], f"users above {args.times_median} x the median cost, "
            f"{start:%Y-%m-%d} to {end:%Y-%m-%d}", args.format)
     return 0
 
 
 def _top(settings: Settings, args: argparse.Namespace) -> int:
-    from meterline.sinks import Warehouse
+    from meterline.sinks.query_endpoint import open_for_reading
     from meterline.sinks.reports import top_users
 
     start, end = _period(args)
-    found = top_users(Warehouse(settings), start, end, args.org, args.limit)
+    found = top_users(open_for_reading(settings), start, end, args.org, args.limit)
     _print([user.as_row() for user in found], f"the {args.limit} costliest users and their models, "
            f"{start:%Y-%m-%d} to {end:%Y-%m-%d}", args.format)
     return 0
 
 
 def _models(settings: Settings, args: argparse.Namespace) -> int:
-    from meterline.sinks import Warehouse
+    from meterline.sinks.query_endpoint import open_for_reading
     from meterline.sinks.reports import model_mix
 
     start, end = _period(args)
-    _print([usage.as_row() for usage in model_mix(Warehouse(settings), start, end, args.org)],
+    _print([usage.as_row() for usage in model_mix(open_for_reading(settings), start, end, args.org)],
            f"the model mix, {start:%Y-%m-%d} to {end:%Y-%m-%d}", args.format)
     return 0
 
 
 def _spikes(settings: Settings, args: argparse.Namespace) -> int:
-    from meterline.sinks import Warehouse
+    from meterline.sinks.query_endpoint import open_for_reading
     from meterline.sinks.reports import BASELINE_DAYS, spikes
 
     day = (args.day or datetime.now(timezone.utc)).astimezone(timezone.utc)
     day = day.replace(hour=0, minute=0, second=0, microsecond=0)
-    found = spikes(Warehouse(settings), day, args.org, args.times_baseline, args.limit)
+    found = spikes(open_for_reading(settings), day, args.org, args.times_baseline, args.limit)
     _print([spike.as_row() for spike in found], f"users above {args.times_baseline} x their own mean daily cost of the "
            f"{BASELINE_DAYS} days before, on {day:%Y-%m-%d} UTC", args.format)
     return 0
@@ -128,7 +128,7 @@ def _spikes(settings: Settings, args: argparse.Namespace) -> int:
 def _cycle_usage(settings: Settings, args: argparse.Namespace) -> tuple[list[Any], Any, datetime]:
     """The org's billing entities in the cycle containing `--at`, the catalogue and that instant."""
     from meterline.schemas.usage import require_identifiers
-    from meterline.sinks import Warehouse
+    from meterline.sinks.query_endpoint import open_for_reading
     from meterline.sinks.reports import cycle_usage
     from meterline.subscriptions import load_checked_catalogue, read_topic
 
@@ -139,7 +139,7 @@ def _cycle_usage(settings: Settings, args: argparse.Namespace) -> tuple[list[Any
     for where in unreadable:
         print(f"skipped a subscriptions record that is not a subscription: {where}", file=sys.stderr)
     at = args.at or datetime.now(timezone.utc)
-    return cycle_usage(Warehouse(settings), args.org, subscriptions, catalogue, settings.default_plan, at), catalogue, at
+    return cycle_usage(open_for_reading(settings), args.org, subscriptions, catalogue, settings.default_plan, at), catalogue, at
 
 
 def _cycle(settings: Settings, args: argparse.Namespace) -> int:
@@ -159,10 +159,10 @@ def _losses(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _sql(settings: Settings, args: argparse.Namespace) -> int:
-    from meterline.sinks import Warehouse
+    from meterline.sinks.query_endpoint import open_for_reading
     from meterline.sinks.sql import run_read_only
 
-    columns, rows = run_read_only(Warehouse(settings), args.statement)
+    columns, rows = run_read_only(open_for_reading(settings), args.statement)
     _print([dict(zip(columns, row)) for row in rows], "", args.format)
     return 0
 

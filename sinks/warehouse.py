@@ -29,6 +29,10 @@ _chdb_lock = threading.Lock()
 _owned: dict[str, IO[str]] = {}  # lock files held for this process's lifetime
 
 
+class DirectoryInUse(MeterlineError):
+    """Another process owns the embedded warehouse's directory."""
+
+
 def _own_directory(directory: Path) -> None:
     """Take the chDB directory for this process, or say which process has it.
 
@@ -43,7 +47,7 @@ def _own_directory(directory: Path) -> None:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise MeterlineError(f"the embedded ClickHouse directory {directory} is in use by {holder}; one process "
+        raise DirectoryInUse(f"the embedded ClickHouse directory {directory} is in use by {holder}; one process "
                              "owns it (stop that one, or set METERLINE_CHDB_PATH)") from None
     handle.seek(0)
     handle.truncate()
@@ -108,8 +112,9 @@ class Warehouse:
         with self._lock:
             return list(self._client.query(sql, parameters=parameters, settings=settings).result_rows)
 
-    def query_with_columns(self, sql: str, settings: dict[str, Any] | None = None) -> tuple[list[str], list[Sequence[Any]]]:
-        """A statement with no parameters (as a person typed it): its column names and rows."""
+    def query_with_columns(self, sql: str, settings: dict[str, Any] | None = None,
+                           parameters: dict[str, Any] | None = None) -> tuple[list[str], list[Sequence[Any]]]:
+        """A statement's column names and rows (with no parameters: as a person typed it)."""
         with self._lock:
-            result = self._client.query(sql, settings=settings)
+            result = self._client.query(sql, parameters=parameters, settings=settings)
             return list(result.column_names), list(result.result_rows)
