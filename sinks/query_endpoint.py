@@ -8,8 +8,9 @@ and `meterline report` cannot open it. The sink serves them instead, on 127.0.0.
   `INTO OUTFILE`) and runs with ClickHouse's `readonly = 1`, so the key opens reads, never writes.
 - The address is written to `<chdb directory>.endpoint` (mode 0600, beside the lock file), and
   removed when the sink stops; a reader finds it there when the directory is in use.
-- Values travel as JSON with their types tagged (Decimal, datetime, tuple), so a report computed
-  through the endpoint is exactly the one computed in place.
+- Values travel as JSON with their types tagged (`{"$decimal": "0.1"}`, `$datetime`, `$tuple`, and
+  `$map` for every dict, so no data key is taken for a tag), so a report computed through the
+  endpoint is exactly the one computed in place.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def _decode(value: Any) -> Any:
             return tuple(_decode(item) for item in value["$tuple"])
         if "$map" in value:
             return {_decode(k): _decode(v) for k, v in value["$map"]}
+        return {key: _decode(item) for key, item in value.items()}  # a plain object, as a person may write one
     return value
 
 
@@ -119,7 +121,8 @@ def _handler(warehouse: Warehouse, expected_key: str) -> type[BaseHTTPRequestHan
                 return self._answer(404, {"error": "not found"})
             if not same_key(header[7:] if header.startswith("Bearer ") else "", expected_key):
                 return self._answer(401, {"error": "the operator key is required"})
-            length = int(self.headers.get("Content-Length") or 0)
+            length_text = self.headers.get("Content-Length") or "0"
+            length = int(length_text) if length_text.isascii() and length_text.isdigit() else 0
             if not 0 < length <= MAX_REQUEST_BYTES:
                 return self._answer(400, {"error": f"a query is 1 to {MAX_REQUEST_BYTES} bytes of JSON"})
             try:
@@ -127,8 +130,8 @@ def _handler(warehouse: Warehouse, expected_key: str) -> type[BaseHTTPRequestHan
                 sql, parameters = request["sql"], request.get("parameters") or {}
                 if not isinstance(sql, str) or not isinstance(parameters, dict):
                     raise TypeError("sql must be text and parameters an object")
-            except (ValueError, KeyError, TypeError) as error:
-                return self._answer(400, {"error": f"not a query: {error}"})
+            except (ValueError, KeyError, TypeError, RecursionError) as error:
+                return self._answer(400, {"error": f"not a query: {str(error)[:200]}"})
             try:
                 checked_statement(warehouse, sql)
                 columns, rows = warehouse.query_with_columns(sql, settings=READ_ONLY, parameters=parameters)

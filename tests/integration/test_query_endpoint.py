@@ -3,6 +3,7 @@ read-only, behind the operator key; the sink, separate process, on the real brok
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -99,6 +100,14 @@ def test_a_running_sink_answers_sql_and_reports_for_others_read_only_and_behind_
         assert post(url, query, None) == 401 and post(url, query, "mlo_forged") == 401
         assert post(url, json.dumps({"sql": "DROP TABLE rated_events"}).encode(), key) == 403
         assert post(url, b"\xff\xfe not json", key) == 400 and post(url, b'{"sql": 5}', key) == 400
+        assert post(url, b"[" * 500_000 + b"]" * 500_000, key) == 400  # nested past any parser's depth
+        assert post(url, json.dumps({"sql": "SELECT {d:Decimal(9, 2)}", "parameters": {"d": {"$decimal": [1]}}}).encode(), key) == 400
+        connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
+        connection.putrequest("POST", "/v1/query")
+        connection.putheader("Authorization", f"Bearer {key}")
+        connection.putheader("Content-Length", "x")
+        connection.endheaders()
+        assert connection.getresponse().status == 400
         assert post(url, query, key) == 200
         assert sink.poll() is None  # no request stopped it
     finally:
