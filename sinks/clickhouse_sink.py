@@ -208,7 +208,7 @@ class ClickHouseSink:
         delay = 0.5
         while True:
             wait = delay if deadline is None else min(delay, deadline - time.monotonic())
-            log.warning("ClickHouse write failed, retrying in %.1fs: %s", max(wait, 0), error)
+            log.warning("ClickHouse write failed, retrying in %.1fs (%s records behind): %s", max(wait, 0), self.lag(), error)
             if wait <= 0 or (stop or threading.Event()).wait(wait):
                 return None  # stopping or out of time: offsets stay uncommitted
             delay = min(delay * 2, 10.0)
@@ -251,10 +251,13 @@ class ClickHouseSink:
         if self._consumer is None:
             return None
         behind = 0
-        for position in self._consumer.position(self._consumer.assignment()):
-            _low, high = self._consumer.get_watermark_offsets(position, cached=True)
-            if position.offset >= 0 and high >= 0:
-                behind += max(high - position.offset, 0)
+        try:
+            for position in self._consumer.position(self._consumer.assignment()):
+                _low, high = self._consumer.get_watermark_offsets(position, cached=True)
+                if position.offset >= 0 and high >= 0:
+                    behind += max(high - position.offset, 0)
+        except KafkaException:  # e.g. in a rebalance: unknown for now, never a reason to stop
+            return None
         return behind + self._buffered()
 
     def report(self, now: float) -> None:

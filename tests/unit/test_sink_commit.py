@@ -204,6 +204,12 @@ class _Topic:
     def close(self) -> None:
         pass
 
+    def assignment(self) -> list[Any]:
+        return []  # lag() counts what is buffered only
+
+    def position(self, partitions: list[Any]) -> list[Any]:
+        return partitions
+
 
 def test_the_next_batch_is_read_while_one_is_written_and_each_is_committed_after_its_insert_in_order(tmp_path: Any) -> None:
     warehouse = _Gated()
@@ -228,7 +234,8 @@ def test_the_next_batch_is_read_while_one_is_written_and_each_is_committed_after
     sink.close()
 
 
-def test_a_failed_insert_in_the_writer_is_retried_and_committed_once(tmp_path: Any) -> None:
+def test_a_failed_insert_in_the_writer_is_retried_and_committed_once_and_the_retry_says_the_lag(
+        tmp_path: Any, caplog: Any) -> None:
     class DownForOneWrite(_Warehouse):
         down = True
 
@@ -254,4 +261,5 @@ def test_a_failed_insert_in_the_writer_is_retried_and_committed_once(tmp_path: A
         sink.poll_once()
     assert topic.commits == [[(RATED_TOPIC, 0, 5)]] and sink.rows_written == 1
     assert [token for _t, _rows, token in warehouse.batches] == [f"{RATED_TOPIC}:0:4-4"]
+    assert any("(1 records behind)" in record.getMessage() for record in caplog.records)  # the batch held
     sink.close()
