@@ -18,7 +18,13 @@ from typing import Any
 from meterline.exceptions import MeterlineError
 from meterline.sinks.warehouse import Warehouse
 
-READ_ONLY = {"readonly": 1}
+# readonly = 1 also keeps a statement from raising these limits (ClickHouse refuses the setting):
+# a result too large to print, or one that runs for ever, would otherwise take the process serving
+# it down - the sink itself, when it answers for another process (query_endpoint.py).
+MAX_RESULT_ROWS = 1_000_000
+MAX_SECONDS = 300
+READ_ONLY = {"readonly": 1, "max_result_rows": MAX_RESULT_ROWS, "result_overflow_mode": "throw",
+             "max_execution_time": MAX_SECONDS}
 # What a statement may start with, checked before ClickHouse's own readonly mode (two locks, not one).
 READING_STATEMENTS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS"})
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|`(?:[^`\\]|\\.)*`|\"(?:[^\"\\]|\\.)*\"")
@@ -59,6 +65,10 @@ def _first_line(error: Exception) -> str:
     message = (str(error).strip().splitlines() or [type(error).__name__])[0]
     if "Multi-statements are not allowed" in message:
         return "one statement at a time: this text holds several"
+    if "(TOO_MANY_ROWS_OR_BYTES)" in message:
+        return f"the result is over {MAX_RESULT_ROWS:,} rows: aggregate it, or add a LIMIT"
+    if "(TIMEOUT_EXCEEDED)" in message:
+        return f"the statement ran past {MAX_SECONDS} s and was stopped"
     if "(READONLY)" in message:
         return "refused: meterline sql only reads (ClickHouse: cannot execute query in readonly mode)"
     # A parser error quotes the whole wrapped query after "In scope"; the position and what it expected suffice.

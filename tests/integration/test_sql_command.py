@@ -58,3 +58,15 @@ def test_into_outfile_is_refused_and_writes_no_file(sql_settings: Settings, tmp_
     assert main(["sql", f"select 1 into   outfile '{target}'"]) == 2
     assert "INTO OUTFILE is refused" in capsys.readouterr().err
     assert not target.exists()
+
+
+def test_a_result_too_large_to_print_is_refused_and_the_limit_cannot_be_lifted(
+        sql_settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    from meterline.sinks.sql import MAX_RESULT_ROWS
+
+    assert main(["sql", f"SELECT number FROM numbers({MAX_RESULT_ROWS + 1})", "--format", "csv"]) == 2
+    assert "aggregate it, or add a LIMIT" in capsys.readouterr().err
+    assert main(["sql", f"SELECT number FROM numbers({MAX_RESULT_ROWS + 1}) SETTINGS max_result_rows = 0"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["sql", f"SELECT count() AS n FROM numbers({MAX_RESULT_ROWS + 1})", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["n", str(MAX_RESULT_ROWS + 1)]
