@@ -1,4 +1,6 @@
-"""Operator reports over the rated events: the power law of cost per user, and the users who carry it.
+"""Operator reports over the rated events: the power law of cost per user, the users who carry it
+(heavy, top with their model mix, spiking against their own week), the model mix, each billing
+entity's cycle and the ones that cost more than they pay.
 
 Dedupe-correct: every query reads `rated_events FINAL`, one row per (org, user, request id)
 whether ClickHouse has merged a re-sent or replayed copy yet or not; duplicates live in their own
