@@ -31,7 +31,7 @@ from meterline.auth import operator_key, resolve_secret, same_key
 from meterline.exceptions import MeterlineError
 from meterline.settings import Settings
 from meterline.sinks.queries import Query
-from meterline.sinks.sql import READ_ONLY, RefusedStatement, checked_statement
+from meterline.sinks.sql import READ_ONLY, RefusedStatement, checked_statement, error_line
 from meterline.sinks.warehouse import DirectoryInUse, Warehouse
 
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -142,7 +142,7 @@ def _handler(warehouse: Warehouse, expected_key: str) -> type[BaseHTTPRequestHan
             except RefusedStatement as error:
                 return self._answer(403, {"error": str(error)})
             except Exception as error:  # noqa: BLE001 - the reader gets ClickHouse's reason, the sink goes on
-                return self._answer(422, {"error": (str(error).strip().splitlines() or [type(error).__name__])[0][:400]})
+                return self._answer(422, {"error": error_line(error)})
             return self._answer(200, {"columns": columns, "rows": [list(row) for row in rows]})
 
     return Handler

@@ -43,7 +43,7 @@ def checked_statement(warehouse: Warehouse, text: str) -> str:
         (formatted,) = warehouse.query(("SELECT formatQuerySingleLine({statement:String})", {"statement": text}),
                                        settings=READ_ONLY)[0]
     except Exception as error:  # noqa: BLE001 - the parser's message is the useful part
-        raise RefusedStatement(_first_line(error)) from None
+        raise RefusedStatement(error_line(error)) from None
     first_word = formatted.lstrip("( ").split(" ", 1)[0].upper()
     if first_word not in READING_STATEMENTS:
         raise RefusedStatement(f"{first_word} is refused: meterline sql only reads ({', '.join(sorted(READING_STATEMENTS))})")
@@ -58,10 +58,11 @@ def run_read_only(warehouse: Warehouse, text: str) -> tuple[list[str], list[Sequ
     try:
         return warehouse.query_with_columns(statement, settings=READ_ONLY)
     except Exception as error:  # noqa: BLE001 - e.g. "Cannot execute query in readonly mode"
-        raise RefusedStatement(_first_line(error)) from None
+        raise RefusedStatement(error_line(error)) from None
 
 
-def _first_line(error: Exception) -> str:
+def error_line(error: Exception) -> str:
+    """What a reader needs of ClickHouse's error: its first line, in words where the code is known."""
     message = (str(error).strip().splitlines() or [type(error).__name__])[0]
     if "Multi-statements are not allowed" in message:
         return "one statement at a time: this text holds several"

@@ -93,6 +93,8 @@ def test_a_running_sink_answers_sql_and_reports_for_others_read_only_and_behind_
             refused = sql(settings, statement)
             assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
         assert stored(settings) == 300
+        too_large = sql(settings, "SELECT number FROM numbers(1000001)")  # past sql.MAX_RESULT_ROWS
+        assert too_large.returncode == 2 and "add a LIMIT" in too_large.stderr, too_large.stderr
 
         url = json.loads(endpoint_file(settings).read_text())["url"]
         key = operator_key(settings.api_secret.get_secret_value())  # type: ignore[union-attr]
