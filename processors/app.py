@@ -249,7 +249,7 @@ class Engine:
                 stored = self.states.data.data.get(_position_key(partition))
                 self.positions[partition] = int(stored) if stored else None
         records = self._with_skipped(records)
-        result = self.processor.process(records, self.state_of, now=time.time())
+        result = self.processor.process(records, self.state_of, now=time.time(), read_record=self._read_source)
         self._write(result)
         for key in self._watchers.keys() & result.states.keys():
             self._wake(key)
@@ -272,6 +272,11 @@ class Engine:
             complete.append(record)
             self.positions[record.partition] = max(expected or 0, record.offset + 1)
         return complete
+
+    def _read_source(self, partition: int, offset: int) -> bytes | None:
+        """One earlier record of the usage topic (a correction reads the event it corrects): rare, so read directly."""
+        found = read_range(self.settings.kafka_bootstrap, self.settings.usage_topic, partition, offset, offset + 1)
+        return found[0].value if found else None
 
     def _remembered_batches(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
         prefix = f"{partition}/".encode()
@@ -334,7 +339,8 @@ class Engine:
         forgotten_early = sum(ids.forgotten_early for ids in self.processor.remembered.values())
         unconfirmed = sum(len(events) for events, _counts in self._unconfirmed)
         return {"applied": 0, "duplicates": 0, "conflicts": 0, "replayed": 0, "dead_lettered": 0, "grants": 0,
-                "duplicate_grants": 0, "conflicting_grants": 0,
+                "duplicate_grants": 0, "conflicting_grants": 0, "corrections": 0, "duplicate_corrections": 0,
+                "conflicting_corrections": 0,
                 **self.counters, "remembered_ids": remembered, "forgotten_early": forgotten_early,
                 "pending_events": len(self._pending), "unconfirmed_events": unconfirmed,
                 "subscriptions": len(self.subscriptions.latest), "subscriptions_unreadable": len(self.subscriptions.unreadable),

@@ -18,12 +18,17 @@ from datetime import datetime
 from decimal import Decimal, localcontext
 from typing import NamedTuple
 
+from pydantic import ValidationError
+
 from meterline.pricing import PricingError, Rater
+from meterline.pricing.rating import Rating
 from meterline.pricing.invoice import Grant
-from meterline.processors.accounts import Accounts, CycleAccount, alert_record
+from meterline.processors.accounts import ZERO, Accounts, CycleAccount, Placement, alert_record
 from meterline.pricing.money import EXACT
 from meterline.schemas import FieldProblem, InvalidEventError, UsageEvent, parse_event, record_time
+from meterline.schemas.correction import CORRECTION_TYPE_BYTES, CorrectionEvent, parse_correction
 from meterline.schemas.grant import GRANT_TYPE_BYTES, GrantEvent, parse_grant
+from meterline.schemas.usage import UsageData
 from meterline.schemas.rated import Status, rated_record
 from meterline.processors.state import RememberedIds, Seen, UserState, decode_batch, encode_batch, id_digest, payload_fingerprint
 
@@ -65,20 +70,27 @@ class BatchResult:
     counts: Counter[str] = field(default_factory=Counter)
 
 
-def decode(record: SourceRecord) -> UsageEvent | GrantEvent | DeadLetter:
-    """The record's usage event or grant, or why it is a dead letter. Never raises."""
+ReadRecord = Callable[[int, int], "bytes | None"]  # (partition, offset) -> that source record's value
+
+
+def decode(record: SourceRecord) -> UsageEvent | GrantEvent | CorrectionEvent | DeadLetter:
+    """The record's usage event, grant or correction, or why it is a dead letter. Never raises."""
     if record.value is None:
         return DeadLetter(record, (FieldProblem("value", "the record has no value (null)"),))
-    event: UsageEvent | GrantEvent
+    event: UsageEvent | GrantEvent | CorrectionEvent
     try:
         try:
             # "Too far in the future" is judged against the record's Kafka time, not this worker's
             # clock, so a replay after a crash judges it the same way.
             event = parse_event(record.value, now=record_time(record.timestamp))
         except InvalidEventError:
-            if GRANT_TYPE_BYTES not in record.value:
+            # Only what is not a usage event pays for these checks.
+            if GRANT_TYPE_BYTES in record.value:
+                event = parse_grant(record.value, record_time(record.timestamp))
+            elif CORRECTION_TYPE_BYTES in record.value:
+                event = parse_correction(record.value, record_time(record.timestamp))
+            else:
                 raise
-            event = parse_grant(record.value, record_time(record.timestamp))  # only what is not a usage event pays
     except InvalidEventError as error:
         return DeadLetter(record, tuple(error.problems))
     except Exception as error:  # noqa: BLE001 - whatever a record does, it must not stop the worker
@@ -88,6 +100,22 @@ def decode(record: SourceRecord) -> UsageEvent | GrantEvent | DeadLetter:
         return DeadLetter(record, (FieldProblem("key", f"the record key {record.key!r} must be the event's "
                                                        f"org_id/user_id {event.user_key!r}"),))
     return event
+
+
+def revision_digest(user_key: bytes, request_id: str, revision: int) -> int:
+    """Where correction number `revision` of a request is remembered (its offset)."""
+    return id_digest(b"%s\x00revision\x00%s\x00%d" % (user_key, request_id.encode(), revision))
+
+
+def amended(event: UsageEvent, correction: CorrectionEvent) -> UsageEvent:
+    """`event` with the amendment's fields; InvalidEventError if together they break a rule (cached > input)."""
+    assert correction.amended is not None
+    try:
+        data = UsageData.model_validate({**event.data.model_dump(), **correction.amended.changes()})
+    except ValidationError as error:
+        problems = InvalidEventError.from_validation_error(error).problems
+        raise InvalidEventError([FieldProblem(f"amended.{p.field.removeprefix('data.')}", p.rule) for p in problems]) from None
+    return event.model_copy(update={"data": data})
 
 
 class BatchProcessor:
@@ -122,17 +150,25 @@ class BatchProcessor:
         self.remembered.clear()
 
     def process(self, records: list[SourceRecord], state_of: Callable[[bytes], UserState],
-                now: float) -> BatchResult:
-        """Apply `records` (each partition's in offset order). `state_of` reads a user's stored state.
+                now: float, read_record: ReadRecord | None = None) -> BatchResult:
+        """Apply `records` (each partition's in offset order). `state_of` reads a user's stored state;
+        `read_record` reads an earlier source record (a correction reads the event it corrects).
 
         Costs, credits and balances are computed under `money.EXACT`: an amount that would need
         rounding raises (and its event is a dead letter) instead of being rounded.
         """
+        in_batch = {(record.partition, record.offset): record.value for record in records}
+
+        def read(partition: int, offset: int) -> bytes | None:
+            if (partition, offset) in in_batch:
+                return in_batch[(partition, offset)]
+            return None if read_record is None else read_record(partition, offset)
+
         with localcontext(EXACT):
-            return self._process(records, state_of, now)
+            return self._process(records, state_of, now, read)
 
     def _process(self, records: list[SourceRecord], state_of: Callable[[bytes], UserState],
-                 now: float) -> BatchResult:
+                 now: float, read: ReadRecord) -> BatchResult:
         result = BatchResult()
         first_seen: dict[int, dict[int, Seen]] = {}  # partition -> ids first seen in this batch
         for partition in {record.partition for record in records}:
@@ -150,6 +186,10 @@ class BatchProcessor:
             try:
                 if isinstance(outcome, GrantEvent):
                     self._grant(record, outcome, state_of, first_seen.setdefault(record.partition, {}), result)
+                    continue
+                if isinstance(outcome, CorrectionEvent):
+                    self._correct(record, outcome, state_of, first_seen.setdefault(record.partition, {}), result,
+                                  read, now)
                     continue
                 rating = self.rater.rate(outcome)
                 self._apply(record, outcome, rating.provider_cost_usd, rating.credits, rating.rule, state_of,
@@ -224,6 +264,97 @@ class BatchProcessor:
             result.counts["grants"] += 1
         if seen is None:
             first_seen[digest] = Seen(offset, fingerprint)
+
+    def _correct(self, record: SourceRecord, correction: CorrectionEvent, state_of: Callable[[bytes], UserState],
+                 first_seen: dict[int, Seen], result: BatchResult, read: ReadRecord, now: float) -> None:
+        """Void or amend one counted event, exactly once (processors/README.md, "Corrections").
+
+        The event's current version is rebuilt from Kafka: the counted event at the offset its
+        request id is remembered at, then each earlier correction of it, in order. The balance
+        changes by the difference between that version and the new one.
+        """
+        user_key = record.key or b""  # decode() checked that it is the correction's org_id/user_id
+        partition, offset = record.partition, record.offset
+        remembered = self.remembered[partition]
+
+        def lookup(digest: int) -> Seen | None:
+            return first_seen.get(digest) or remembered.get(digest)
+
+        digest = id_digest(b"%s\x00correction\x00%s" % (user_key, correction.id.encode()))  # no request id holds a NUL
+        fingerprint = payload_fingerprint(correction.effect())
+        seen = lookup(digest)
+        if seen is not None and seen.offset != offset:
+            result.counts["duplicate_corrections" if seen.fingerprint == fingerprint else "conflicting_corrections"] += 1
+            return
+        found = self._current_version(partition, user_key, correction, offset, lookup, read)
+        if isinstance(found, FieldProblem):
+            result.dead_letters.append(DeadLetter(record, (found,)))
+            result.counts["dead_lettered"] += 1
+            return
+        previous, previous_offset, revision = found
+        try:
+            before = self.rater.rate(previous)
+            after = None if correction.amended is None else amended(previous, correction)
+            rating = None if after is None else self.rater.rate(after)
+        except (InvalidEventError, PricingError) as error:
+            problems = error.problems if isinstance(error, InvalidEventError) else (FieldProblem("amended", str(error)),)
+            result.dead_letters.append(DeadLetter(record, tuple(problems)))
+            result.counts["dead_lettered"] += 1
+            return
+        credits = (ZERO if rating is None else rating.credits) - before.credits
+        cost = (ZERO if rating is None else rating.provider_cost_usd) - before.provider_cost_usd
+        events = -1 if after is None else 0
+        state = self._state(user_key, state_of, result)
+        data = previous.data
+        placement, account = self.accounts.correct(data.org_id, data.user_id, previous.time, credits, cost, events,
+                                                   state.account)
+        if state.has_applied(partition, offset):
+            result.counts["replayed"] += 1  # corrected before a crash; its rows are published again below
+        else:
+            result.states[user_key] = (partition, state.correct(credits, events, partition, offset, account, now))
+            result.counts["corrections"] += 1
+        if seen is None:
+            first_seen[digest] = Seen(offset, fingerprint)
+        revision_key = revision_digest(user_key, correction.request_id, revision)
+        if lookup(revision_key) is None:
+            first_seen[revision_key] = Seen(offset, 0)
+        # For the audit trail, the version it replaces; then the new one (for a void: what was voided, deleted).
+        result.rated.append((partition, user_key, self._rated(previous, before, "superseded", partition, previous_offset,
+                                                               now, placement, revision - 1, correction)))
+        result.rated.append((partition, user_key, self._rated(
+            after or previous, rating or before, "amended" if after else "voided", partition, offset, now, placement,
+            revision, correction)))
+
+    def _current_version(self, partition: int, user_key: bytes, correction: CorrectionEvent, offset: int,
+                         lookup: Callable[[int], Seen | None], read: ReadRecord) -> tuple[UsageEvent, int, int] | FieldProblem:
+        """The version of the corrected event before the correction at `offset`: (event, its offset, the new revision)."""
+        seen = lookup(id_digest(b"%s/%s" % (user_key, correction.request_id.encode())))
+        if seen is None:
+            return FieldProblem("request_id", f"no event of {user_key.decode()} with request id {correction.request_id!r} "
+                                              "is remembered: it was never counted, or is older than the dedupe window")
+        raw = read(partition, seen.offset)
+        if raw is None or payload_fingerprint(raw) != seen.fingerprint:
+            return FieldProblem("request_id", f"the counted event at offset {seen.offset} could not be read back from Kafka")
+        version, version_offset = parse_event(raw), seen.offset
+        revision = 1
+        while (earlier := lookup(revision_digest(user_key, correction.request_id, revision))) is not None \
+                and earlier.offset != offset:
+            raw = read(partition, earlier.offset)
+            if raw is None:
+                return FieldProblem("request_id", f"correction {revision} at offset {earlier.offset} could not be read back from Kafka")
+            before = parse_correction(raw)
+            if before.amended is None:
+                return FieldProblem("request_id", f"request id {correction.request_id!r} was voided by correction {before.id!r}")
+            version, version_offset = amended(version, before), earlier.offset
+            revision += 1
+        return version, version_offset, revision
+
+    def _rated(self, event: UsageEvent, rating: Rating, status: Status, partition: int, offset: int, now: float,
+               placement: Placement, revision: int, correction: CorrectionEvent) -> bytes:
+        return rated_record(event, provider_cost_usd=rating.provider_cost_usd, credits=rating.credits,
+                            credit_rule=rating.rule, price_version=self.price_version, status=status,
+                            partition=partition, offset=offset, processed_at=now, placement=placement,
+                            revision=revision, correction=correction)
 
     def _apply(self, record: SourceRecord, event: UsageEvent, cost: Decimal, credits: Decimal, rule: str,
                state_of: Callable[[bytes], UserState], first_seen: dict[int, Seen],

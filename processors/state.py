@@ -44,6 +44,11 @@ class UserState(NamedTuple):
         return UserState(self.credits_used + credits, self.events + 1, partition, offset, account,
                          max(self.as_of, event_time), applied_at)
 
+    def correct(self, credits: Decimal, events: int, partition: int, offset: int, account: CycleAccount | None,
+                applied_at: float) -> UserState:
+        """A correction of an event already counted: its differences (negative for a void), once."""
+        return UserState(self.credits_used + credits, self.events + events, partition, offset, account, self.as_of, applied_at)
+
     def has_applied(self, partition: int, offset: int) -> bool:
         return self.partition == partition and offset <= self.last_offset
 

@@ -17,8 +17,12 @@ from meterline.schemas.usage import UsageEvent
 
 if TYPE_CHECKING:
     from meterline.processors.accounts import Placement
+    from meterline.schemas.correction import CorrectionEvent
 
-Status = Literal["applied", "duplicate", "conflict"]
+# applied: counted as sent. duplicate, conflict: a re-send, not counted. amended, voided: the event's
+# version after a correction (rated_events keeps the highest revision; a voided one is deleted);
+# superseded: the version a correction replaced, for the audit trail only.
+Status = Literal["applied", "duplicate", "conflict", "amended", "voided", "superseded"]
 
 RATED_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("org_id", "String"),
@@ -49,9 +53,17 @@ RATED_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("plan", "LowCardinality(String)"),
     ("cycle_start", "DateTime64(3, 'UTC')"),
     ("late", "Bool"),
+    # Corrections (schemas/correction.py): 0 as sent, n after n corrections. rated_events keeps the
+    # highest revision of each request id, and hides it when `deleted` (a void).
+    ("revision", "UInt32"),
+    ("deleted", "UInt8"),
+    ("correction_id", "String"),
+    ("correction_reason", "String"),
 )
-# Records written before a column existed lack it: stored with these values.
-MISSING_VALUES: Final[dict[str, Any]] = {"plan": "", "cycle_start": 0.0, "late": False}
+# Records written before a column existed lack it (and an uncorrected event carries none of the
+# corrections' columns): stored with these values.
+MISSING_VALUES: Final[dict[str, Any]] = {"plan": "", "cycle_start": 0.0, "late": False, "revision": 0, "deleted": 0,
+                                         "correction_id": "", "correction_reason": ""}
 RATED_FIELDS: Final = tuple(name for name, _type in RATED_COLUMNS)
 _DECIMALS = frozenset(name for name, kind in RATED_COLUMNS if "Decimal" in kind)
 _TIMES = frozenset(name for name, kind in RATED_COLUMNS if kind.startswith("DateTime"))
@@ -59,9 +71,9 @@ _TIMES = frozenset(name for name, kind in RATED_COLUMNS if kind.startswith("Date
 
 def rated_record(event: UsageEvent, *, provider_cost_usd: Decimal, credits: Decimal, credit_rule: str,
                  price_version: str, status: Status, partition: int, offset: int, processed_at: float,
-                 placement: Placement) -> bytes:
+                 placement: Placement, revision: int = 0, correction: CorrectionEvent | None = None) -> bytes:
     data = event.data
-    return orjson.dumps({
+    record = {
         "status": status,  # first: the sink routes a record by it without parsing (rated_status)
         "org_id": data.org_id, "user_id": data.user_id, "request_id": event.id,
         "event_time": event.time, "model": data.model, "action": data.action or "",
@@ -72,7 +84,11 @@ def rated_record(event: UsageEvent, *, provider_cost_usd: Decimal, credits: Deci
         "price_version": price_version, "source": event.source, "metadata": data.metadata,
         "kafka_partition": partition, "kafka_offset": offset, "processed_at": processed_at,
         "plan": placement.plan, "cycle_start": placement.cycle_start, "late": placement.late,
-    })
+    }
+    if correction is not None:
+        record |= {"revision": revision, "deleted": int(status == "voided"), "correction_id": correction.id,
+                   "correction_reason": correction.reason}
+    return orjson.dumps(record)
 
 
 _STATUS_PREFIX = b'{"status":"'

@@ -40,7 +40,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from meterline.schemas.rated import rated_row, rated_status
 from meterline.settings import Settings
-from meterline.sinks.queries import TABLE_FOR_STATUS
+from meterline.sinks.queries import TABLES_FOR_STATUS
 from meterline.sinks.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -122,12 +122,13 @@ class ClickHouseSink:
         batch.next_offset[partition] = offset + 1
         value = message.value()
         try:
-            table = TABLE_FOR_STATUS[rated_status(value)]  # type: ignore[arg-type]
+            tables = TABLES_FOR_STATUS[rated_status(value)]
         except Exception:  # noqa: BLE001 - the worker wrote it; still, no record may stop the sink
             log.warning("unreadable rated record at %s[%d]@%d, skipped", message.topic(), partition, offset)
             self.unreadable_skipped += 1
             return
-        batch.records[table].append(value)  # type: ignore[arg-type]
+        for table in tables:
+            batch.records[table].append(value)  # type: ignore[arg-type]
 
     def _buffered(self) -> int:
         """Records held: gathered, and being written."""

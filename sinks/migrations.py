@@ -32,6 +32,13 @@ class Migration:
     version: int
     description: str
     statements: Callable[[str], list[str]]  # database -> SQL
+    # A step SQL alone cannot make idempotent (a table's engine), run after the statements.
+    procedure: Callable[[Warehouse], None] | None = None
+
+
+def _create_first_tables(database: str) -> list[str]:
+    ddl = queries.create_tables(database)
+    return [ddl[queries.RATED_EVENTS], ddl[queries.DUPLICATES]]
 
 
 def _widen_money_columns(database: str) -> list[str]:
@@ -48,10 +55,43 @@ def _add_placement_columns(database: str) -> list[str]:
             for table in (queries.RATED_EVENTS, queries.DUPLICATES) for name, kind in added]
 
 
+CORRECTION_COLUMNS = ("revision", "deleted", "correction_id", "correction_reason")
+
+
+def _add_correction_columns(database: str) -> list[str]:
+    # rated_events gets them by the rebuild below, which gives it their engine too.
+    added = [(name, kind) for name, kind in RATED_COLUMNS if name in CORRECTION_COLUMNS]
+    return [*(f"ALTER TABLE `{database}`.{queries.DUPLICATES} ADD COLUMN IF NOT EXISTS {name} {kind}" for name, kind in added),
+            queries.create_tables(database)[queries.CORRECTIONS]]
+
+
+def _rebuild_rated_events(warehouse: Warehouse) -> None:
+    """Give rated_events the engine that keeps a request id's latest revision: a table cannot change
+    engine in place, so its rows are copied into a new table, which then takes its name.
+    Stopped at any step, it is run again from where it stands."""
+    database, table = warehouse.database, queries.RATED_EVENTS
+    new, old = f"{table}_next", f"{table}_previous"
+    engines = dict(warehouse.query(("SELECT name, engine_full FROM system.tables WHERE database = {db:String}", {"db": database})))
+    if table not in engines and new in engines:  # stopped between the two renames
+        warehouse.command(f"RENAME TABLE `{database}`.{new} TO `{database}`.{table}")
+    elif not engines[table].startswith(queries.RATED_EVENTS_ENGINE):
+        warehouse.command(f"DROP TABLE IF EXISTS `{database}`.{new}")
+        warehouse.command(queries.create_table(database, new, queries.RATED_EVENTS_ORDER, queries.RATED_EVENTS_ENGINE))
+        kept = [name for (name,) in warehouse.query((
+            "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}", {"db": database, "t": table}))]
+        columns = ", ".join(kept)
+        warehouse.command(f"INSERT INTO `{database}`.{new} ({columns}) SELECT {columns} FROM `{database}`.{table}")
+        warehouse.command(f"RENAME TABLE `{database}`.{table} TO `{database}`.{old}")
+        warehouse.command(f"RENAME TABLE `{database}`.{new} TO `{database}`.{table}")
+    warehouse.command(f"DROP TABLE IF EXISTS `{database}`.{old}")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "rated_events and usage_duplicates", queries.create_tables),
+    Migration(1, "rated_events and usage_duplicates", _create_first_tables),
     Migration(2, "money columns Decimal(76, 18), so no sum can wrap around", _widen_money_columns),
     Migration(3, "plan, cycle_start and late on every rated row", _add_placement_columns),
+    Migration(4, "corrections: revision and deleted on every rated row, rated_events keeps the latest, usage_corrections",
+              _add_correction_columns, _rebuild_rated_events),
 )
 
 
@@ -68,6 +108,8 @@ def migrate(warehouse: Warehouse) -> list[Migration]:
             continue
         for statement in migration.statements(database):
             warehouse.command(statement)
+        if migration.procedure is not None:
+            migration.procedure(warehouse)
         warehouse.command(f"INSERT INTO `{database}`.{MIGRATIONS_TABLE} (version, description) "
                           "VALUES ({version:UInt32}, {description:String})",
                           {"version": migration.version, "description": migration.description})

@@ -15,29 +15,43 @@ Query = tuple[str, dict[str, Any]]
 
 RATED_EVENTS = "rated_events"  # what the balances counted: one row per (org, user, request id)
 DUPLICATES = "usage_duplicates"  # re-sent ids, marked duplicate or conflict, not counted: for audit
-TABLE_FOR_STATUS = {"applied": RATED_EVENTS, "duplicate": DUPLICATES, "conflict": DUPLICATES}
+CORRECTIONS = "usage_corrections"  # every version a correction replaced or made, with its reason: for audit
+TABLES_FOR_STATUS: dict[str, tuple[str, ...]] = {
+    "applied": (RATED_EVENTS,), "duplicate": (DUPLICATES,), "conflict": (DUPLICATES,),
+    "amended": (RATED_EVENTS, CORRECTIONS), "voided": (RATED_EVENTS, CORRECTIONS), "superseded": (CORRECTIONS,),
+}
 
 
 def create_database(database: str) -> str:
     return f"CREATE DATABASE IF NOT EXISTS `{database}`"
 
 
-def _create_table(database: str, table: str, order_by: str) -> str:
+# rated_events keeps, of each request id, the row with the highest revision, and none if that one
+# is deleted (a void): the corrected version, however the replays and merges fall.
+RATED_EVENTS_ENGINE = "ReplacingMergeTree(revision, deleted)"
+
+
+def create_table(database: str, table: str, order_by: str, engine: str = "ReplacingMergeTree") -> str:
     columns = ",\n    ".join(f"{name} {kind}" for name, kind in RATED_COLUMNS)
     # A replayed record (after a worker crash) is the same row again: ReplacingMergeTree keeps one.
     # non_replicated_deduplication_window lets a retried batch with the same
     # insert_deduplication_token be dropped at insert time.
     return (f"CREATE TABLE IF NOT EXISTS `{database}`.{table} (\n    {columns},\n"
-            f"    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)\n) ENGINE = ReplacingMergeTree\n"
+            f"    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)\n) ENGINE = {engine}\n"
             f"ORDER BY ({order_by})\nSETTINGS non_replicated_deduplication_window = 10000")
 
 
-def create_tables(database: str) -> list[str]:
-    return [
-        # The worker's dedupe identity: a request id within one user's events.
-        _create_table(database, RATED_EVENTS, "org_id, user_id, request_id"),
-        _create_table(database, DUPLICATES, "org_id, user_id, request_id, kafka_partition, kafka_offset"),
-    ]
+# The worker's dedupe identity: a request id within one user's events.
+RATED_EVENTS_ORDER = "org_id, user_id, request_id"
+
+
+def create_tables(database: str) -> dict[str, str]:
+    """Each table's DDL, by name."""
+    return {
+        RATED_EVENTS: create_table(database, RATED_EVENTS, RATED_EVENTS_ORDER, RATED_EVENTS_ENGINE),
+        DUPLICATES: create_table(database, DUPLICATES, "org_id, user_id, request_id, kafka_partition, kafka_offset"),
+        CORRECTIONS: create_table(database, CORRECTIONS, "org_id, user_id, request_id, revision, status"),
+    }
 
 
 def _org_filter(org_id: str | None) -> tuple[str, dict[str, Any]]:

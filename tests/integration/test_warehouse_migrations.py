@@ -34,7 +34,7 @@ def test_a_warehouse_from_before_migrations_is_widened_and_keeps_its_rows(make_s
     database, client = settings.clickhouse_database, _connect(settings)
     # The tables as they were made before money columns were Decimal(76, 18), with no migrations table.
     client.command(queries.create_database(database))
-    for ddl in queries.create_tables(database):
+    for ddl in queries.create_tables(database).values():
         client.command(ddl.replace("Decimal(76, 18)", "Decimal(38, 18)"))
     assert _column_types(settings, queries.RATED_EVENTS)["credits"] == "Decimal(38, 18)"
     big = Decimal(10**20 - 1)  # the largest whole value a Decimal(38, 18) holds

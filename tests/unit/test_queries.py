@@ -27,8 +27,12 @@ CREATE TABLE IF NOT EXISTS `db`.rated_events (
     plan LowCardinality(String),
     cycle_start DateTime64(3, 'UTC'),
     late Bool,
+    revision UInt32,
+    deleted UInt8,
+    correction_id String,
+    correction_reason String,
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
-) ENGINE = ReplacingMergeTree
+) ENGINE = ReplacingMergeTree(revision, deleted)
 ORDER BY (org_id, user_id, request_id)
 SETTINGS non_replicated_deduplication_window = 10000"""
 
@@ -53,9 +57,11 @@ def test_reads_without_an_org_filter_take_no_parameters():
 
 
 def test_tables_dedupe_counted_events_on_org_user_and_request_id():
-    rated, duplicates = queries.create_tables("db")
+    tables = queries.create_tables("db")
+    rated, duplicates, corrections = tables["rated_events"], tables["usage_duplicates"], tables["usage_corrections"]
     assert "`db`.rated_events (" in rated
-    assert "ENGINE = ReplacingMergeTree\n" in rated
+    # The latest revision of a request id is kept, and dropped when it is a void.
+    assert "ENGINE = ReplacingMergeTree(revision, deleted)\n" in rated
     assert "ORDER BY (org_id, user_id, request_id)\n" in rated
     assert "non_replicated_deduplication_window" in rated
     # Re-sent copies are kept one row per (id, where it was received): every copy stays auditable.
@@ -63,21 +69,27 @@ def test_tables_dedupe_counted_events_on_org_user_and_request_id():
     assert "ENGINE = ReplacingMergeTree\n" in duplicates
     assert "ORDER BY (org_id, user_id, request_id, kafka_partition, kafka_offset)\n" in duplicates
     assert "non_replicated_deduplication_window" in duplicates
+    # Every version a correction replaced or made stays: the audit trail of a request id.
+    assert "`db`.usage_corrections (" in corrections
+    assert "ENGINE = ReplacingMergeTree\n" in corrections
+    assert "ORDER BY (org_id, user_id, request_id, revision, status)\n" in corrections
 
 
 def test_rated_events_ddl_is_exactly_the_expected_text():
-    assert queries.create_tables("db")[0] == EXPECTED_RATED_EVENTS_DDL
+    assert queries.create_tables("db")["rated_events"] == EXPECTED_RATED_EVENTS_DDL
 
 
-def test_both_tables_have_the_same_columns():
-    rated, duplicates = queries.create_tables("db")
+def test_every_table_has_the_same_columns():
     columns = EXPECTED_RATED_EVENTS_DDL.split("(\n", 1)[1].split("\n) ENGINE", 1)[0]
-    assert columns in rated and columns in duplicates
+    assert all(columns in ddl for ddl in queries.create_tables("db").values())
 
 
-def test_status_routes_applied_rows_to_rated_events_and_copies_to_duplicates():
-    assert queries.TABLE_FOR_STATUS == {"applied": "rated_events", "duplicate": "usage_duplicates",
-                                        "conflict": "usage_duplicates"}
+def test_status_routes_each_rated_record_to_its_tables():
+    assert queries.TABLES_FOR_STATUS == {
+        "applied": ("rated_events",), "duplicate": ("usage_duplicates",), "conflict": ("usage_duplicates",),
+        # A correction's new version replaces the row counted and joins the audit trail; the one it replaced is audit only.
+        "amended": ("rated_events", "usage_corrections"), "voided": ("rated_events", "usage_corrections"),
+        "superseded": ("usage_corrections",)}
 
 
 def test_the_spike_query_compares_without_dividing_and_takes_every_value_as_a_parameter():
