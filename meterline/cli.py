@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from meterline.cli_emit import register as register_emit
 from meterline.cli_pricing import register as register_pricing
+from meterline.cli_corrections import register as register_corrections
 from meterline.cli_grants import register as register_grants
 from meterline.cli_subscriptions import register as register_subscriptions
 from meterline.cli_warehouse import register as register_warehouse
@@ -254,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_pricing(commands)
     register_subscriptions(commands)
     register_grants(commands)
+    register_corrections(commands)
     register_warehouse(commands)
     return parser
 

@@ -22,7 +22,7 @@ from meterline.auth import resolve_secret
 from meterline.pricing import Rater
 from meterline.pricing.catalogue import catalogue_version
 from meterline.processors.accounts import Accounts
-from meterline.processors.backfill import read_range
+from meterline.processors.backfill import RecordReader, read_range
 from meterline.processors.batch import BatchProcessor, BatchResult, SourceRecord
 from meterline.processors.outbox import Outbox
 from meterline.processors.state import UserState
@@ -126,6 +126,7 @@ class Engine:
         )
         self.feeds_read = False
         self.outbox = Outbox(settings.kafka_bootstrap, settings.usage_topic)
+        self.source = RecordReader(settings.kafka_bootstrap, settings.usage_topic)  # a correction reads what it corrects
         self.counters: Counter[str] = Counter()
         self._pending: list[EventT] = []
         self._pending_since = 0.0
@@ -249,7 +250,7 @@ class Engine:
                 stored = self.states.data.data.get(_position_key(partition))
                 self.positions[partition] = int(stored) if stored else None
         records = self._with_skipped(records)
-        result = self.processor.process(records, self.state_of, now=time.time(), read_record=self._read_source)
+        result = self.processor.process(records, self.state_of, now=time.time(), read_record=self.source.read)
         self._write(result)
         for key in self._watchers.keys() & result.states.keys():
             self._wake(key)
@@ -272,11 +273,6 @@ class Engine:
             complete.append(record)
             self.positions[record.partition] = max(expected or 0, record.offset + 1)
         return complete
-
-    def _read_source(self, partition: int, offset: int) -> bytes | None:
-        """One earlier record of the usage topic (a correction reads the event it corrects): rare, so read directly."""
-        found = read_range(self.settings.kafka_bootstrap, self.settings.usage_topic, partition, offset, offset + 1)
-        return found[0].value if found else None
 
     def _remembered_batches(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
         prefix = f"{partition}/".encode()

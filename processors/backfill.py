@@ -1,4 +1,4 @@
-"""Read a range of source records straight from Kafka: the records a batch found missing.
+"""Read source records straight from Kafka: the records a batch found missing, and the event a correction corrects.
 
 Each partition's next offset is part of the worker's state (see `Engine.apply`). When Faust hands
 over a record past that offset, the records in between were skipped by the consumer (seen here
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from meterline.processors.batch import SourceRecord
 
@@ -39,3 +39,35 @@ def read_range(bootstrap: str, topic: str, partition: int, start: int, end: int,
     finally:
         consumer.close()
     return records
+
+
+class RecordReader:
+    """Reads single earlier records of one topic, with one consumer kept open: a correction reads
+    the event it corrects, and a consumer made for each would cost a connection a correction."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self._consumer: Consumer | None = None
+
+    def read(self, partition: int, offset: int, timeout: float = 30.0) -> bytes | None:
+        """The value at `offset`, or None if the partition no longer (or never) held it."""
+        if self._consumer is None:
+            self._consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "meterline-backfill",
+                                       "enable.auto.commit": False, "enable.partition.eof": True,
+                                       "auto.offset.reset": "latest"})  # an offset past retention reads nothing
+        self._consumer.assign([TopicPartition(self.topic, partition, offset)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = self._consumer.poll(0.5)
+            if message is None:
+                continue
+            if message.partition() != partition or message.offset() < offset:
+                continue  # fetched for an earlier assignment
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    return None  # the partition ends before it: past retention, or never written
+                continue  # transient: retried until the deadline
+            return message.value() if message.offset() == offset else None
+        raise TimeoutError(f"reading {self.topic}[{partition}]@{offset} took over {timeout}s")

@@ -21,6 +21,7 @@ from typing import Any
 from confluent_kafka import KafkaError
 
 from meterline.producers.base import MeterBase
+from meterline.producers.corrections import build_correction
 from meterline.producers.delivery import Done
 from meterline.producers.engine import QUEUE_FULL_WAIT
 from meterline.producers.encoder import EventEncoder
@@ -65,6 +66,21 @@ class AsyncMeter(MeterBase):
         request, key, value = EventEncoder.encode_event(event)
         await self._submit(key, value, wait)
         return request
+
+    async def void(self, org_id: str, user_id: str, request_id: str, *, reason: str, correction_id: str | None = None,
+                   wait: bool = False) -> str:
+        """As `Meter.void`; see `emit` for `wait`."""
+        correction = build_correction(org_id, user_id, request_id, reason=reason, correction_id=correction_id)
+        await self._submit(correction.user_key.encode(), correction.to_json(), wait)
+        return correction.id
+
+    async def amend(self, org_id: str, user_id: str, request_id: str, *, reason: str, correction_id: str | None = None,
+                    wait: bool = False, **amended: Any) -> str:
+        """As `Meter.amend`; see `emit` for `wait`."""
+        correction = build_correction(org_id, user_id, request_id, reason=reason, correction_id=correction_id,
+                                      amended=amended)
+        await self._submit(correction.user_key.encode(), correction.to_json(), wait)
+        return correction.id
 
     async def _submit(self, key: bytes, value: bytes, wait: bool) -> None:
         engine = self._engine

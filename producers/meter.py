@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from meterline.producers.base import MeterBase
+from meterline.producers.corrections import build_correction
 from meterline.producers.encoder import EventEncoder
 from meterline.producers.events import build_event, emit_arguments
 from meterline.producers.exceptions import DeliveryError
@@ -23,6 +24,7 @@ from meterline.producers.measure import Measurement
 from meterline.producers.request_ids import new_request_id
 from meterline.producers.stats import MeterStats
 from meterline.schemas import UsageEvent
+from meterline.schemas.correction import CorrectionEvent
 
 __all__ = ["DeliveryError", "Meter", "build_event", "new_request_id"]
 
@@ -71,6 +73,26 @@ class Meter(MeterBase):
         request, key, value = EventEncoder.encode_event(event)
         self._engine.submit(key, value)
         return request
+
+    def void(self, org_id: str, user_id: str, request_id: str, *, reason: str, correction_id: str | None = None) -> str:
+        """Take one event already sent out of the balance and the warehouse; return the correction id.
+
+        Applied once per correction id, in order with the user's usage; the voided version stays
+        in the warehouse's audit trail (`usage_corrections`) with `reason`. A retry must reuse the id.
+        Raises InvalidEventError naming every bad field.
+        """
+        return self._correct(build_correction(org_id, user_id, request_id, reason=reason, correction_id=correction_id))
+
+    def amend(self, org_id: str, user_id: str, request_id: str, *, reason: str, correction_id: str | None = None,
+              **amended: Any) -> str:
+        """Replace usage fields of one event already sent (model, action, input_tokens, output_tokens,
+        cached_input_tokens, cost_usd); the balance changes by the difference. As `void` otherwise."""
+        return self._correct(build_correction(org_id, user_id, request_id, reason=reason, correction_id=correction_id,
+                                              amended=amended))
+
+    def _correct(self, correction: CorrectionEvent) -> str:
+        self._engine.submit(correction.user_key.encode(), correction.to_json())
+        return correction.id
 
     def record_response(
         self, org_id: str, user_id: str, response: Any, *, model: str | None = None, **fields: Any

@@ -36,7 +36,7 @@ class InvalidEventError(MeterlineError, ValueError):
 
         for item in error.errors(include_url=False):
             path = ".".join(str(part) for part in item["loc"]) or "event"
-            rule = item["msg"]
+            rule = item["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own validators' words
             if item["type"] == "string_pattern_mismatch":
                 rule = PATTERN_RULES.get(str((item.get("ctx") or {}).get("pattern")), rule)
             problems.append(FieldProblem(prefix + path, rule))

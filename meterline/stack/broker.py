@@ -252,6 +252,9 @@ def _reap(pid: int) -> None:
 DEAD_LETTER_MAX_BYTES = 2 * 1024 * 1024
 
 
+USAGE_RETENTION_MARGIN_SECONDS = 7 * 86_400
+
+
 def ensure_topics(settings: Settings, compacted: tuple[str, ...] = ()) -> None:
     """Create the usage, rated and dead-letter topics, and any `compacted` ones, if missing (idempotent).
 
@@ -260,7 +263,8 @@ def ensure_topics(settings: Settings, compacted: tuple[str, ...] = ()) -> None:
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     existing = admin.list_topics(timeout=10).topics
     configs: dict[str, dict[str, str]] = {
-        settings.usage_topic: {},
+        # Kept past the dedupe window: a correction reads back the event it corrects (processors/README.md).
+        settings.usage_topic: {"retention.ms": str(int((settings.dedupe_window_seconds + USAGE_RETENTION_MARGIN_SECONDS) * 1000))},
         settings.rated_topic: {},
         settings.dead_letter_topic: {"max.message.bytes": str(DEAD_LETTER_MAX_BYTES)},
         settings.alerts_topic: {},

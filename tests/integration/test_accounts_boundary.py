@@ -1,4 +1,4 @@
-"""A generated stream across billing-cycle boundaries, with grants, re-sends and late events, through two
+"""A generated stream across billing-cycle boundaries, with grants, re-sends, late events and corrections, through two
 workers, one of them SIGKILLed while the boundary is in flight: every live account equals a
 recomputation done here.
 
@@ -87,6 +87,7 @@ def test_accounts_across_a_boundary_survive_a_sigkill(make_settings: Callable[..
     records: list[tuple[str, bytes]] = []
     expected = {f"u{n}": Expected(pro=f"u{n}" in PRO_USERS) for n in range(30)}
     sent: dict[str, list[bytes]] = defaultdict(list)
+    counted: dict[str, dict[str, tuple[datetime, int]]] = defaultdict(dict)  # user -> request id -> (time, tokens now)
     for n in range(3000):
         user = f"u{rng.randrange(30)}"
         mine = expected[user]
@@ -94,6 +95,24 @@ def test_accounts_across_a_boundary_survive_a_sigkill(make_settings: Callable[..
         at = earliest + (now - timedelta(minutes=1) - earliest) * n / 3000
         if sent[user] and rng.random() < 0.1:  # a re-send: counted once
             records.append((user, rng.choice(sent[user])))
+            continue
+        if counted[user] and rng.random() < 0.04:  # a void or an amend of one of the user's counted events
+            request_id = rng.choice(sorted(counted[user]))
+            when, tokens = counted[user][request_id]
+            new_tokens = None if rng.random() < 0.4 else rng.randrange(0, 4000)
+            correction = {"type": "dev.meterline.correction.v1", "id": f"c{n}", "org_id": ORG, "user_id": user,
+                          "request_id": request_id, "action": "void" if new_tokens is None else "amend",
+                          "reason": "generated", "time": at.isoformat()}
+            if new_tokens is not None:
+                correction["amended"] = {"input_tokens": new_tokens}
+                counted[user][request_id] = (when, new_tokens)
+            else:
+                del counted[user][request_id]
+            records.append((user, orjson.dumps(correction)))
+            difference = (Decimal(new_tokens or 0) - tokens) / 1000
+            mine.lifetime += difference
+            if cycle_of(user, when) == mine.cycle_start:
+                mine.used += difference  # else its cycle is closed: a late correction, only the lifetime total moves
             continue
         if not mine.pro and rng.random() < 0.03:  # a top-up, dated by the stream's clock
             credits = Decimal(rng.randrange(1, 40))
@@ -108,6 +127,7 @@ def test_accounts_across_a_boundary_survive_a_sigkill(make_settings: Callable[..
         tokens = rng.randrange(1, 4000)
         value = build_event(ORG, user, MODEL, tokens, 0, request_id=f"r{n}", timestamp=at).to_json()
         sent[user].append(value)
+        counted[user][f"r{n}"] = (at, tokens)
         records.append((user, value))
         credits = Decimal(tokens) / 1000
         mine.lifetime += credits

@@ -76,3 +76,51 @@ def test_meterline_warehouse_migrate_says_what_it_applied(make_settings: Callabl
     assert all(f"applied {m.version}: {m.description}" in out for m in MIGRATIONS)
     assert main(["warehouse", "migrate"]) == 0
     assert f"is at version {MIGRATIONS[-1].version}, nothing to apply" in capsys.readouterr().out
+
+
+def test_a_warehouse_at_version_3_gets_the_corrections_engine_and_keeps_its_rows(
+        make_settings: Callable[..., Settings]) -> None:
+    from meterline.sinks.migrations import CORRECTION_COLUMNS
+
+    settings = make_settings(clickhouse_database=f"v3_{uuid.uuid4().hex[:8]}")
+    database, client = settings.clickhouse_database, _connect(settings)
+    client.command(queries.create_database(database))
+    old_columns = [(name, kind) for name, kind in RATED_COLUMNS if name not in CORRECTION_COLUMNS]
+    columns = ", ".join(f"{name} {kind}" for name, kind in old_columns)
+    for table, order in ((queries.RATED_EVENTS, "org_id, user_id, request_id"),
+                         (queries.DUPLICATES, "org_id, user_id, request_id, kafka_partition, kafka_offset")):
+        client.command(f"CREATE TABLE `{database}`.{table} ({columns}, ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+                       f"ENGINE = ReplacingMergeTree ORDER BY ({order})")
+    client.command(f"CREATE TABLE `{database}`.{MIGRATIONS_TABLE} (version UInt32, description String, "
+                   "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version")
+    client.command(f"INSERT INTO `{database}`.{MIGRATIONS_TABLE} (version, description) VALUES (1, ''), (2, ''), (3, '')")
+    when = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    row = {"org_id": "acme", "user_id": "u", "event_time": when, "model": "m", "action": "", "input_tokens": 0,
+           "output_tokens": 0, "cached_input_tokens": 0, "latency_ms": 0, "reported_cost_usd": None,
+           "provider_cost_usd": Decimal(0), "credit_rule": "tokens", "price_version": "v", "source": "s", "metadata": {},
+           "status": "applied", "kafka_partition": 0, "kafka_offset": 0, "processed_at": when, "plan": "free",
+           "cycle_start": when, "late": False}
+    names = [name for name, _kind in old_columns]
+    rows = [[{**row, "request_id": f"r{n}", "credits": Decimal(n)}[name] for name in names] for n in (1, 2, 3)]
+    client.insert(queries.RATED_EVENTS, rows, column_names=names, database=database)
+
+    warehouse = Warehouse(settings)
+    assert [migration.version for migration in warehouse.migrated] == [4]
+    engine = warehouse.query(("SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                              {"db": database, "t": queries.RATED_EVENTS}))[0][0]
+    assert engine.startswith(queries.RATED_EVENTS_ENGINE)
+    tables = {name for (name,) in warehouse.query(("SELECT name FROM system.tables WHERE database = {db:String}", {"db": database}))}
+    assert tables == {queries.RATED_EVENTS, queries.DUPLICATES, queries.CORRECTIONS, MIGRATIONS_TABLE}  # nothing left over
+    for table in (queries.RATED_EVENTS, queries.DUPLICATES, queries.CORRECTIONS):
+        assert set(CORRECTION_COLUMNS) <= set(_column_types(settings, table))
+    assert warehouse.query((f"SELECT request_id, credits, revision FROM {queries.RATED_EVENTS} FINAL ORDER BY request_id", {})) \
+        == [("r1", Decimal(1), 0), ("r2", Decimal(2), 0), ("r3", Decimal(3), 0)]
+    # The new engine at work: a void (revision 1, deleted) hides r2; its revision 0 sent again does not bring it back.
+    voided = {**row, "request_id": "r2", "credits": Decimal(2), "revision": 1, "deleted": 1, "status": "voided"}
+    again = {**row, "request_id": "r2", "credits": Decimal(2), "revision": 0, "deleted": 0}
+    for item in (voided, again):
+        warehouse.insert_rated(queries.RATED_EVENTS, [[{**dict.fromkeys(RATED_FIELDS, ""), **item}[name] for name in RATED_FIELDS]],
+                               dedupe_token=item["status"] + str(item["revision"]))
+    assert [r for (r,) in warehouse.query((f"SELECT request_id FROM {queries.RATED_EVENTS} FINAL ORDER BY request_id", {}))] \
+        == ["r1", "r3"]
+    assert Warehouse(settings).migrated == []
