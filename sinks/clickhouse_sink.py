@@ -1,8 +1,9 @@
 """Consume the rated topic and store every record in ClickHouse: buffer, write, then commit.
 
 The worker is the one rating authority: the sink stores its rated records as they are (applied
-ones in `rated_events`, re-sent copies in `usage_duplicates`), so ClickHouse holds exactly what
-the balances counted. Guarantees, step by step:
+ones in `rated_events`, re-sent copies in `usage_duplicates`, corrected versions in both
+`rated_events` and `usage_corrections`: `queries.TABLES_FOR_STATUS`), so ClickHouse holds exactly
+what the balances counted. Guarantees, step by step:
 - `add()` only buffers; nothing is acknowledged yet.
 - a full (or old enough) batch goes to a writer thread, and the sink reads the next one meanwhile:
   chDB releases the GIL while it inserts, so reading and inserting overlap. At most one batch
@@ -72,7 +73,7 @@ class Batch:
 
 
 class ClickHouseSink:
-    """Kafka rated topic -> ClickHouse `rated_events` and `usage_duplicates`.
+    """Kafka rated topic -> ClickHouse `rated_events`, `usage_duplicates` and `usage_corrections`.
 
     Args:
         settings: broker, topic, consumer group, batch size and interval.
