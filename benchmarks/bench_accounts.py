@@ -1,0 +1,128 @@
+"""What the accounts (cycles, plans, alerts) and corrections cost the worker's per-batch logic.
+
+In one process, no Kafka: the same power-law batches through `BatchProcessor.process`, alternating
+- with the accounts, as the worker runs;
+- without them: `Accounts` replaced by a stand-in that places every event nowhere (no cycle, no
+  alert) - the engine's logic as it was before accounts, the ceiling this figure is a ratio to.
+Then corrections: a batch of amends of events of earlier batches, each reading its event back
+from an in-memory log (the worker reads it from Kafka with one kept consumer: `RecordReader`,
+whose per-read latency the pipeline's figures include, not this one).
+
+Bounded: RUNS alternating runs of EVENTS events; medians, and the ratio within each run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from meterline.pricing.catalogue import default_catalogue
+from meterline.pricing.rating import default_rater
+from meterline.processors.accounts import Accounts, Placement
+from meterline.processors.batch import BatchProcessor, SourceRecord
+from meterline.processors.state import UserState
+from meterline.producers import build_event
+from meterline.traffic import simulate
+
+EVENTS = 200_000
+USERS = 10_000
+BATCH = 2_000  # the worker's default batch size
+CORRECTIONS = 5_000
+RUNS = 5
+ORG = "bench"
+console = Console()
+
+
+class NoAccounts(Accounts):
+    """Places every event nowhere: no subscription lookup, no cycle, no alert."""
+
+    NOWHERE = Placement("", datetime(1970, 1, 1, tzinfo=timezone.utc), False)
+
+    def place(self, *_args: Any, **_kwargs: Any) -> tuple[Placement, None]:  # type: ignore[override]
+        return self.NOWHERE, None
+
+    def correct(self, *_args: Any, **_kwargs: Any) -> tuple[Placement, None]:  # type: ignore[override]
+        return self.NOWHERE, None
+
+    def alerts(self, *_args: Any, **_kwargs: Any) -> list[Any]:  # type: ignore[override]
+        return []
+
+
+def make_records() -> list[SourceRecord]:
+    at = datetime.now(timezone.utc).replace(microsecond=0)
+    records = []
+    for offset, call in enumerate(simulate(EVENTS, USERS, resend_ratio=0.0)):
+        event = build_event(ORG, call.user_id, call.model, call.input_tokens, call.output_tokens,
+                            request_id=f"r{offset}", action=call.action, timestamp=at, source="bench")
+        records.append(SourceRecord(0, offset, event.user_key.encode(), event.to_json(), at.timestamp()))
+    return records
+
+
+def make_corrections(records: list[SourceRecord]) -> list[SourceRecord]:
+    at = datetime.now(timezone.utc).isoformat()
+    corrections = []
+    for n, record in enumerate(records[:CORRECTIONS]):
+        event = orjson.loads(record.value or b"")
+        corrections.append(SourceRecord(0, len(records) + n, record.key, orjson.dumps({
+            "type": "dev.meterline.correction.v1", "id": f"c{n}", "org_id": ORG, "user_id": event["data"]["user_id"],
+            "request_id": event["id"], "action": "amend", "amended": {"input_tokens": 1}, "reason": "bench", "time": at})))
+    return corrections
+
+
+def run(accounts: Accounts, records: list[SourceRecord], corrections: list[SourceRecord]) -> tuple[float, float]:
+    """Seconds per event, and per correction."""
+    processor = BatchProcessor(default_rater(), accounts, "bench", 35 * 86_400, 10_000_000)
+    processor.load(0, [])
+    store: dict[bytes, UserState] = {}
+    log = {(r.partition, r.offset): r.value for r in records}
+
+    def apply(batch: list[SourceRecord]) -> None:
+        result = processor.process(batch, lambda key: store.get(key, UserState()), time.time(),
+                                   lambda partition, offset: log.get((partition, offset)))
+        store.update({key: state for key, (_partition, state) in result.states.items()})
+
+    started = time.perf_counter()
+    for start in range(0, len(records), BATCH):
+        apply(records[start:start + BATCH])
+    per_event = (time.perf_counter() - started) / len(records)
+    started = time.perf_counter()
+    for start in range(0, len(corrections), BATCH):
+        apply(corrections[start:start + BATCH])
+    return per_event, (time.perf_counter() - started) / len(corrections)
+
+
+def main() -> None:
+    with console.status(f"making {EVENTS:,} events for {USERS:,} users..."):
+        records = make_records()
+        corrections = make_corrections(records)
+    catalogue = default_catalogue()
+    contenders = {"with accounts (the worker)": lambda: Accounts(catalogue, "free", {}),
+                  "without accounts (ceiling)": lambda: NoAccounts(catalogue, "free", {})}
+    timings: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
+    for number in range(RUNS):
+        for name, make in contenders.items():
+            with console.status(f"run {number + 1}/{RUNS}: {name}..."):
+                timings[name].append(run(make(), records, corrections))
+    table = Table(title=f"BatchProcessor.process: {EVENTS:,} events in batches of {BATCH:,}, then {CORRECTIONS:,} amends; "
+                        f"{RUNS} alternating runs, medians")
+    for column in ("contender", "µs per event", "events/s", "vs without accounts", "µs per correction"):
+        table.add_column(column, justify="left" if column == "contender" else "right")
+    ceiling = [per_event for per_event, _ in timings["without accounts (ceiling)"]]
+    for name, runs in timings.items():
+        per_event = statistics.median(e for e, _ in runs)
+        ratio = statistics.median(base / own for (own, _), base in zip(runs, ceiling))
+        table.add_row(name, f"{per_event * 1e6:.1f}", f"{1 / per_event:,.0f}", f"{ratio:.2f}x",
+                      f"{statistics.median(c for _, c in runs) * 1e6:.1f}")
+    console.print(table)
+    console.print("The worker's whole rate (Kafka, Faust, changelogs) is `python -m meterline.benchmarks pipeline`.")
+
+
+if __name__ == "__main__":
+    main()
