@@ -5,37 +5,44 @@ In one process, no Kafka: the same power-law batches through `BatchProcessor.pro
 - without them: `Accounts` replaced by a stand-in that places every event nowhere (no cycle, no
   alert) - the engine's logic as it was before accounts, the ceiling this figure is a ratio to.
 Then corrections: a batch of amends of events of earlier batches, each reading its event back
-from an in-memory log (the worker reads it from Kafka with one kept consumer: `RecordReader`,
-whose per-read latency the pipeline's figures include, not this one).
+from an in-memory log. The worker reads it from Kafka with one kept consumer (`RecordReader`):
+its latency per read is measured last, on the local stack's broker, at random offsets.
 
 Bounded: RUNS alternating runs of EVENTS events; medians, and the ratio within each run.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
+import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
 import orjson
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
 
 from meterline.pricing.catalogue import default_catalogue
 from meterline.pricing.rating import default_rater
 from meterline.processors.accounts import Accounts, Placement
+from meterline.processors.backfill import RecordReader
 from meterline.processors.batch import BatchProcessor, SourceRecord
 from meterline.processors.state import UserState
 from meterline.producers import build_event
+from meterline.settings import load_settings
+from meterline.stack import stack_up
 from meterline.traffic import simulate
 
 EVENTS = 200_000
 USERS = 10_000
 BATCH = 2_000  # the worker's default batch size
 CORRECTIONS = 5_000
-RUNS = 5
+RUNS = 3
 ORG = "bench"
 console = Console()
 
@@ -98,6 +105,32 @@ def run(accounts: Accounts, records: list[SourceRecord], corrections: list[Sourc
     return per_event, (time.perf_counter() - started) / len(corrections)
 
 
+def read_back_latencies(reads: int = 300) -> list[float]:
+    """Seconds per `RecordReader.read` of a random earlier record of a new 8-partition topic."""
+    settings = load_settings()
+    stack_up(settings)
+    topic = f"bench-readback-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, 8, 1)])[topic].result(30)
+    written: dict[int, list[int]] = {}
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20})
+    for n in range(20_000):
+        producer.produce(topic, b"x" * 600, f"k{n}".encode(),
+                         on_delivery=lambda _error, message: written.setdefault(message.partition(), []).append(message.offset()))
+        producer.poll(0)
+    producer.flush(30)
+    reader = RecordReader(settings.kafka_bootstrap, topic)
+    rng = random.Random(7)
+    latencies = []
+    for _ in range(reads):
+        partition = rng.choice(sorted(written))
+        started = time.perf_counter()
+        reader.read(partition, rng.choice(written[partition]))
+        latencies.append(time.perf_counter() - started)
+    admin.delete_topics([topic])
+    return sorted(latencies)
+
+
 def main() -> None:
     with console.status(f"making {EVENTS:,} events for {USERS:,} users..."):
         records = make_records()
@@ -122,6 +155,10 @@ def main() -> None:
                       f"{statistics.median(c for _, c in runs) * 1e6:.1f}")
     console.print(table)
     console.print("The worker's whole rate (Kafka, Faust, changelogs) is `python -m meterline.benchmarks pipeline`.")
+    with console.status("reading earlier records back from Kafka..."):
+        latencies = read_back_latencies()
+    console.print(f"A correction reads its event back from Kafka: p50 {statistics.median(latencies) * 1e3:.1f} ms, "
+                  f"p99 {latencies[int(len(latencies) * 0.99)] * 1e3:.1f} ms per read ({len(latencies)} reads).")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,12 @@ class RecordReader:
         if self._consumer is None:
             self._consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "meterline-backfill",
                                        "enable.auto.commit": False, "enable.partition.eof": True,
-                                       "auto.offset.reset": "latest"})  # an offset past retention reads nothing
+                                       "auto.offset.reset": "latest",  # an offset past retention reads nothing
+                                       # One record is wanted, not a stream: little prefetch, no fetch left
+                                       # waiting at a partition's end for 500 ms (the next read waited behind
+                                       # it), no 1 s pause before fetching a partition read just before.
+                                       "fetch.wait.max.ms": 10, "queued.min.messages": 1000,
+                                       "fetch.queue.backoff.ms": 1})
         self._consumer.assign([TopicPartition(self.topic, partition, offset)])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -335,14 +335,18 @@ class BatchProcessor:
         raw = read(partition, seen.offset)
         if raw is None or payload_fingerprint(raw) != seen.fingerprint:
             return FieldProblem("request_id", f"the counted event at offset {seen.offset} could not be read back from Kafka")
-        version, version_offset = parse_event(raw), seen.offset
+        try:
+            version, version_offset = parse_event(raw), seen.offset
+        except InvalidEventError as error:  # it was valid when counted; a record read back must still not stop the worker
+            return FieldProblem("request_id", f"the counted event at offset {seen.offset} no longer reads as one: {error}")
         revision = 1
         while (earlier := lookup(revision_digest(user_key, correction.request_id, revision))) is not None \
                 and earlier.offset != offset:
             raw = read(partition, earlier.offset)
-            if raw is None:
+            try:
+                before = parse_correction(raw or b"")
+            except InvalidEventError:
                 return FieldProblem("request_id", f"correction {revision} at offset {earlier.offset} could not be read back from Kafka")
-            before = parse_correction(raw)
             if before.amended is None:
                 return FieldProblem("request_id", f"request id {correction.request_id!r} was voided by correction {before.id!r}")
             version, version_offset = amended(version, before), earlier.offset

@@ -190,3 +190,23 @@ def test_a_correction_keyed_by_another_user_is_a_dead_letter() -> None:
     (letter,) = result.dead_letters
     assert letter.problems[0].field == "key"
     assert worker.balance("alice") == credits(1000, 0) and Decimal(0) == worker.balance("bob")
+
+
+def test_a_user_cannot_correct_another_users_event() -> None:
+    worker = LoggedWorker()
+    worker.run([record(event("alice", 1000, 0, "r1"), 0)])
+    value = orjson.loads(correction(1, "r1").value or b"") | {"user_id": "bob"}
+    result = worker.run([SourceRecord(0, 1, b"acme/bob", orjson.dumps(value))])  # bob's key, alice's request id
+    (letter,) = result.dead_letters
+    assert letter.problems[0].field == "request_id" and "acme/bob" in letter.reason
+    assert worker.balance("alice") == credits(1000, 0)
+
+
+def test_a_record_read_back_that_is_not_the_counted_event_is_a_dead_letter_not_a_crash() -> None:
+    worker = LoggedWorker()
+    worker.run([record(event("alice", 1000, 0, "r1"), 0)])
+    worker.log[(0, 0)] = b"\xff not what was counted"  # e.g. a topic recreated under the worker
+    result = worker.run([correction(1, "r1")])
+    (letter,) = result.dead_letters
+    assert letter.problems[0].field == "request_id" and "could not be read back" in letter.reason
+    assert worker.balance("alice") == credits(1000, 0)
