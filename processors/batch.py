@@ -157,9 +157,11 @@ class BatchProcessor:
         Costs, credits and balances are computed under `money.EXACT`: an amount that would need
         rounding raises (and its event is a dead letter) instead of being rounded.
         """
-        in_batch = {(record.partition, record.offset): record.value for record in records}
+        in_batch: dict[tuple[int, int], bytes | None] = {}  # made on a correction's first read: most batches have none
 
         def read(partition: int, offset: int) -> bytes | None:
+            if not in_batch:
+                in_batch.update(((record.partition, record.offset), record.value) for record in records)
             if (partition, offset) in in_batch:
                 return in_batch[(partition, offset)]
             return None if read_record is None else read_record(partition, offset)
