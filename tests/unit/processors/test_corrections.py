@@ -11,10 +11,14 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+from hypothesis import event as hypothesis_event
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meterline.processors.batch import BatchResult, SourceRecord
 from meterline.processors.state import UserState
-from tests.unit.processors.test_batch import ORG, T0, Worker, credits, event, new_processor, rated, record
+from tests.unit.processors.test_batch import (ANY_VALUE, ORG, T0, Worker, _bytes, _mutated, credits, event, new_processor,
+                                              rated, record)
 
 ALICE = b"acme/alice"
 
@@ -210,3 +214,25 @@ def test_a_record_read_back_that_is_not_the_counted_event_is_a_dead_letter_not_a
     (letter,) = result.dead_letters
     assert letter.problems[0].field == "request_id" and "could not be read back" in letter.reason
     assert worker.balance("alice") == credits(1000, 0)
+
+
+NEAR_VALID_CORRECTION = orjson.loads(correction(1, "r1", "amend", "c1", input_tokens=10).value or b"")
+CORRECTION_FIELDS = ["id", "request_id", "action", "reason", "time", "amended", "amended.input_tokens",
+                     "amended.output_tokens", "amended.cached_input_tokens", "amended.model", "amended.cost_usd"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(field=st.sampled_from(CORRECTION_FIELDS), value=ANY_VALUE)
+def test_a_near_valid_correction_is_either_applied_or_dead_lettered(field: str, value: Any) -> None:
+    worker = LoggedWorker()
+    worker.run([record(event("alice", 1000, 0, "r1", cached_input_tokens=5), 0)])
+    raw = _bytes(_mutated(field, value, NEAR_VALID_CORRECTION))
+    result = worker.run([SourceRecord(0, 1, ALICE, raw)])
+    hypothesis_event(f"{field}: {'applied' if result.rated else 'dead letter'}")
+    if result.rated:
+        assert result.counts == {"corrections": 1} and [r["status"] for r in rated(result)][0] == "superseded"
+        assert worker.balance("alice") == Decimal(rated(result)[1]["credits"])
+    else:
+        [letter] = result.dead_letters
+        assert letter.record.value == raw and letter.problems and result.counts == {"dead_lettered": 1}
+        assert worker.balance("alice") == credits(1000, 0)
