@@ -66,17 +66,18 @@ def _add_correction_columns(database: str) -> list[str]:
 
 
 def _rebuild_rated_events(warehouse: Warehouse) -> None:
-    """Give rated_events the engine that keeps a request id's latest revision: a table cannot change
-    engine in place, so its rows are copied into a new table, which then takes its name.
+    """Give rated_events the engine that keeps a request id's latest revision, and monthly partitions:
+    a table cannot change either in place, so its rows are copied into a new table, which then takes its name.
     Stopped at any step, it is run again from where it stands."""
     database, table = warehouse.database, queries.RATED_EVENTS
     new, old = f"{table}_next", f"{table}_previous"
-    engines = dict(warehouse.query(("SELECT name, engine_full FROM system.tables WHERE database = {db:String}", {"db": database})))
-    if table not in engines and new in engines:  # stopped between the two renames
+    shapes = {name: (engine, partition) for name, engine, partition in warehouse.query((
+        "SELECT name, engine_full, partition_key FROM system.tables WHERE database = {db:String}", {"db": database}))}
+    if table not in shapes and new in shapes:  # stopped between the two renames
         warehouse.command(f"RENAME TABLE `{database}`.{new} TO `{database}`.{table}")
-    elif not engines[table].startswith(queries.RATED_EVENTS_ENGINE):
+    elif not (shapes[table][0].startswith(queries.RATED_EVENTS_ENGINE) and shapes[table][1] == queries.RATED_EVENTS_PARTITION):
         warehouse.command(f"DROP TABLE IF EXISTS `{database}`.{new}")
-        warehouse.command(queries.create_table(database, new, queries.RATED_EVENTS_ORDER, queries.RATED_EVENTS_ENGINE))
+        warehouse.command(queries.create_rated_events(database, new))
         kept = [name for (name,) in warehouse.query((
             "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}", {"db": database, "t": table}))]
         columns = ", ".join(kept)
@@ -90,7 +91,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "rated_events and usage_duplicates", _create_first_tables),
     Migration(2, "money columns Decimal(76, 18), so no sum can wrap around", _widen_money_columns),
     Migration(3, "plan, cycle_start and late on every rated row", _add_placement_columns),
-    Migration(4, "corrections: revision and deleted on every rated row, rated_events keeps the latest, usage_corrections",
+    Migration(4, "corrections: revision and deleted on every rated row, rated_events keeps the latest (and is "
+                 "partitioned by month), usage_corrections",
               _add_correction_columns, _rebuild_rated_events),
 )
 

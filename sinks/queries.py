@@ -29,26 +29,33 @@ def create_database(database: str) -> str:
 # rated_events keeps, of each request id, the row with the highest revision, and none if that one
 # is deleted (a void): the corrected version, however the replays and merges fall.
 RATED_EVENTS_ENGINE = "ReplacingMergeTree(revision, deleted)"
+# One partition a month of event time: a billing period's queries read only its months, and a
+# month is dropped or moved whole. A request id's versions share its event time, so they never
+# straddle two partitions (ReplacingMergeTree replaces within a partition only).
+RATED_EVENTS_PARTITION = "toYYYYMM(event_time)"
 
 
-def create_table(database: str, table: str, order_by: str, engine: str = "ReplacingMergeTree") -> str:
+def create_table(database: str, table: str, order_by: str, engine: str = "ReplacingMergeTree",
+                 partition_by: str | None = None) -> str:
     columns = ",\n    ".join(f"{name} {kind}" for name, kind in RATED_COLUMNS)
+    partition = f"PARTITION BY {partition_by}\n" if partition_by else ""
     # A replayed record (after a worker crash) is the same row again: ReplacingMergeTree keeps one.
     # non_replicated_deduplication_window lets a retried batch with the same
     # insert_deduplication_token be dropped at insert time.
     return (f"CREATE TABLE IF NOT EXISTS `{database}`.{table} (\n    {columns},\n"
-            f"    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)\n) ENGINE = {engine}\n"
+            f"    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)\n) ENGINE = {engine}\n{partition}"
             f"ORDER BY ({order_by})\nSETTINGS non_replicated_deduplication_window = 10000")
 
 
-# The worker's dedupe identity: a request id within one user's events.
-RATED_EVENTS_ORDER = "org_id, user_id, request_id"
+def create_rated_events(database: str, table: str = RATED_EVENTS) -> str:
+    # The worker's dedupe identity: a request id within one user's events.
+    return create_table(database, table, "org_id, user_id, request_id", RATED_EVENTS_ENGINE, RATED_EVENTS_PARTITION)
 
 
 def create_tables(database: str) -> dict[str, str]:
     """Each table's DDL, by name."""
     return {
-        RATED_EVENTS: create_table(database, RATED_EVENTS, RATED_EVENTS_ORDER, RATED_EVENTS_ENGINE),
+        RATED_EVENTS: create_rated_events(database),
         DUPLICATES: create_table(database, DUPLICATES, "org_id, user_id, request_id, kafka_partition, kafka_offset"),
         CORRECTIONS: create_table(database, CORRECTIONS, "org_id, user_id, request_id, revision, status"),
     }

@@ -101,16 +101,20 @@ def test_a_warehouse_at_version_3_gets_the_corrections_engine_and_keeps_its_rows
            "status": "applied", "kafka_partition": 0, "kafka_offset": 0, "processed_at": when, "plan": "free",
            "cycle_start": when, "late": False}
     names = [name for name, _kind in old_columns]
-    rows = [[{**row, "request_id": f"r{n}", "credits": Decimal(n)}[name] for name in names] for n in (1, 2, 3)]
+    next_month = datetime(2026, 2, 15, tzinfo=timezone.utc)
+    rows = [[{**row, "request_id": f"r{n}", "credits": Decimal(n), "event_time": next_month if n == 3 else when}[name]
+             for name in names] for n in (1, 2, 3)]
     client.insert(queries.RATED_EVENTS, rows, column_names=names, database=database)
 
     warehouse = Warehouse(settings)
     assert [migration.version for migration in warehouse.migrated] == [4]
-    engine = warehouse.query(("SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
-                              {"db": database, "t": queries.RATED_EVENTS}))[0][0]
-    assert engine.startswith(queries.RATED_EVENTS_ENGINE)
+    engine, partition = warehouse.query((
+        "SELECT engine_full, partition_key FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        {"db": database, "t": queries.RATED_EVENTS}))[0]
+    assert engine.startswith("ReplacingMergeTree(revision, deleted)") and partition == "toYYYYMM(event_time)"
     tables = {name for (name,) in warehouse.query(("SELECT name FROM system.tables WHERE database = {db:String}", {"db": database}))}
     assert tables == {queries.RATED_EVENTS, queries.DUPLICATES, queries.CORRECTIONS, MIGRATIONS_TABLE}  # nothing left over
+    assert warehouse.query((f"SELECT DISTINCT _partition_id FROM {queries.RATED_EVENTS} ORDER BY 1", {})) == [("202601",), ("202602",)]
     for table in (queries.RATED_EVENTS, queries.DUPLICATES, queries.CORRECTIONS):
         assert set(CORRECTION_COLUMNS) <= set(_column_types(settings, table))
     assert warehouse.query((f"SELECT request_id, credits, revision FROM {queries.RATED_EVENTS} FINAL ORDER BY request_id", {})) \

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS `db`.rated_events (
     correction_reason String,
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree(revision, deleted)
+PARTITION BY toYYYYMM(event_time)
 ORDER BY (org_id, user_id, request_id)
 SETTINGS non_replicated_deduplication_window = 10000"""
 
@@ -61,7 +62,7 @@ def test_tables_dedupe_counted_events_on_org_user_and_request_id():
     rated, duplicates, corrections = tables["rated_events"], tables["usage_duplicates"], tables["usage_corrections"]
     assert "`db`.rated_events (" in rated
     # The latest revision of a request id is kept, and dropped when it is a void.
-    assert "ENGINE = ReplacingMergeTree(revision, deleted)\n" in rated
+    assert "ENGINE = ReplacingMergeTree(revision, deleted)\nPARTITION BY toYYYYMM(event_time)\n" in rated
     assert "ORDER BY (org_id, user_id, request_id)\n" in rated
     assert "non_replicated_deduplication_window" in rated
     # Re-sent copies are kept one row per (id, where it was received): every copy stays auditable.
