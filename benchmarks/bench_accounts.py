@@ -2,8 +2,9 @@
 
 In one process, no Kafka: the same power-law batches through `BatchProcessor.process`, alternating
 - with the accounts, as the worker runs;
-- without them: `Accounts` replaced by a stand-in that places every event nowhere (no cycle, no
-  alert) - the engine's logic as it was before accounts, the ceiling this figure is a ratio to.
+- without them: `Accounts` replaced by `NoAccounts`, which places every event nowhere (no cycle,
+  no alert) - the engine's logic as it was before accounts, the ceiling this figure is a ratio to.
+  The whole worker with and without them is in `python -m meterline.benchmarks pipeline`.
 Then corrections: a batch of amends of events of earlier batches, each reading its event back
 from an in-memory log. The worker reads it from Kafka with one kept consumer (`RecordReader`):
 its latency per read is measured last, on the local stack's broker, at random offsets.
@@ -19,8 +20,6 @@ import time
 import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
-
 import orjson
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -29,7 +28,8 @@ from rich.table import Table
 
 from meterline.pricing.catalogue import default_catalogue
 from meterline.pricing.rating import default_rater
-from meterline.processors.accounts import Accounts, Placement
+from meterline.benchmarks.without_accounts import NoAccounts
+from meterline.processors.accounts import Accounts
 from meterline.processors.backfill import RecordReader
 from meterline.processors.batch import BatchProcessor, SourceRecord
 from meterline.processors.state import UserState
@@ -45,21 +45,6 @@ CORRECTIONS = 5_000
 RUNS = 3
 ORG = "bench"
 console = Console()
-
-
-class NoAccounts(Accounts):
-    """Places every event nowhere: no subscription lookup, no cycle, no alert."""
-
-    NOWHERE = Placement("", datetime(1970, 1, 1, tzinfo=timezone.utc), False)
-
-    def place(self, *_args: Any, **_kwargs: Any) -> tuple[Placement, None]:  # type: ignore[override]
-        return self.NOWHERE, None
-
-    def correct(self, *_args: Any, **_kwargs: Any) -> tuple[Placement, None]:  # type: ignore[override]
-        return self.NOWHERE, None
-
-    def alerts(self, *_args: Any, **_kwargs: Any) -> list[Any]:  # type: ignore[override]
-        return []
 
 
 def make_records() -> list[SourceRecord]:

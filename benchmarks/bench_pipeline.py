@@ -5,7 +5,8 @@ add the credits to the user's balance - done several ways on the same pre-filled
 
 - ceiling: a bare confluent-kafka consume loop with in-memory dicts (no durability at all);
 - the framework's ceiling: a Faust agent that only counts, with the worker's Faust settings;
-- meterline: one and two worker processes (state records, rated topic, balance API), as deployed;
+- meterline: one and two worker processes (state records, rated topic, balance API), as deployed,
+  and one without accounts (cycles, plans, alerts replaced by a stand-in) for the accounts' cost;
 - peer: a Quix Streams app with per-key RocksDB state and changelogs.
 
 Each contender reads with its own consumer group and fresh state; runs alternate, and the
@@ -156,14 +157,15 @@ def _worker_settings(settings: Settings, topic: str, app_id: str) -> Settings:
                                        "rated_topic": f"{app_id}-rated", "dead_letter_topic": f"{app_id}-dlq"})
 
 
-def run_meterline(settings: Settings, topic: str, events: int, workers: int = 1) -> float:
+def run_meterline(settings: Settings, topic: str, events: int, workers: int = 1,
+                  module: str = "meterline.processors") -> float:
     """`workers` worker processes from a fresh state, sharing the topic's partitions."""
     app_id = f"bench-{uuid.uuid4().hex[:8]}"
     token = operator_key(resolve_secret(settings))
     every = [_worker_settings(settings, topic, app_id) for _ in range(workers)]
     # Started together, so they share the partitions from the first assignment on.
     with ThreadPoolExecutor(workers) as pool:
-        processes = list(pool.map(spawn_worker, every))
+        processes = list(pool.map(lambda one: spawn_worker(one, module=module), every))
     children = [(process, lambda url=f"{one.worker_url}/v1/worker/stats": _handled(_get_json(url, token)))
                 for process, one in zip(processes, every)]
     return _time_children(children, events)
@@ -171,6 +173,11 @@ def run_meterline(settings: Settings, topic: str, events: int, workers: int = 1)
 
 def run_two_workers(settings: Settings, topic: str, events: int) -> float:
     return run_meterline(settings, topic, events, workers=2)
+
+
+def run_without_accounts(settings: Settings, topic: str, events: int) -> float:
+    """One worker with accounts replaced by a stand-in that places events nowhere (benchmarks/without_accounts.py)."""
+    return run_meterline(settings, topic, events, module="meterline.benchmarks.without_accounts")
 
 
 def run_faust_noop(settings: Settings, topic: str, events: int) -> float:
@@ -326,6 +333,7 @@ CONTENDERS: dict[str, Callable[[Settings, str, int], float]] = {
     "Faust do-nothing agent": run_faust_noop,
     "meterline, 1 worker": run_meterline,
     "meterline, 2 workers": run_two_workers,
+    "meterline, 1 worker, accounts off": run_without_accounts,
     "Quix Streams (peer)": run_quix,
 }
 
@@ -359,6 +367,8 @@ def main() -> None:
                   f"{_median_ratio(seconds, 'meterline, 2 workers', 'meterline, 1 worker'):.2f}x; "
                   f"2 workers once both process: {sustained:,.0f} events/s "
                   f"(runs: {' '.join(f'{rate:,.0f}' for rate in SUSTAINED_RATES)}), {sustained / one_worker:.2f}x one worker")
+    console.print(f"1 worker, accounts on / off: "
+                  f"{_median_ratio(seconds, 'meterline, 1 worker', 'meterline, 1 worker, accounts off'):.2f}x")
     console.print(f"memory per remembered request id: {bytes_per_remembered_id():,.0f} bytes")
     measure_freshness_cases(settings)
 
