@@ -103,6 +103,7 @@ class Settings(SdkSettings):
     rated_topic: str = "meterline.rated.v1"
     subscriptions_topic: str = "meterline.subscriptions.v1"  # compacted, keyed by org or org/user
     key_revocations_topic: str = "meterline.key_revocations.v1"  # compacted, keyed by org (meterline/revocations.py)
+    price_books_topic: str = "meterline.price_books.v1"  # compacted, keyed by version (meterline/price_books.py)
     alerts_topic: str = "meterline.alerts.v1"  # a user's allowance crossing 50 / 80 / 100 %, and clearing
     alert_webhook_url: str | None = None  # `meterline alerts deliver` POSTs each alert here (meterline/webhooks.py)
     alert_webhook_group: str = "meterline-alert-webhooks"

@@ -59,7 +59,9 @@ def default_catalogue() -> Catalogue:
 
 def catalogue_version(prices: Path | None = None, plans: Path | None = None) -> str:
     """A short digest of both files' bytes: every rated event names the price book that rated it."""
-    digest = hashlib.sha256()
-    for path in (prices or default_path("prices.yaml"), plans or default_path("plans.yaml")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
+    return version_of((prices or default_path("prices.yaml")).read_bytes(), (plans or default_path("plans.yaml")).read_bytes())
+
+
+def version_of(prices: bytes, plans: bytes) -> str:
+    """The version of a price book file and a plans file with these bytes."""
+    return hashlib.sha256(prices + plans).hexdigest()[:12]

@@ -28,6 +28,7 @@ from meterline.processors.outbox import Outbox
 from meterline.processors.state import UserState
 from meterline.processors.views import register_views
 from meterline.processors.watchdog import EXIT_CRASHED, exit_now, watch_recovery
+from meterline.price_books import PriceBookFeed, publish_own
 from meterline.revocations import RevocationFeed
 from meterline.settings import Settings, private_dir
 from meterline.subscriptions import SubscriptionFeed, load_checked_catalogue
@@ -119,10 +120,11 @@ class Engine:
         catalogue = load_checked_catalogue(settings)  # a bad price book or plan stops the worker at start
         self.subscriptions = SubscriptionFeed(settings, catalogue)
         self.revocations = RevocationFeed(settings)
+        self.price_books = PriceBookFeed(settings)  # a correction rates what it takes back with the book that charged it
         self.accounts = Accounts(catalogue, settings.default_plan, self.subscriptions.latest)
         self.processor = BatchProcessor(
             Rater.from_catalogue(catalogue), self.accounts, catalogue_version(settings.prices, settings.plans),
-            settings.dedupe_window_seconds, settings.dedupe_max_ids_per_partition,
+            settings.dedupe_window_seconds, settings.dedupe_max_ids_per_partition, self.price_books.latest.get,
         )
         self.feeds_read = False
         self.outbox = Outbox(settings.kafka_bootstrap, settings.usage_topic)
@@ -171,17 +173,20 @@ class Engine:
             raise
 
     async def _read_subscriptions(self) -> None:
-        """Before the first batch (and the first balance served): every subscription and key
-        revocation published so far; then follow both topics, each in a thread."""
+        """Before the first batch (and the first balance served): every subscription, key
+        revocation and price book published so far (this worker's own published first); then
+        follow the topics, each in a thread."""
         try:
-            for feed in (self.subscriptions, self.revocations):
+            await asyncio.to_thread(publish_own, self.settings)
+            for feed in (self.subscriptions, self.revocations, self.price_books):
                 await asyncio.to_thread(feed.read_to_end, 60.0)
         except Exception:
             # Counting usage under the wrong plans, or letting a revoked key in, would be worse than stopping.
             self._crashed()
             raise
         self.feeds_read = True
-        for name, feed in (("subscriptions", self.subscriptions), ("revocations", self.revocations)):
+        for name, feed in (("subscriptions", self.subscriptions), ("revocations", self.revocations),
+                           ("price books", self.price_books)):
             threading.Thread(target=feed.follow, name=name, daemon=True).start()
 
     async def _flush_when_due(self) -> None:
@@ -340,7 +345,8 @@ class Engine:
                 **self.counters, "remembered_ids": remembered, "forgotten_early": forgotten_early,
                 "pending_events": len(self._pending), "unconfirmed_events": unconfirmed,
                 "subscriptions": len(self.subscriptions.latest), "subscriptions_unreadable": len(self.subscriptions.unreadable),
-                "key_revocations": len(self.revocations.latest), "key_revocations_unreadable": len(self.revocations.unreadable)}
+                "key_revocations": len(self.revocations.latest), "key_revocations_unreadable": len(self.revocations.unreadable),
+                "price_books": len(self.price_books.latest), "price_books_unreadable": len(self.price_books.unreadable)}
 
 
 def _position_key(partition: int) -> bytes:

@@ -30,7 +30,8 @@ from meterline.schemas.correction import CORRECTION_TYPE_BYTES, CorrectionEvent,
 from meterline.schemas.grant import GRANT_TYPE_BYTES, GrantEvent, parse_grant
 from meterline.schemas.usage import UsageData
 from meterline.schemas.rated import Status, rated_record
-from meterline.processors.state import RememberedIds, Seen, UserState, decode_batch, encode_batch, id_digest, payload_fingerprint
+from meterline.processors.state import (RememberedIds, Seen, UserState, batch_price_version, decode_batch, encode_batch,
+                                        id_digest, payload_fingerprint)
 
 # Why no Kafka record may stop the worker: any record is either applied or dead-lettered.
 MAX_REASON_CHARS = 2000
@@ -122,10 +123,14 @@ class BatchProcessor:
     """The per-partition memory of remembered ids, and the rules that apply a batch."""
 
     def __init__(self, rater: Rater, accounts: Accounts, price_version: str, window_seconds: float,
-                 max_ids_per_partition: int):
+                 max_ids_per_partition: int, price_books: Callable[[str], Rater | None] = lambda _version: None):
         self.rater = rater
         self.accounts = accounts
         self.price_version = price_version
+        self.price_books = price_books  # a rater for an earlier price book version (meterline/price_books.py), or None
+        # Remembered ids name their price book by an index into this list: a small int, not a string an id.
+        self._price_book_versions = [""]  # 0: not recorded (batch records written before price books were named)
+        self._price_book = self._price_book_index(price_version)
         self.window_seconds = window_seconds
         self.max_ids = max_ids_per_partition
         self.remembered: dict[int, RememberedIds] = {}
@@ -139,11 +144,23 @@ class BatchProcessor:
         ids = RememberedIds(self.window_seconds, self.max_ids)
         batches = []
         for key, raw in records:
-            seen_at, entries = decode_batch(raw)
+            seen_at, entries = decode_batch(raw, self._price_book_index(batch_price_version(raw)))
             batches.append((seen_at, key, list(entries)))
         for seen_at, key, entries in sorted(batches, key=lambda batch: batch[0]):
             ids.add_batch(key, seen_at, entries)
         self.remembered[partition] = ids
+
+    def _price_book_index(self, version: str) -> int:
+        if version not in self._price_book_versions:
+            self._price_book_versions.append(version)
+        return self._price_book_versions.index(version)
+
+    def _rater_of(self, price_book: int) -> tuple[str, Rater | None]:
+        """The version of the price book at `price_book`, and its rater (None: not readable here)."""
+        version = self._price_book_versions[price_book]
+        if version in ("", self.price_version):  # not recorded: the records from before, rated with this one
+            return self.price_version, self.rater
+        return version, self.price_books(version)
 
     def forget_partitions(self) -> None:
         """After a rebalance another worker may have written these partitions: reload before use."""
@@ -217,7 +234,7 @@ class BatchProcessor:
                 batch_key = f"{partition}/{first}/{now}/{next(self._batch_numbers)}".encode()
                 items = list(entries.items())
                 ids.add_batch(batch_key, now, items)
-                result.remembered.append((partition, batch_key, encode_batch(now, items)))
+                result.remembered.append((partition, batch_key, encode_batch(now, items, self.price_version)))
             result.forgotten.extend((partition, key) for key in ids.expire(now))  # the bound on ids
         return result
 
@@ -265,7 +282,7 @@ class BatchProcessor:
             result.states[user_key] = (partition, state._replace(partition=partition, last_offset=offset, account=account))
             result.counts["grants"] += 1
         if seen is None:
-            first_seen[digest] = Seen(offset, fingerprint)
+            first_seen[digest] = Seen(offset, fingerprint, self._price_book)
 
     def _correct(self, record: SourceRecord, correction: CorrectionEvent, state_of: Callable[[bytes], UserState],
                  first_seen: dict[int, Seen], result: BatchResult, read: ReadRecord, now: float) -> None:
@@ -293,9 +310,16 @@ class BatchProcessor:
             result.dead_letters.append(DeadLetter(record, (found,)))
             result.counts["dead_lettered"] += 1
             return
-        previous, previous_offset, revision = found
+        previous, previous_offset, revision, price_book = found
+        version, rater = self._rater_of(price_book)
+        if rater is None:
+            result.dead_letters.append(DeadLetter(record, (FieldProblem("request_id", (
+                f"its version was rated with price book {version}, which this worker cannot read: a correction "
+                "takes back what was charged, at the prices it was charged at")),)))
+            result.counts["dead_lettered"] += 1
+            return
         try:
-            before = self.rater.rate(previous)
+            before = rater.rate(previous)
             after = None if correction.amended is None else amended(previous, correction)
             rating = None if after is None else self.rater.rate(after)
         except (InvalidEventError, PricingError) as error:
@@ -316,20 +340,22 @@ class BatchProcessor:
             result.states[user_key] = (partition, state.correct(credits, events, partition, offset, account, now))
             result.counts["corrections"] += 1
         if seen is None:
-            first_seen[digest] = Seen(offset, fingerprint)
+            first_seen[digest] = Seen(offset, fingerprint, self._price_book)
         revision_key = revision_digest(user_key, correction.request_id, revision)
         if lookup(revision_key) is None:
-            first_seen[revision_key] = Seen(offset, 0)
+            first_seen[revision_key] = Seen(offset, 0, self._price_book)
         # For the audit trail, the version it replaces; then the new one (for a void: what was voided, deleted).
-        result.rated.append((partition, user_key, self._rated(previous, before, "superseded", partition, previous_offset,
-                                                               now, placement, revision - 1, correction)))
+        result.rated.append((partition, user_key, self._rated(previous, before, version, "superseded", partition,
+                                                               previous_offset, now, placement, revision - 1, correction)))
         result.rated.append((partition, user_key, self._rated(
-            after or previous, rating or before, "amended" if after else "voided", partition, offset, now, placement,
-            revision, correction)))
+            after or previous, rating or before, self.price_version if after else version, "amended" if after else "voided",
+            partition, offset, now, placement, revision, correction)))
 
     def _current_version(self, partition: int, user_key: bytes, correction: CorrectionEvent, offset: int,
-                         lookup: Callable[[int], Seen | None], read: ReadRecord) -> tuple[UsageEvent, int, int] | FieldProblem:
-        """The version of the corrected event before the correction at `offset`: (event, its offset, the new revision)."""
+                         lookup: Callable[[int], Seen | None],
+                         read: ReadRecord) -> tuple[UsageEvent, int, int, int] | FieldProblem:
+        """The version of the corrected event before the correction at `offset`: (event, its offset, the new
+        revision, the price book that rated it)."""
         seen = lookup(id_digest(b"%s/%s" % (user_key, correction.request_id.encode())))
         if seen is None:
             return FieldProblem("request_id", f"no event of {user_key.decode()} with request id {correction.request_id!r} "
@@ -338,7 +364,7 @@ class BatchProcessor:
         if raw is None or payload_fingerprint(raw) != seen.fingerprint:
             return FieldProblem("request_id", f"the counted event at offset {seen.offset} could not be read back from Kafka")
         try:
-            version, version_offset = parse_event(raw), seen.offset
+            version, version_offset, price_book = parse_event(raw), seen.offset, seen.price_book
         except InvalidEventError as error:  # it was valid when counted; a record read back must still not stop the worker
             return FieldProblem("request_id", f"the counted event at offset {seen.offset} no longer reads as one: {error}")
         revision = 1
@@ -351,14 +377,15 @@ class BatchProcessor:
                 return FieldProblem("request_id", f"correction {revision} at offset {earlier.offset} could not be read back from Kafka")
             if before.amended is None:
                 return FieldProblem("request_id", f"request id {correction.request_id!r} was voided by correction {before.id!r}")
-            version, version_offset = amended(version, before), earlier.offset
+            version, version_offset, price_book = amended(version, before), earlier.offset, earlier.price_book
             revision += 1
-        return version, version_offset, revision
+        return version, version_offset, revision, price_book
 
-    def _rated(self, event: UsageEvent, rating: Rating, status: Status, partition: int, offset: int, now: float,
-               placement: Placement, revision: int, correction: CorrectionEvent) -> bytes:
+    @staticmethod
+    def _rated(event: UsageEvent, rating: Rating, price_version: str, status: Status, partition: int, offset: int,
+               now: float, placement: Placement, revision: int, correction: CorrectionEvent) -> bytes:
         return rated_record(event, provider_cost_usd=rating.provider_cost_usd, credits=rating.credits,
-                            credit_rule=rating.rule, price_version=self.price_version, status=status,
+                            credit_rule=rating.rule, price_version=price_version, status=status,
                             partition=partition, offset=offset, processed_at=now, placement=placement,
                             revision=revision, correction=correction)
 
@@ -386,7 +413,7 @@ class BatchProcessor:
                 state = state.apply(credits, partition, offset, account, event.time.timestamp(), now)
             if seen is None:
                 # Also for a replay: its state was stored but its batch of ids may have been lost.
-                first_seen[digest] = Seen(offset, fingerprint)
+                first_seen[digest] = Seen(offset, fingerprint, self._price_book)
             if replay:
                 result.counts["replayed"] += 1  # counted before a crash; published again below
             else:

@@ -80,32 +80,54 @@ def payload_fingerprint(raw: bytes) -> int:
 
 
 class Seen(NamedTuple):
-    """Where a request id was first seen, and what its payload was.
+    """Where a request id was first seen, what its payload was, and which price book rated it.
 
-    A tuple of two ints: millions are kept, and the garbage collector stops tracking such tuples.
+    A tuple of small ints: millions are kept, and the garbage collector stops tracking such tuples.
     """
 
     offset: int
     fingerprint: int
+    price_book: int = 0  # an index into the processor's price book versions; 0: not recorded (older records)
 
 
-_HEADER = struct.Struct(">d")  # seen_at, epoch seconds
+_HEADER = struct.Struct(">d")  # seen_at, epoch seconds: the records written before price books were named
+# Then: seen_at, and the version of the price book that rated the batch. A positive double never
+# starts with a zero byte past the first few subnormals, so the two headers cannot be confused.
+_VERSIONED = b"\x00ML2"
+_VERSIONED_HEADER = struct.Struct(">4sdH")  # magic, seen_at, length of the version that follows
 _ENTRY = struct.Struct(">QQqQ")  # digest high, digest low, offset, fingerprint: 32 bytes an id
 
 
-def encode_batch(seen_at: float, entries: list[tuple[int, Seen]]) -> bytes:
-    parts = [_HEADER.pack(seen_at)]
+def encode_batch(seen_at: float, entries: list[tuple[int, Seen]], price_version: str = "") -> bytes:
+    version = price_version.encode()
+    parts = [_VERSIONED_HEADER.pack(_VERSIONED, seen_at, len(version)), version]
     for digest, seen in entries:
         parts.append(_ENTRY.pack(digest >> 64, digest & (2**64 - 1), seen.offset, seen.fingerprint))
     return b"".join(parts)
 
 
-def decode_batch(raw: bytes) -> tuple[float, Iterator[tuple[int, Seen]]]:
+def _header(raw: bytes) -> tuple[float, str, int]:
+    """seen_at, the price book version ("" if not recorded), where the entries start."""
+    if raw.startswith(_VERSIONED):
+        _magic, seen_at, length = _VERSIONED_HEADER.unpack_from(raw)
+        start = _VERSIONED_HEADER.size + length
+        return seen_at, raw[_VERSIONED_HEADER.size:start].decode(), start
     (seen_at,) = _HEADER.unpack_from(raw)
+    return seen_at, "", _HEADER.size
+
+
+def batch_price_version(raw: bytes) -> str:
+    """The version of the price book that rated a batch record's events ("" for older records)."""
+    return _header(raw)[1]
+
+
+def decode_batch(raw: bytes, price_book: int = 0) -> tuple[float, Iterator[tuple[int, Seen]]]:
+    """seen_at, and the entries, each marked with `price_book` (the caller's index for the batch's version)."""
+    seen_at, _version, start = _header(raw)
 
     def entries() -> Iterator[tuple[int, Seen]]:
-        for high, low, offset, fingerprint in _ENTRY.iter_unpack(memoryview(raw)[_HEADER.size:]):
-            yield (high << 64) | low, Seen(offset, fingerprint)
+        for high, low, offset, fingerprint in _ENTRY.iter_unpack(memoryview(raw)[start:]):
+            yield (high << 64) | low, Seen(offset, fingerprint, price_book)
 
     return seen_at, entries()
 

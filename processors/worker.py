@@ -21,7 +21,7 @@ WORKER_SETTINGS = (
     "partitions", "app_id", "worker_host", "worker_port", "dedupe_window_seconds",
     "dedupe_max_ids_per_partition", "worker_batch_size", "worker_batch_seconds", "worker_session_timeout_seconds",
     "worker_stuck_seconds", "prices", "plans", "api_secret_file", "subscriptions_topic", "key_revocations_topic",
-    "default_plan", "alerts_topic",
+    "default_plan", "alerts_topic", "price_books_topic",
 )
 
 
@@ -36,7 +36,8 @@ def prepare_topics(settings: Settings) -> None:
     from meterline.processors.app import TABLES, changelog_topic
 
     ensure_topics(settings, compacted=(*(changelog_topic(settings, table) for table in TABLES),
-                                       settings.subscriptions_topic, settings.key_revocations_topic))
+                                       settings.subscriptions_topic, settings.key_revocations_topic,
+                                       settings.price_books_topic))
 
 
 def ensure_port_free(settings: Settings) -> None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from meterline.cli import main
+from meterline.pricing.config import default_path
 from meterline.producers import Meter, build_event
 from meterline.settings import Settings
-from tests.integration.pipeline import read_topic, running_pipeline, wait_for
+from tests.integration.pipeline import read_topic, running_pipeline, stop, wait_for
 
 ORG = "org-corrections"
 MODEL = "gpt-4o-mini"
@@ -92,3 +94,38 @@ def test_a_correction_reads_back_an_event_from_an_earlier_batch_after_a_restart(
         assert wait_for(lambda: pipeline.stats()["corrections"] == 1), pipeline.stats()
         fay = pipeline.balance(ORG, "fay")
         assert (Decimal(fay["credits_used"]), fay["events"]) == (Decimal(5), 1), json.dumps(fay)
+
+
+def test_a_void_after_a_price_change_takes_back_what_the_old_price_book_charged(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """The worker restarts with credits doubled; the void of an event counted before takes back the old amount."""
+    settings = make_settings()
+    doubled = tmp_path / "plans.yaml"
+    doubled.write_text(default_path("plans.yaml").read_text().replace("per_1k_tokens: 1\n", "per_1k_tokens: 2\n"))
+    with running_pipeline(settings) as pipeline, Meter(settings) as meter:
+        for request_id in ("p1", "p2"):
+            meter.send(build_event(ORG, "gil", MODEL, 1000, 0, request_id=request_id))
+        meter.flush()
+        assert wait_for(lambda: pipeline.stats()["applied"] == 2), pipeline.stats()
+        stop(pipeline.worker)
+        pipeline.settings = settings.model_copy(update={"plans": doubled})
+        pipeline.start_worker()
+        meter.send(build_event(ORG, "gil", MODEL, 1000, 0, request_id="p3"))  # 2 credits under the new book
+        meter.void(ORG, "gil", "p1", reason="refund")
+        meter.flush()
+        assert wait_for(lambda: pipeline.stats()["corrections"] == 1), pipeline.stats()
+        assert pipeline.stats()["price_books"] == 2
+        gil = pipeline.balance(ORG, "gil")
+        assert (Decimal(gil["credits_used"]), gil["events"]) == (Decimal(1) + Decimal(2), 2), json.dumps(gil)
+
+        def versions() -> list[tuple]:
+            return pipeline.warehouse.query((
+                "SELECT request_id, status, credits, price_version FROM usage_corrections FINAL "
+                "WHERE org_id = {org:String} AND user_id = 'gil' ORDER BY revision", {"org": ORG}))
+
+        assert wait_for(lambda: len(versions()) == 2), versions()
+        (_r, _s, _c, old), (_r1, voided, credits, same) = versions()
+        assert (voided, credits, same) == ("voided", Decimal(1), old)  # taken back at the price it was charged
+        assert wait_for(lambda: pipeline.warehouse.query((
+            "SELECT sum(credits) FROM rated_events FINAL WHERE org_id = {org:String} AND user_id = 'gil'",
+            {"org": ORG}))[0][0] == Decimal(3))

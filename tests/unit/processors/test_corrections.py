@@ -15,7 +15,11 @@ from hypothesis import event as hypothesis_event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterline.processors.batch import BatchResult, SourceRecord
+from meterline.pricing import Rater
+from meterline.pricing.catalogue import default_catalogue
+from meterline.pricing.rating import default_rater
+from meterline.processors.accounts import Accounts
+from meterline.processors.batch import BatchProcessor, BatchResult, SourceRecord
 from meterline.processors.state import UserState
 from tests.unit.processors.test_batch import (ANY_VALUE, ORG, T0, Worker, _bytes, _mutated, credits, event, new_processor,
                                               rated, record)
@@ -46,6 +50,20 @@ class LoggedWorker(Worker):
                                         lambda partition, offset: self.log.get((partition, offset)))
         for key, (_partition, state) in result.states.items():
             self.store[key] = state
+        return result
+
+
+class RecordingWorker(LoggedWorker):
+    """Keeps every remembered-ids record its batches wrote, as the changelog would."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.written: dict[int, list[tuple[bytes, bytes]]] = {}
+
+    def run(self, records: list[SourceRecord], now: float = 1000.0) -> BatchResult:
+        result = super().run(records, now)
+        for partition, key, raw in result.remembered:
+            self.written.setdefault(partition, []).append((key, raw))
         return result
 
 
@@ -124,29 +142,18 @@ def test_a_replayed_correction_changes_nothing_and_publishes_the_same_rows_again
 
 
 def test_the_ids_written_and_the_state_lost_applies_the_correction_once_at_the_same_revision() -> None:
-    worker = LoggedWorker()
+    worker = RecordingWorker()
     worker.run([record(event("alice", 1000, 0, "r1"), 0)])
     stored_before = dict(worker.store)
     batch = [correction(1, "r1", "amend", "c1", input_tokens=10)]
     worker.run(batch)
     # A new owner: the remembered ids of both batches reached Kafka, the correction's state did not.
-    restarted = LoggedWorker(processor=new_processor(batches=_all_remembered(worker)), store=stored_before)
+    restarted = LoggedWorker(processor=new_processor(batches=worker.written), store=stored_before)
     restarted.log = dict(worker.log)
     result = restarted.run(batch)
     assert result.counts["corrections"] == 1
     assert restarted.balance("alice") == credits(10, 0)
     assert audit(result)[-1] == ("amended", 1, 0, str(credits(10, 0)), 10)
-
-
-def _all_remembered(worker: LoggedWorker) -> dict[int, list[tuple[bytes, bytes]]]:
-    """Every remembered-ids record the worker's batches wrote (its processor holds them by partition)."""
-    from meterline.processors.state import encode_batch
-
-    kept: dict[int, list[tuple[bytes, bytes]]] = {}
-    for partition, ids in worker.processor.remembered.items():
-        kept[partition] = [(key, encode_batch(seen_at, [(d, ids.get(d)) for d in digests]))  # type: ignore[misc]
-                           for seen_at, key, digests in ids._batches]
-    return kept
 
 
 def test_the_event_and_its_correction_in_one_batch() -> None:
@@ -236,3 +243,55 @@ def test_a_near_valid_correction_is_either_applied_or_dead_lettered(field: str, 
         [letter] = result.dead_letters
         assert letter.record.value == raw and letter.problems and result.counts == {"dead_lettered": 1}
         assert worker.balance("alice") == credits(1000, 0)
+
+
+def _doubled_rater() -> Rater:
+    """The shipped prices with credits at 2 per 1,000 tokens (the default rules give 1): another price book."""
+    catalogue = default_catalogue()
+    return Rater(catalogue.prices, catalogue.credits.model_copy(update={"per_1k_tokens": Decimal(2), "models": {}}))
+
+
+def _after_a_price_change(first: RecordingWorker, price_books: dict[str, Rater]) -> LoggedWorker:
+    """The same partition taken over by a worker with the doubled price book, from what Kafka holds."""
+    processor = BatchProcessor(_doubled_rater(), Accounts(default_catalogue(), "free", {}), "v2", 3600.0, 1_000_000,
+                               price_books.get)
+    for partition in range(4):
+        processor.load(partition, first.written.get(partition, []))
+    second = LoggedWorker(processor=processor, store=dict(first.store))
+    second.log = dict(first.log)
+    return second
+
+
+def test_a_void_after_a_price_change_takes_back_what_was_charged_at_the_old_prices() -> None:
+    first = RecordingWorker(processor=BatchProcessor(default_rater(), Accounts(default_catalogue(), "free", {}), "v1",
+                                                     3600.0, 1_000_000))
+    for partition in range(4):
+        first.processor.load(partition, [])
+    first.run([record(event("alice", 1000, 500, "r1"), 0), record(event("alice", 200, 0, "r2"), 1)])
+    assert first.balance("alice") == credits(1000, 500) + credits(200, 0)
+    second = _after_a_price_change(first, {"v1": default_rater()})
+    result = second.run([correction(2, "r1")])
+    assert second.balance("alice") == credits(200, 0)  # exactly what r1 was charged is taken back
+    superseded, voided = rated(result)
+    assert (superseded["price_version"], superseded["credits"]) == ("v1", str(credits(1000, 500)))
+    assert (voided["price_version"], voided["credits"]) == ("v1", str(credits(1000, 500)))
+    # An amend rates the new version with today's book, and takes back the old one at its own.
+    amend = second.run([correction(3, "r2", "amend", "c2", output_tokens=100)])
+    assert second.balance("alice") == 2 * credits(200, 100)
+    assert [(row["status"], row["price_version"]) for row in rated(amend)] == [("superseded", "v1"), ("amended", "v2")]
+    # And a further correction of r2 takes back the amended version at the book that rated it: v2.
+    second.run([correction(4, "r2", "void", "c3")])
+    assert second.balance("alice") == 0
+
+
+def test_a_correction_of_an_event_rated_by_a_price_book_this_worker_cannot_read_is_a_dead_letter() -> None:
+    first = RecordingWorker(processor=BatchProcessor(default_rater(), Accounts(default_catalogue(), "free", {}), "v1",
+                                                     3600.0, 1_000_000))
+    for partition in range(4):
+        first.processor.load(partition, [])
+    first.run([record(event("alice", 1000, 0, "r1"), 0)])
+    second = _after_a_price_change(first, {})  # v1 was never published
+    result = second.run([correction(1, "r1")])
+    (letter,) = result.dead_letters
+    assert letter.problems[0].field == "request_id" and "price book v1" in letter.reason
+    assert second.balance("alice") == credits(1000, 0)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import struct
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from meterline.processors.state import RememberedIds, Seen, UserState, decode_batch, encode_batch, id_digest
+from meterline.processors.state import RememberedIds, Seen, UserState, batch_price_version, decode_batch, encode_batch, id_digest
 
 HIGH_BIT = 1 << 127
 MAX_DIGEST = 2**128 - 1
@@ -76,11 +79,23 @@ def test_batch_record_round_trips_extreme_digests_offsets_and_fingerprints() -> 
         (HIGH_BIT | 0xDEADBEEF, Seen(2**62 - 1, 12345)),
         (id_digest(b"acme/alice/r-1"), Seen(42, 7)),
     ]
-    raw = encode_batch(1_700_000_000.125, entries)
-    assert len(raw) == 8 + 32 * len(entries)
-    seen_at, decoded = decode_batch(raw)
-    assert seen_at == 1_700_000_000.125
-    assert list(decoded) == entries
+    raw = encode_batch(1_700_000_000.125, entries, "0123456789ab")
+    assert len(raw) == 14 + 12 + 32 * len(entries)  # header, the price book version, 32 bytes an id
+    seen_at, decoded = decode_batch(raw, price_book=3)
+    assert seen_at == 1_700_000_000.125 and batch_price_version(raw) == "0123456789ab"
+    assert list(decoded) == [(digest, seen._replace(price_book=3)) for digest, seen in entries]
+
+
+def test_a_batch_record_from_before_price_books_were_named_still_reads() -> None:
+    seen = Seen(42, 7)
+    old = struct.pack(">d", 1_700_000_000.5) + struct.pack(">QQqQ", 0, 99, seen.offset, seen.fingerprint)
+    seen_at, decoded = decode_batch(old)
+    assert (seen_at, list(decoded), batch_price_version(old)) == (1_700_000_000.5, [(99, seen)], "")
+
+
+@given(st.floats(min_value=0.0, max_value=1e12))
+def test_no_seen_at_makes_an_old_header_look_like_a_versioned_one(seen_at: float) -> None:
+    assert batch_price_version(struct.pack(">d", seen_at) + b"\x00" * 32) == ""
 
 
 def test_an_empty_batch_record_keeps_its_time() -> None:
