@@ -178,6 +178,10 @@ class Engine:
         follow the topics, each in a thread."""
         try:
             await asyncio.to_thread(publish_own, self.settings)
+        except Exception as error:  # noqa: BLE001 - e.g. a price book past the broker's record size
+            log.error("this worker's price book could not be published (%s): a correction of an event it rates "
+                      "will be refused, naming its version, by a worker with another price book", error)
+        try:
             for feed in (self.subscriptions, self.revocations, self.price_books):
                 await asyncio.to_thread(feed.read_to_end, 60.0)
         except Exception:
