@@ -332,8 +332,8 @@ CONTENDERS: dict[str, Callable[[Settings, str, int], float]] = {
     "bare loop (ceiling)": run_ceiling,
     "Faust do-nothing agent": run_faust_noop,
     "meterline, 1 worker": run_meterline,
+    "meterline, 1 worker, accounts off": run_without_accounts,  # right after: the same moment of a noisy machine
     "meterline, 2 workers": run_two_workers,
-    "meterline, 1 worker, accounts off": run_without_accounts,
     "Quix Streams (peer)": run_quix,
 }
 
