@@ -104,6 +104,7 @@ class Settings(SdkSettings):
     subscriptions_topic: str = "meterline.subscriptions.v1"  # compacted, keyed by org or org/user
     key_revocations_topic: str = "meterline.key_revocations.v1"  # compacted, keyed by org (meterline/revocations.py)
     price_books_topic: str = "meterline.price_books.v1"  # compacted, keyed by version (meterline/price_books.py)
+    pool_usage_topic: str = "meterline.pool_usage.v1"  # what each batch counted in an org's pool (processors/pools.py)
     alerts_topic: str = "meterline.alerts.v1"  # a user's allowance crossing 50 / 80 / 100 %, and clearing
     alert_webhook_url: str | None = None  # `meterline alerts deliver` POSTs each alert here (meterline/webhooks.py)
     alert_webhook_group: str = "meterline-alert-webhooks"

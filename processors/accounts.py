@@ -96,6 +96,7 @@ class Placement(NamedTuple):
     plan: str
     cycle_start: datetime
     late: bool
+    pooled: bool = False  # counted in its org's pool (processors/pools.py keeps the pool's own account)
 
 
 class Accounts:
@@ -123,10 +124,10 @@ class Accounts:
         subscriber = DEFAULT_SUBSCRIBER if found is None else found.subscriber_key
         if account is not None and account.contains(subscriber, at):  # the common case: no cycle arithmetic
             plan = self.default_plan if found is None else found.plan_at(at) or found.plan
-            return Placement(plan, account.start, False), account.add(credits, cost)
+            return Placement(plan, account.start, False, subscriber == org_id), account.add(credits, cost)
         subscription = found or self._default_subscription(org_id, user_id)
         cycle = billing_cycle(subscription, self.catalogue, at)
-        placement = Placement(subscription.plan_at(at) or subscription.plan, cycle.start, False)
+        placement = Placement(subscription.plan_at(at) or subscription.plan, cycle.start, False, subscriber == org_id)
         if account is not None and cycle.start < account.start:
             return placement._replace(late=True), account  # its cycle is no longer the live one
         # A later cycle, or another subscriber's cycle from the same instant (a subscription that
@@ -142,7 +143,8 @@ class Accounts:
         account stays as it is.
         """
         key, subscription = self.subscription(org_id, user_id, at)
-        placement = Placement(subscription.plan_at(at) or subscription.plan, billing_cycle(subscription, self.catalogue, at).start, False)
+        placement = Placement(subscription.plan_at(at) or subscription.plan, billing_cycle(subscription, self.catalogue, at).start,
+                              False, key == org_id)
         if account is not None and account.contains(key, at):
             return placement, account.adjust(credits, cost, events)
         return placement._replace(late=True), account
@@ -169,17 +171,17 @@ class Accounts:
         return found or self._default_subscription(org_id, user_id)
 
     def _advance(self, org_id: str, user_id: str, subscriber: str, cycle: Cycle,
-                 account: CycleAccount | None) -> CycleAccount:
+                 account: CycleAccount | None, pool: bool = False) -> CycleAccount:
         """The new live account of `subscriber` for `cycle`, after closing `account` (an earlier one).
 
         Rollover credits stay with their subscription; grants belong to the user and follow them.
-        A pool's rollover depends on all its users together, which no one user's record holds: an
-        org pool carries nothing over (yet).
+        A pool's rollover depends on all its users together, which no one user's record holds: a
+        user's share of a pool carries nothing over; the pool's own account (`pool`, processors/pools.py) does.
         """
         if account is None:
             return CycleAccount(subscriber, cycle.start, cycle.end)
         carried, grants = self._close(account, org_id, user_id, cycle.start)
-        keeps_rollover = subscriber == account.subscriber and subscriber != org_id
+        keeps_rollover = subscriber == account.subscriber and (pool or subscriber != org_id)
         return CycleAccount(subscriber, cycle.start, cycle.end, carried=carried if keeps_rollover else (), grants=grants)
 
     def _close(self, account: CycleAccount, org_id: str, user_id: str,
@@ -207,7 +209,33 @@ class Accounts:
     def allowance(self, org_id: str, user_id: str, account: CycleAccount | None) -> Allowance | None:
         """How much of its allowance the live account has used; None for no account, or an org's pool."""
         if account is None or account.subscriber == org_id:
-            return None  # a pool's level depends on every user of the org
+            return None  # a pool's level depends on every user of the org: processors/pools.py
+        return self._allowance(account, org_id, user_id)
+
+    def pool_allowance(self, org_id: str, account: CycleAccount | None) -> Allowance | None:
+        """How much of its allowance an org pool's own account has used (processors/pools.py)."""
+        return None if account is None else self._allowance(account, org_id, "")
+
+    def advance_pool(self, org_id: str, cycle: Cycle, account: CycleAccount | None) -> CycleAccount:
+        """The org pool's account for `cycle`, after closing `account`: it keeps the pool plan's rollover."""
+        return self._advance(org_id, "", org_id, cycle, account, pool=True)
+
+    def pool_view(self, org_id: str, account: CycleAccount | None, now: datetime) -> dict[str, Any] | None:
+        """The org pool's current cycle as the balance API shows it, from the pool's own account;
+        None when the org has no subscription in effect."""
+        pool = self.subscriptions.get(org_id)
+        if pool is None or pool.since > now:
+            return None
+        cycle = billing_cycle(pool, self.catalogue, now)
+        if account is not None and account.start > cycle.start:
+            cycle = Cycle(-1, account.start, account.end)  # events already counted in a cycle ahead of this clock
+        elif account is None or account.start < cycle.start:
+            account = self.advance_pool(org_id, cycle, account)  # nothing used yet this cycle
+        carried = [CarriedCredits(credits, cycles) for credits, cycles in account.carried]
+        return cycle_view(cycle_terms(pool, self.catalogue, cycle), cycle, account.used, account.events,
+                          account.provider_cost, carried)
+
+    def _allowance(self, account: CycleAccount, org_id: str, user_id: str) -> Allowance:
         of = self._terms(account, org_id, user_id)
         allowance = (of.terms.included_credits + sum((credits for credits, _cycles in account.carried), ZERO)
                      + sum((g.credits for g in account.grants if g.expires_at is None or g.expires_at > account.start), ZERO))
@@ -313,11 +341,12 @@ def alerts_between(before: Allowance | None, after: Allowance | None) -> list[Al
                   (after or before).used, (after or before).allowance) for level in levels]  # type: ignore[union-attr]
 
 
-def alert_record(org_id: str, user_id: str, alert: Alert, at: float) -> bytes:
-    """The alerts topic's record; `id` is the same for the same crossing, so a consumer can drop a repeat."""
+def alert_record(org_id: str, user_id: str | None, alert: Alert, at: float) -> bytes:
+    """The alerts topic's record (`user_id` None: the org's pool); `id` is the same for the same crossing,
+    so a consumer can drop a repeat."""
     cycle = alert.cycle_start.isoformat()
     return orjson.dumps({
-        "type": "dev.meterline.alert.v1", "id": f"{org_id}/{user_id}/{cycle}/{alert.level}/{alert.state}",
+        "type": "dev.meterline.alert.v1", "id": f"{org_id}/{user_id or '(pool)'}/{cycle}/{alert.level}/{alert.state}",
         "org_id": org_id, "user_id": user_id, "plan": alert.plan, "cycle_start": cycle, "level": alert.level,
         "condition": alert.condition, "state": alert.state, "used": str(alert.used), "allowance": str(alert.allowance),
         "at": at,
@@ -368,12 +397,3 @@ def org_share(accounts: Accounts, org_id: str, states: Iterable[UserStateLike], 
         share += OrgShare(1, state.credits_used, state.events, account.used if pooled else ZERO,  # type: ignore[union-attr]
                           account.events if pooled else 0, account.provider_cost if pooled else ZERO)  # type: ignore[union-attr]
     return share
-
-
-def pool_balance(accounts: Accounts, org_id: str, share: OrgShare, now: datetime) -> dict[str, Any] | None:
-    """The org pool's current cycle, from every worker's share; None when the org has no subscription in effect."""
-    pool = accounts.subscriptions.get(org_id)
-    if pool is None or pool.since > now:
-        return None
-    cycle = billing_cycle(pool, accounts.catalogue, now)
-    return cycle_view(cycle_terms(pool, accounts.catalogue, cycle), cycle, share.pool_used, share.pool_events, share.pool_cost)

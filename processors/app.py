@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from decimal import localcontext
 from typing import Any
 
 import faust
@@ -21,10 +22,12 @@ from faust.types import EventT, StreamT
 from meterline.auth import resolve_secret
 from meterline.pricing import Rater
 from meterline.pricing.catalogue import catalogue_version
-from meterline.processors.accounts import Accounts
+from meterline.pricing.money import EXACT
+from meterline.processors.accounts import Accounts, alert_record
 from meterline.processors.backfill import RecordReader, read_range
 from meterline.processors.batch import BatchProcessor, BatchResult, SourceRecord
 from meterline.processors.outbox import Outbox
+from meterline.processors.pools import PoolState, apply_pool_usage, pool_key, read_pool_usage
 from meterline.processors.state import UserState
 from meterline.processors.views import register_views
 from meterline.processors.watchdog import EXIT_CRASHED, exit_now, watch_recovery
@@ -172,6 +175,46 @@ class Engine:
             self._crashed()
             raise
 
+    async def consume_pool_usage(self, stream: StreamT) -> None:
+        """The pools agent: apply each org's pool usage to its pool's record (processors/pools.py), one
+        record at a time (a batch of usage sends one per org and partition), acknowledged once written."""
+        while not self.feeds_read:  # the usage agent reads the subscriptions: a pool's plan comes from them
+            await asyncio.sleep(0.05)
+        try:
+            unacked = stream.noack()
+            async for _value in unacked:
+                event = unacked.current_event
+                if event is None:
+                    continue
+                self._apply_pool_usage(event.message.partition, event.message.value)
+                await self.outbox.flush()
+                await stream.ack(event)
+        except Exception:
+            self._crashed()
+            raise
+
+    def _apply_pool_usage(self, partition: int, raw: bytes | None) -> None:
+        try:
+            org_id, source_partition, entries = read_pool_usage(raw or b"")
+        except (ValueError, KeyError, TypeError):  # not written by a worker: skipped and counted, never fatal
+            self.counters["pool_usage_unreadable"] += 1
+            return
+        key = pool_key(org_id)
+        state = PoolState.from_bytes(self.states.data.data.get(key))
+        try:
+            with localcontext(EXACT):
+                after, alerts = apply_pool_usage(self.accounts, org_id, source_partition, entries, state)
+        except ArithmeticError:  # the bounds on events make it unreachable; never rounded, never a stop
+            log.error("org %s: pool usage from partition %d cannot be added exactly, skipped", org_id, source_partition)
+            self.counters["pool_usage_unreadable"] += 1
+            return
+        if after != state:
+            self._persist(self.states, partition, key, after.to_bytes())
+        now = time.time()
+        self.outbox.put_many(self.settings.alerts_topic, [(partition, org_id.encode(), alert_record(org_id, None, alert, now))
+                                                          for alert in alerts])
+        self.counters["pool_usage"] += 1
+
     async def _read_subscriptions(self) -> None:
         """Before the first batch (and the first balance served): every subscription, key
         revocation and price book published so far (this worker's own published first); then
@@ -297,6 +340,8 @@ class Engine:
             self._persist(self.remembered, partition, key, None)  # a tombstone
         self.outbox.put_many(self.settings.rated_topic, result.rated)
         self.outbox.put_many(self.settings.alerts_topic, result.alerts)
+        for key, value in result.pool_usage:  # to the org's partition, as Faust routes the org's key
+            self.outbox.put(self.settings.pool_usage_topic, None, key, value)
         for letter in result.dead_letters:
             self.outbox.dead_letter(self.settings.dead_letter_topic, letter)
 
@@ -370,6 +415,11 @@ def create_app(settings: Settings) -> faust.App:
                            partitions=settings.partitions)
     engine = Engine(settings, states, remembered)
     app.agent(usage, name="usage")(engine.consume)
+    # The same partition count as the usage topic and the tables: Faust assigns partition p of each
+    # to one worker, so the org's pool record is written by the worker that owns its partition.
+    pool_usage = app.topic(settings.pool_usage_topic, key_serializer="raw", value_serializer="raw",
+                           partitions=settings.partitions)
+    app.agent(pool_usage, name="pools")(engine.consume_pool_usage)
     app.on_partitions_assigned.connect(engine.on_partitions_assigned)
 
     @app.task

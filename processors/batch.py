@@ -30,6 +30,7 @@ from meterline.schemas.correction import CORRECTION_TYPE_BYTES, CorrectionEvent,
 from meterline.schemas.grant import GRANT_TYPE_BYTES, GrantEvent, parse_grant
 from meterline.schemas.usage import UsageData
 from meterline.schemas.rated import Status, rated_record
+from meterline.processors.pools import PoolEntry, pool_usage_record
 from meterline.processors.state import (RememberedIds, Seen, UserState, batch_price_version, decode_batch, encode_batch,
                                         id_digest, payload_fingerprint)
 
@@ -66,6 +67,8 @@ class BatchResult:
     forgotten: list[tuple[int, bytes]] = field(default_factory=list)  # (partition, batch key) to delete
     rated: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (partition, user key, rated record)
     alerts: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (partition, user key, alert record)
+    pooled: dict[tuple[str, int], list[PoolEntry]] = field(default_factory=dict)  # (org, partition) -> pool entries
+    pool_usage: list[tuple[bytes, bytes]] = field(default_factory=list)  # (org key, pool usage record): processors/pools.py
     before: dict[bytes, CycleAccount | None] = field(default_factory=dict)  # each user's account before the batch
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
@@ -226,6 +229,8 @@ class BatchProcessor:
             org_id, _, user_id = user_key.decode().partition("/")
             for alert in self.accounts.alerts(org_id, user_id, result.before[user_key], state.account):
                 result.alerts.append((partition, user_key, alert_record(org_id, user_id, alert, now)))
+        result.pool_usage.extend((org_id.encode(), pool_usage_record(org_id, partition, entries))
+                                 for (org_id, partition), entries in result.pooled.items())
         for partition, entries in first_seen.items():
             ids = self.remembered[partition]
             if entries:
@@ -339,6 +344,9 @@ class BatchProcessor:
         else:
             result.states[user_key] = (partition, state.correct(credits, events, partition, offset, account, now))
             result.counts["corrections"] += 1
+        if placement.pooled:
+            result.pooled.setdefault((data.org_id, partition), []).append(
+                PoolEntry(offset, placement.cycle_start.timestamp(), credits, cost, events))
         if seen is None:
             first_seen[digest] = Seen(offset, fingerprint, self._price_book)
         revision_key = revision_digest(user_key, correction.request_id, revision)
@@ -419,6 +427,9 @@ class BatchProcessor:
             else:
                 result.states[user_key] = (partition, state)
                 result.counts["applied"] += 1
+            if placement.pooled:  # also for a replay: the pool skips what it applied, and recovers what was lost
+                result.pooled.setdefault((data.org_id, partition), []).append(
+                    PoolEntry(offset, placement.cycle_start.timestamp(), credits, cost, 1))
         result.rated.append((partition, user_key, rated_record(
             event, provider_cost_usd=cost, credits=credits, credit_rule=rule, price_version=self.price_version,
             status=status, partition=partition, offset=offset, processed_at=now, placement=placement)))

@@ -42,6 +42,8 @@ class Outbox:
                 "compression.type": "lz4",
                 "message.max.bytes": DEAD_LETTER_MAX_BYTES,  # the largest record it writes
                 "delivery.report.only.error": True,
+                # A record given no partition goes where Faust routes its key (a pool's usage, by org).
+                "partitioner": "murmur2_random",
                 "on_delivery": self._on_delivery,
             })
         return self._producer

@@ -17,7 +17,8 @@ from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 
 from meterline.auth import balance_refusal, operator_key, org_key_refusal, same_key
-from meterline.processors.accounts import OrgShare, org_share, pool_balance
+from meterline.processors.accounts import OrgShare, org_share
+from meterline.processors.pools import PoolState, pool_key
 from meterline.processors.state import UserState
 from meterline.stack import broker_answers
 
@@ -166,7 +167,7 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
             if (refusal := org_refused(self, request, org_id)) is not None:
                 return refusal
             hosts = app.router.table_metadata(engine.states.name)
-            share, covered = OrgShare(), []
+            share, covered, pool = OrgShare(), [], PoolState()
             for host in hosts:
                 url = _base_url(host)
                 if url == here():
@@ -179,10 +180,12 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
                         return self.json({"error": f"worker {url} did not answer, retry shortly"}, status=503, headers=RETRY)
                 share += OrgShare.from_json(answer["share"])
                 covered += answer["partitions"]
+                if answer.get("pool"):  # from the owner of the org's partition, the pool's single writer
+                    pool = PoolState.from_bytes(answer["pool"].encode())
             if sorted(covered) != list(range(engine.settings.partitions)):
                 return rebalancing(self)
             now = datetime.now(timezone.utc)
-            return self.json({"org_id": org_id, **share.to_json(), "pool": pool_balance(engine.accounts, org_id, share, now)})
+            return self.json({"org_id": org_id, **share.to_json(), "pool": engine.accounts.pool_view(org_id, pool.account, now)})
 
     @app.page("/v1/internal/orgs/{org_id}/share")
     class OrgShareView(View):
@@ -200,7 +203,8 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
         prefix = f"{org_id}/".encode()
         # A scan of this worker's users: an org's balance is asked far less often than a user's.
         states = (UserState.from_bytes(raw) for key, raw in list(engine.states.data.data.items()) if key.startswith(prefix))
-        return {"partitions": partitions,
+        pool = engine.states.data.data.get(pool_key(org_id))
+        return {"partitions": partitions, "pool": pool.decode() if pool else None,
                 "share": org_share(engine.accounts, org_id, states, datetime.now(timezone.utc)).to_json()}
 
     async def remote_share(url: str, org_id: str, request: Request) -> dict[str, Any] | None:

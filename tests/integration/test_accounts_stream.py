@@ -140,7 +140,9 @@ def test_the_org_balance_sums_every_workers_users_and_shows_the_pool(make_settin
                     last[:] = [error]
                     return False
                 last[:] = answers
-                return all(answer["events"] == len(tokens) for answer in answers)
+                # The pool's own account follows its users' by the hop through the pool usage topic.
+                return all(answer["events"] == len(tokens) and (answer["pool"] or {}).get("events_in_cycle") == 10
+                           for answer in answers)
 
             assert wait_for(complete, timeout=120), last
             for url in (settings.worker_url, other.worker_url):  # either worker answers for all
@@ -156,5 +158,58 @@ def test_the_org_balance_sums_every_workers_users_and_shows_the_pool(make_settin
                 with pytest.raises(urllib.error.HTTPError) as refused:
                     org_balance(token=token)
                 assert refused.value.code == 401
+        finally:
+            stop(process)
+
+
+def test_an_org_pool_carries_over_into_its_next_cycle_and_alerts_once_per_level(make_settings: Callable[..., Settings]) -> None:
+    """Pro, pooled: 100 credits a cycle, the unused part carried into the next (at most 100, one cycle).
+
+    Cycle 1 (from 40 days ago): 60 credits used by six users spread over both workers' partitions.
+    Cycle 2 (from about 9 days ago): 100 included + 40 carried; 20 used, then 60 more: 50 % crossed.
+    The partitions reach the pool in no particular order, cycle 1's last events maybe after cycle 2's first.
+    """
+    settings = make_settings()
+    org = "org-rollover"
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    anchor = now - timedelta(days=40)
+    anchor = anchor.replace(day=min(anchor.day, 28))  # a day every month has: the next cycle starts a month later
+    publish(settings, [Subscription(org_id=org, plan="pro", since=anchor)])
+    second_cycle = anchor.replace(month=anchor.month + 1) if anchor.month < 12 else anchor.replace(year=anchor.year + 1, month=1)
+    with running_pipeline(settings, with_sink=False) as pipeline, Meter(settings) as meter:
+        other, process = another_worker(settings)
+        try:
+            for n in range(6):
+                meter.send(build_event(org, f"q{n}", MODEL, 10_000, 0, request_id=f"a{n}", timestamp=now - timedelta(days=20)))
+            meter.flush()
+            for n in range(4):
+                meter.send(build_event(org, f"q{n}", MODEL, 5_000, 0, request_id=f"b{n}", timestamp=now - timedelta(hours=1)))
+            meter.flush()
+            secret = settings.api_secret.get_secret_value()  # type: ignore[union-attr]
+            request = urllib.request.Request(f"{settings.worker_url}/v1/orgs/{org}/balance",
+                                             headers={"Authorization": f"Bearer {org_key(secret, org)}"})
+
+            def pool() -> dict:
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as response:
+                        return json.loads(response.read())["pool"] or {}
+                except OSError:
+                    return {}
+
+            assert wait_for(lambda: pool().get("events_in_cycle") == 4, timeout=120), pool()
+            shown = pool()
+            assert (shown["cycle_start"], Decimal(shown["included"]), Decimal(shown["carried"]), Decimal(shown["used"])) == (
+                second_cycle.isoformat(), 100, 40, 20)
+            assert Decimal(shown["remaining"]) == 120
+            # Then 60 more in the live cycle: 80 of 140 crosses 50 %, once, whichever worker applies it.
+            for n in range(6):
+                meter.send(build_event(org, f"q{n}", MODEL, 10_000, 0, request_id=f"c{n}", timestamp=now - timedelta(minutes=5)))
+            meter.flush()
+            assert wait_for(lambda: pool().get("events_in_cycle") == 10, timeout=120), pool()
+            assert Decimal(pool()["used"]) == 80
+            alerts = [json.loads(m.value()) for m in read_topic(settings, settings.alerts_topic, expected=1, drain=True)]
+            live = [(a["condition"], a["state"]) for a in alerts
+                    if a["org_id"] == org and a["user_id"] is None and a["cycle_start"] == second_cycle.isoformat()]
+            assert live == [("usage_50", "crossed")], alerts
         finally:
             stop(process)
