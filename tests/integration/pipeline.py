@@ -58,6 +58,14 @@ class Pipeline:
         token = org_key(self.settings.api_secret.get_secret_value(), org_id)  # type: ignore[union-attr]
         return get_balance(self.settings.worker_url, token, org_id, user_id)
 
+    def org_balance(self, org_id: str) -> dict:
+        """GET /v1/orgs/{org}/balance: the org's total and its pool's current cycle."""
+        token = org_key(self.settings.api_secret.get_secret_value(), org_id)  # type: ignore[union-attr]
+        request = urllib.request.Request(f"{self.settings.worker_url}/v1/orgs/{org_id}/balance",
+                                         headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
 
 def another_worker(settings: Settings) -> tuple[Settings, subprocess.Popen[bytes]]:
     """One more worker of the same app (it shares the partitions), on a port of its own."""
