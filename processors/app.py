@@ -144,6 +144,8 @@ class Engine:
         # Balance streams waiting for a user's next change (views.BalanceStreamView): one queue each.
         self._watchers: dict[bytes, set[asyncio.Queue[None]]] = {}
         self._drainer: asyncio.Future[None] | None = None
+        self._pools_unconfirmed: list[EventT] = []
+        self._pools_confirming: asyncio.Future[None] | None = None
 
     def state_of(self, user_key: bytes) -> UserState:
         return UserState.from_bytes(self.states.data.data.get(user_key))
@@ -176,8 +178,12 @@ class Engine:
             raise
 
     async def consume_pool_usage(self, stream: StreamT) -> None:
-        """The pools agent: apply each org's pool usage to its pool's record (processors/pools.py), one
-        record at a time (a batch of usage sends one per org and partition), acknowledged once written."""
+        """The pools agent: apply each org's pool usage to its pool's record (processors/pools.py).
+
+        Each record is applied as it comes (no await in between, like a usage batch) and acknowledged
+        once Kafka has what it wrote; confirming runs beside, so a slow acknowledgement never holds the
+        stream (a stream that stops taking events stops Faust's delivery to every agent).
+        """
         while not self.feeds_read:  # the usage agent reads the subscriptions: a pool's plan comes from them
             await asyncio.sleep(0.05)
         try:
@@ -187,8 +193,22 @@ class Engine:
                 if event is None:
                     continue
                 self._apply_pool_usage(event.message.partition, event.message.value)
-                await self.outbox.flush()
-                await stream.ack(event)
+                self._pools_unconfirmed.append(event)
+                if self._pools_confirming is None or self._pools_confirming.done():
+                    self._pools_confirming = asyncio.ensure_future(self._confirm_pool_usage(stream))
+                if len(self._pools_unconfirmed) > self.settings.worker_batch_size:
+                    await asyncio.shield(self._pools_confirming)  # back-pressure: Kafka sets the pace
+        except Exception:
+            self._crashed()
+            raise
+
+    async def _confirm_pool_usage(self, stream: StreamT) -> None:
+        try:
+            while self._pools_unconfirmed:
+                events, self._pools_unconfirmed = self._pools_unconfirmed, []
+                await self.outbox.flush()  # everything produced so far, these records' writes included
+                for event in events:
+                    await stream.ack(event)
         except Exception:
             self._crashed()
             raise

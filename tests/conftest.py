@@ -53,6 +53,8 @@ def make_settings(broker_settings: Settings) -> Callable[..., Settings]:
             "subscriptions_topic": f"subscriptions-{run}",
             "key_revocations_topic": f"revocations-{run}",
             "alerts_topic": f"alerts-{run}",
+            "pool_usage_topic": f"pool-usage-{run}",
+            "price_books_topic": f"price-books-{run}",
             "app_id": f"processor-{run}",
             "sink_group": f"sink-{run}",
             "worker_port": free_port(),
