@@ -19,7 +19,6 @@ import statistics
 import time
 import uuid
 from datetime import datetime, timezone
-from decimal import Decimal
 import orjson
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
