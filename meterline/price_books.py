@@ -30,13 +30,11 @@ def price_book_record(settings: Settings) -> tuple[str, bytes]:
     return version, orjson.dumps({"type": PRICE_BOOK_TYPE, "version": version, "prices": prices.decode(), "plans": plans.decode()})
 
 
-def publish_own(settings: Settings) -> str:
-    """Publish this worker's price book (the same version again is the same record); return its version."""
+def publish(settings: Settings, version: str, record: bytes) -> None:
+    """Publish a price book record from `price_book_record` (the same version again is the same record)."""
     from meterline.stack import produce_and_wait
 
-    version, record = price_book_record(settings)
     produce_and_wait(settings, settings.price_books_topic, [(version.encode(), record)])
-    return version
 
 
 class PriceBookFeed(CompactedFeed[Rater]):

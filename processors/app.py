@@ -21,7 +21,6 @@ from faust.types import EventT, StreamT
 
 from meterline.auth import resolve_secret
 from meterline.pricing import Rater
-from meterline.pricing.catalogue import catalogue_version
 from meterline.pricing.money import EXACT
 from meterline.processors.accounts import Accounts, alert_record
 from meterline.processors.backfill import RecordReader, read_range
@@ -31,7 +30,7 @@ from meterline.processors.pools import PoolState, apply_pool_usage, pool_key, re
 from meterline.processors.state import UserState
 from meterline.processors.views import register_views
 from meterline.processors.watchdog import EXIT_CRASHED, exit_now, watch_recovery
-from meterline.price_books import PriceBookFeed, publish_own
+from meterline.price_books import PriceBookFeed, price_book_record, publish
 from meterline.revocations import RevocationFeed
 from meterline.settings import Settings, private_dir
 from meterline.subscriptions import SubscriptionFeed, load_checked_catalogue
@@ -124,9 +123,11 @@ class Engine:
         self.subscriptions = SubscriptionFeed(settings, catalogue)
         self.revocations = RevocationFeed(settings)
         self.price_books = PriceBookFeed(settings)  # a correction rates what it takes back with the book that charged it
+        # The files read once: the version every rated record names is the one this worker publishes.
+        self.price_version, self._price_book = price_book_record(settings)
         self.accounts = Accounts(catalogue, settings.default_plan, self.subscriptions.latest)
         self.processor = BatchProcessor(
-            Rater.from_catalogue(catalogue), self.accounts, catalogue_version(settings.prices, settings.plans),
+            Rater.from_catalogue(catalogue), self.accounts, self.price_version,
             settings.dedupe_window_seconds, settings.dedupe_max_ids_per_partition, self.price_books.latest.get,
         )
         self.feeds_read = False
@@ -240,7 +241,7 @@ class Engine:
         revocation and price book published so far (this worker's own published first); then
         follow the topics, each in a thread."""
         try:
-            await asyncio.to_thread(publish_own, self.settings)
+            await asyncio.to_thread(publish, self.settings, self.price_version, self._price_book)
         except Exception as error:  # noqa: BLE001 - e.g. a price book past the broker's record size
             log.error("this worker's price book could not be published (%s): a correction of an event it rates "
                       "will be refused, naming its version, by a worker with another price book", error)
