@@ -69,6 +69,14 @@ class SdkSettings(BaseModel):
     delivery_timeout_ms: int = Field(default=30_000, gt=0, description="Unacknowledged this long: to the spool.")
     record_failures: bool = False  # measure(): a failed call records a zero-usage event
 
+    # reserve(): the worker API that decides (any worker; it forwards to the user's owner), the
+    # org's API key (`meterline keys ORG`), and what to do when no worker answers within the deadline:
+    # "plan" refuses on hard-cap plans and allows on the others (producers/README.md).
+    enforcement_url: str | None = None  # unset: the local worker, http://127.0.0.1:6066
+    api_key: SecretStr | None = None
+    reserve_deadline_seconds: float = Field(default=2.0, gt=0)
+    reserve_when_unreachable: Literal["plan", "closed", "open"] = "plan"
+
     # Pricing: price book and plan catalogue files. Unset: the defaults shipped in meterline.pricing.
     # `emit` warns about a model the price book cannot price.
     prices: Path | None = None
@@ -106,6 +114,7 @@ class Settings(SdkSettings):
     price_books_topic: str = "meterline.price_books.v1"  # compacted, keyed by version (meterline/price_books.py)
     pool_usage_topic: str = "meterline.pool_usage.v1"  # what each batch counted in an org's pool (processors/pools.py)
     alerts_topic: str = "meterline.alerts.v1"  # a user's allowance crossing 50 / 80 / 100 %, and clearing
+    decisions_topic: str = "meterline.decisions.v1"  # refused and degraded reservations, for the warehouse
     alert_webhook_url: str | None = None  # `meterline alerts deliver` POSTs each alert here (meterline/webhooks.py)
     alert_webhook_group: str = "meterline-alert-webhooks"
     default_plan: str = "free"  # the plan of a user with no subscription of its own or its org's
@@ -121,6 +130,8 @@ class Settings(SdkSettings):
     dedupe_max_ids_per_partition: int = Field(default=2_000_000, gt=0)
     worker_batch_size: int = Field(default=2000, gt=0)
     worker_batch_seconds: float = Field(default=0.05, gt=0)
+    # A reservation not committed or released within this is released (processors/holds.py).
+    reservation_ttl_seconds: float = Field(default=600.0, gt=0, le=86_400)
     # How long a killed worker's partitions (and its users' balances) wait for a new owner.
     worker_session_timeout_seconds: float = Field(default=15.0, ge=6.0, description="The broker's minimum is 6 s.")
     # A worker not serving for this long, with its recovery not moving, exits (code 75) to be restarted.

@@ -32,6 +32,8 @@ import orjson
 from meterline.pricing.catalogue import Catalogue
 from meterline.pricing.cycles import BillingSchedule, Cycle
 from meterline.pricing.invoice import CarriedCredits, Grant, compute_invoice
+from meterline.pricing.plans import Plan
+from meterline.processors.holds import Limits
 from meterline.schemas.subscription import Subscription, default_subscription, subscription_in_effect
 from meterline.subscriptions import CycleTermsOf, billing_cycle, cycle_terms
 
@@ -263,6 +265,15 @@ class Accounts:
             # The same allowance (the common case): only the usage moved.
             return alerts_between(now._replace(level=_level(before.used, now.allowance), used=before.used), now)
         return alerts_between(self.allowance(org_id, user_id, before), now)
+
+    def limits(self, org_id: str, user_id: str, account: CycleAccount | None, now: datetime) -> tuple[Plan, Limits]:
+        """The user's plan at `now`, and what enforcement reads of it and of the account (processors/holds.py)."""
+        view = self.balance(org_id, user_id, account, now)
+        plan = self.catalogue.plan(view["plan"])
+        remaining = None if view["remaining"] is None else Decimal(view["remaining"])
+        return plan, Limits(view["plan"], plan.limits.concurrent_requests, plan.limits.requests_per_minute,
+                            float(plan.limits.burst.multiplier), float(plan.limits.burst.seconds), plan.hard_cap,
+                            remaining, datetime.fromisoformat(view["cycle_end"]).timestamp())
 
     def balance(self, org_id: str, user_id: str, account: CycleAccount | None, now: datetime) -> dict[str, Any]:
         """The live account as the balance API shows it: plan, cycle, included, carried, grants, used, remaining, overage."""

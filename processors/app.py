@@ -25,6 +25,7 @@ from meterline.pricing.money import EXACT
 from meterline.processors.accounts import Accounts, alert_record
 from meterline.processors.backfill import RecordReader, read_range
 from meterline.processors.batch import BatchProcessor, BatchResult, SourceRecord
+from meterline.processors.enforcement import Enforcer
 from meterline.processors.outbox import Outbox
 from meterline.processors.pools import PoolState, apply_pool_usage, pool_key, read_pool_usage
 from meterline.processors.state import UserState
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 
 USER_STATE_TABLE = "user-state"
 REMEMBERED_IDS_TABLE = "remembered-ids"
-TABLES = (USER_STATE_TABLE, REMEMBERED_IDS_TABLE)
+HOLDS_TABLE = "holds"  # each user's open reservations and rate buckets (processors/holds.py)
+TABLES = (USER_STATE_TABLE, REMEMBERED_IDS_TABLE, HOLDS_TABLE)
 
 
 def changelog_topic(settings: Settings, table: str) -> str:
@@ -115,7 +117,7 @@ def create_faust_app(settings: Settings, app_id: str | None = None) -> faust.App
 class Engine:
     """Takes batches from the usage stream, applies them, writes the result, then acknowledges."""
 
-    def __init__(self, settings: Settings, states: faust.Table, remembered: faust.Table):
+    def __init__(self, settings: Settings, states: faust.Table, remembered: faust.Table, holds: faust.Table):
         self.settings = settings
         self.states = states
         self.remembered = remembered
@@ -134,6 +136,8 @@ class Engine:
         self.outbox = Outbox(settings.kafka_bootstrap, settings.usage_topic)
         self.source = RecordReader(settings.kafka_bootstrap, settings.usage_topic)  # a correction reads what it corrects
         self.counters: Counter[str] = Counter()
+        self.enforcer = Enforcer(settings, holds, self.state_of, self.accounts, self.processor.rater, self.outbox, self.counters)
+        self.processor.holders = self.enforcer.holders
         self._pending: list[EventT] = []
         self._pending_since = 0.0
         self._stream: StreamT | None = None
@@ -297,6 +301,7 @@ class Engine:
             while self._unconfirmed:
                 batches, self._unconfirmed = self._unconfirmed, []
                 await self.outbox.flush()  # everything produced so far, these batches' writes included
+                await self.enforcer.writer.flush()  # and the holds their events committed
                 for events, counts in batches:
                     for event in events:
                         await stream.ack(event)
@@ -323,8 +328,11 @@ class Engine:
                 stored = self.states.data.data.get(_position_key(partition))
                 self.positions[partition] = int(stored) if stored else None
         records = self._with_skipped(records)
-        result = self.processor.process(records, self.state_of, now=time.time(), read_record=self.source.read)
+        now = time.time()
+        result = self.processor.process(records, self.state_of, now=now, read_record=self.source.read)
         self._write(result)
+        if result.commits:
+            self.enforcer.commit(result.commits, now)
         for key in self._watchers.keys() & result.states.keys():
             self._wake(key)
         for partition in {record.partition for record in records}:
@@ -434,7 +442,8 @@ def create_app(settings: Settings) -> faust.App:
                        partitions=settings.partitions)
     remembered = app.Table(REMEMBERED_IDS_TABLE, default=None, key_type=bytes, value_type=bytes,
                            partitions=settings.partitions)
-    engine = Engine(settings, states, remembered)
+    holds = app.Table(HOLDS_TABLE, default=None, key_type=bytes, value_type=bytes, partitions=settings.partitions)
+    engine = Engine(settings, states, remembered, holds)
     app.agent(usage, name="usage")(engine.consume)
     # The same partition count as the usage topic and the tables: Faust assigns partition p of each
     # to one worker, so the org's pool record is written by the worker that owns its partition.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, localcontext
@@ -72,6 +72,8 @@ class BatchResult:
     before: dict[bytes, CycleAccount | None] = field(default_factory=dict)  # each user's account before the batch
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
+    # (partition, user key, request id, credits) of events whose user holds reservations: each may commit one
+    commits: list[tuple[int, bytes, str, Decimal]] = field(default_factory=list)
 
 
 ReadRecord = Callable[[int, int], "bytes | None"]  # (partition, offset) -> that source record's value
@@ -138,6 +140,7 @@ class BatchProcessor:
         self.max_ids = max_ids_per_partition
         self.remembered: dict[int, RememberedIds] = {}
         self._batch_numbers = itertools.count()
+        self.holders: Container[bytes] = frozenset()  # the users with reservations (processors/enforcement.py)
 
     def loaded(self, partition: int) -> bool:
         return partition in self.remembered
@@ -433,3 +436,5 @@ class BatchProcessor:
         result.rated.append((partition, user_key, rated_record(
             event, provider_cost_usd=cost, credits=credits, credit_rule=rule, price_version=self.price_version,
             status=status, partition=partition, offset=offset, processed_at=now, placement=placement)))
+        if user_key in self.holders:  # whatever its status: a replay or a re-send still closes its hold
+            result.commits.append((partition, user_key, event.id, credits))

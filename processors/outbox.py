@@ -8,6 +8,7 @@ consumes, recovers tables from these changelogs, rebalances and serves the API.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import orjson
@@ -99,3 +100,69 @@ class Outbox:
         if remaining or self._failures:
             failures, self._failures = self._failures, []
             raise OutboxError(f"{remaining} record(s) unacknowledged after {timeout}s; failed: {failures[:5]}")
+
+
+class ConfirmedWriter:
+    """A producer whose every record has its own acknowledgement, for the reservation holds.
+
+    A reserve() answer waits for its own hold only, not for the batch records queued before it
+    (the outbox reports failures only, to save a callback per rated record). Every holds record
+    goes through this one producer: Kafka keeps one producer's records to a partition in order,
+    so the changelog's last value of a user is the last one written.
+    """
+
+    def __init__(self, bootstrap: str):
+        self.bootstrap = bootstrap
+        self._producer: Producer | None = None
+        self._pending: set[asyncio.Future[None]] = set()
+        self._stop = threading.Event()
+
+    def _start(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer({
+                "bootstrap.servers": self.bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 0,  # a caller is waiting
+            })
+            threading.Thread(target=self._serve_deliveries, name="holds-deliveries", daemon=True).start()
+        return self._producer
+
+    def _serve_deliveries(self) -> None:
+        assert self._producer is not None
+        while not self._stop.is_set():
+            self._producer.poll(0.1)  # wakes as soon as a delivery report arrives
+
+    def put(self, topic: str, partition: int, key: bytes, value: bytes | None) -> asyncio.Future[None]:
+        """Produce; the future completes once Kafka acknowledged the record (OutboxError if it did not)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            loop.call_soon_threadsafe(_settle, future, None if error is None else f"{message.topic()}[{message.partition()}]: {error}")
+
+        producer = self._start()
+        while True:
+            try:
+                producer.produce(topic, value, key, partition=partition, on_delivery=delivered)
+                return future
+            except BufferError:  # the deliveries thread drains the queue
+                time.sleep(0.01)
+
+    async def flush(self) -> None:
+        """Wait for every record put so far."""
+        if self._pending:
+            await asyncio.gather(*list(self._pending))
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def _settle(future: asyncio.Future[None], failure: str | None) -> None:
+    if future.done():
+        return
+    if failure is None:
+        future.set_result(None)
+    else:
+        future.set_exception(OutboxError(f"Kafka did not acknowledge a hold: {failure}"))

@@ -18,14 +18,17 @@ from faust.web.exceptions import ServiceUnavailable
 
 from meterline.auth import balance_refusal, operator_key, org_key_refusal, same_key
 from meterline.processors.accounts import OrgShare, org_share
+from meterline.processors.enforcement import parse_reserve
 from meterline.processors.pools import PoolState, pool_key
 from meterline.processors.state import UserState
+from meterline.schemas import InvalidEventError
 from meterline.stack import broker_answers
 
 if TYPE_CHECKING:
     from meterline.processors.app import Engine
 
 RETRY = {"Retry-After": "1"}
+OWNER_HEADER = "Meterline-Owner"  # the worker that decided: a client may ask it directly next time
 
 
 def _bearer(request: Request) -> str:
@@ -56,11 +59,13 @@ def openapi_document() -> dict[str, Any]:
 
 def balance_body(engine: Engine, org_id: str, user_id: str) -> dict[str, Any]:
     """The balance API's answer for one user of this worker's partitions."""
-    state = engine.state_of(f"{org_id}/{user_id}".encode())
+    key = f"{org_id}/{user_id}".encode()
+    state = engine.state_of(key)
     now = datetime.now(timezone.utc)
     return {
         "org_id": org_id, "user_id": user_id, **engine.accounts.balance(org_id, user_id, state.account, now),
         "credits_used": str(state.credits_used), "events": state.events,  # lifetime
+        "reserved": str(engine.enforcer.holds_of(key).held(now.timestamp())),  # open reservations hold this much
         # How fresh the number is: the latest event time applied, and how long after it the
         # worker applied it (None: no event yet).
         "as_of": datetime.fromtimestamp(state.as_of, timezone.utc).isoformat() if state.events else None,
@@ -215,6 +220,63 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
                 return await response.json() if response.status == 200 else None
         except (OSError, asyncio.TimeoutError, ClientError):
             return None
+
+    async def forwarded(view: View, request: Request, key: bytes) -> Response | None:
+        """None when this worker owns `key`'s partition; else the owner's answer to the same request.
+
+        Faust's own routing forwards no request body, so a reservation is forwarded here.
+        """
+        owner = owner_of(key)
+        if owner is None:
+            return rebalancing(view)
+        if owner == here():
+            return unavailable(view)
+        body = await request.read()
+        try:
+            async with app.http_client.request(request.method, owner + str(request.rel_url), data=body,
+                                               headers={"Authorization": request.headers.get("Authorization", ""),
+                                                        "Content-Type": "application/json"},
+                                               timeout=ClientTimeout(total=5)) as response:
+                return view.text(await response.text(), content_type=response.content_type, status=response.status,
+                                 headers={OWNER_HEADER: owner})
+        except (OSError, asyncio.TimeoutError, ClientError):
+            return view.json({"error": f"the owner {owner} did not answer, retry shortly"}, status=503, headers=RETRY)
+
+    @app.page("/v1/orgs/{org_id}/users/{user_id}/reservations")
+    class ReservationsView(View):
+        """POST: reserve (decide and hold, processors/holds.py); GET: the user's open holds. The org key only."""
+
+        async def post(self, request: Request, org_id: str, user_id: str) -> Response:
+            if (refusal := org_refused(self, request, org_id)) is not None:
+                return refusal
+            if (elsewhere := await forwarded(self, request, f"{org_id}/{user_id}".encode())) is not None:
+                return elsewhere
+            try:
+                body = parse_reserve(await request.read())
+                decision = await engine.enforcer.reserve(org_id, user_id, body)
+            except InvalidEventError as error:
+                return self.json({"error": "invalid reservation: " + "; ".join(str(p) for p in error.problems),
+                                  "problems": [{"field": p.field, "rule": p.rule} for p in error.problems]},
+                                 status=400)
+            return self.json(decision.to_json(), headers={OWNER_HEADER: here()})
+
+        async def get(self, request: Request, org_id: str, user_id: str) -> Response:
+            if (refusal := org_refused(self, request, org_id)) is not None:
+                return refusal
+            if (elsewhere := await forwarded(self, request, f"{org_id}/{user_id}".encode())) is not None:
+                return elsewhere
+            return self.json(engine.enforcer.view(org_id, user_id))
+
+    @app.page("/v1/orgs/{org_id}/users/{user_id}/reservations/{reservation_id}")
+    class ReservationView(View):
+        """DELETE: release the hold (twice, or after its commit, is harmless)."""
+
+        async def delete(self, request: Request, org_id: str, user_id: str, reservation_id: str) -> Response:
+            if (refusal := org_refused(self, request, org_id)) is not None:
+                return refusal
+            if (elsewhere := await forwarded(self, request, f"{org_id}/{user_id}".encode())) is not None:
+                return elsewhere
+            return self.json(await engine.enforcer.release(org_id, user_id, reservation_id))
 
     @app.page("/v1/worker/stats")
     class WorkerStatsView(View):

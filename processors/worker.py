@@ -22,6 +22,7 @@ WORKER_SETTINGS = (
     "dedupe_max_ids_per_partition", "worker_batch_size", "worker_batch_seconds", "worker_session_timeout_seconds",
     "worker_stuck_seconds", "prices", "plans", "api_secret_file", "subscriptions_topic", "key_revocations_topic",
     "default_plan", "alerts_topic", "price_books_topic", "pool_usage_topic",
+    "decisions_topic", "reservation_ttl_seconds",
 )
 
 

@@ -16,7 +16,8 @@ confluent-kafka's asyncio example). Disk work (the spool while Kafka is away) an
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError
 
@@ -41,9 +42,17 @@ def _settle(future: asyncio.Future[Status], status: Status, error: KafkaError | 
         future.set_result(status)
 
 
+if TYPE_CHECKING:
+    import httpx
+
+    from meterline.producers.reservations import AsyncReservation
+
+
 class AsyncMeter(MeterBase):
     """Emit usage events from asyncio code. Arguments as for `Meter` (settings, producer_config,
     on_delivery, spool, record_failures, source, **overrides of SdkSettings fields)."""
+
+    _http: httpx.AsyncClient | None = None  # reserve()'s connections, opened on first use
 
     @emit_arguments
     async def emit(self, *args: Any, wait: bool = False, **options: Any) -> str:
@@ -120,12 +129,28 @@ class AsyncMeter(MeterBase):
         failures = self.record_failures if record_failures is None else record_failures
         return AsyncMeasurement(self.emit, org_id, user_id, model, fields, failures)
 
+    def reserve(self, org_id: str, user_id: str, model: str, estimate: Decimal | int | str | None = None, *,
+                input_tokens: int | None = None, output_tokens: int | None = None, ttl_seconds: float | None = None,
+                reservation_id: str | None = None) -> AsyncReservation:
+        """``async with meter.reserve(...) as r``, or ``r = await meter.reserve(...)``; see `Meter.reserve`."""
+        import httpx  # here, not at import: ~50 ms of every command's start, for callers that never reserve
+
+        from meterline.producers.reservations import AsyncReservation, Endpoint, reservation_body
+
+        body = reservation_body(model, estimate, input_tokens, output_tokens, ttl_seconds, reservation_id)
+        if self._http is None:
+            self._endpoint, self._http = Endpoint(self.settings), httpx.AsyncClient()
+        return AsyncReservation(self._endpoint, self._http, self, org_id, user_id, body)
+
     async def flush(self, timeout: float = 30.0) -> MeterStats:
         """Wait (in a worker thread) until every event is in Kafka, spool included; see `Meter.flush`."""
         return await asyncio.to_thread(self._engine.flush, timeout)
 
     async def close(self, timeout: float = 30.0) -> MeterStats:
         """Flush, spool what Kafka has not acknowledged, stop the SDK's thread."""
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
         return await asyncio.to_thread(self._engine.close, timeout)
 
     async def __aenter__(self) -> AsyncMeter:

@@ -55,6 +55,7 @@ def make_settings(broker_settings: Settings) -> Callable[..., Settings]:
             "alerts_topic": f"alerts-{run}",
             "pool_usage_topic": f"pool-usage-{run}",
             "price_books_topic": f"price-books-{run}",
+            "decisions_topic": f"decisions-{run}",
             "app_id": f"processor-{run}",
             "sink_group": f"sink-{run}",
             "worker_port": free_port(),

@@ -269,6 +269,7 @@ def ensure_topics(settings: Settings, compacted: tuple[str, ...] = ()) -> None:
         settings.dead_letter_topic: {"max.message.bytes": str(DEAD_LETTER_MAX_BYTES)},
         settings.alerts_topic: {},
         settings.pool_usage_topic: {},
+        settings.decisions_topic: {},
         **{name: {"cleanup.policy": "compact"} for name in compacted},
     }
     names = list(configs)

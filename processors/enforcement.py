@@ -1,0 +1,207 @@
+"""Reserve, release and commit on the worker that owns the user's partition (the rules: holds.py).
+
+The owner is the single writer of its users' holds, and its event loop runs each decision
+without an await between reading the user's holds and writing them: no two decisions for a user
+interleave, so check-and-hold needs no lock. The caller hears "allowed" only once Kafka has the
+hold (the holds table's changelog); a restart or a rebalance recovers it from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+import faust
+import orjson
+from aiokafka.partitioner import murmur2
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from meterline.pricing import PricingError, Rater
+from meterline.processors.accounts import Accounts
+from meterline.processors.holds import Closed, Decision, Hold, Holds, Request, decide
+from meterline.processors.outbox import ConfirmedWriter, Outbox
+from meterline.schemas import FieldProblem, InvalidEventError
+from meterline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_ESTIMATE = Decimal(10) ** 12  # credits; the bound on one event's credits is far below
+MAX_REMEMBERED_REFUSALS = 10_000
+REFUSAL_SECONDS = 60.0
+
+
+class ReserveBody(BaseModel):
+    """What POST .../reservations takes. An estimate in credits, or in tokens (rated per model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reservation_id: str = Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")
+    model: str = Field(min_length=1, max_length=200)
+    estimate: Decimal | None = Field(default=None, ge=0, le=MAX_ESTIMATE, allow_inf_nan=False)
+    input_tokens: int | None = Field(default=None, ge=0, le=10**9)
+    output_tokens: int | None = Field(default=None, ge=0, le=10**9)
+    ttl_seconds: float | None = Field(default=None, gt=0, le=86_400)
+
+
+def parse_reserve(raw: bytes) -> ReserveBody:
+    """The request body, or InvalidEventError naming each bad field and its rule."""
+    try:
+        body = ReserveBody.model_validate_json(raw)
+    except ValidationError as error:
+        raise InvalidEventError.from_validation_error(error) from None
+    if body.estimate is None and body.input_tokens is None and body.output_tokens is None:
+        raise InvalidEventError([FieldProblem("estimate", "give an estimate in credits, or input_tokens / output_tokens")])
+    return body
+
+
+def user_partition(user_key: bytes, partitions: int) -> int:
+    """The partition of the user's events (the SDK's murmur2 partitioner), hence of its state and holds."""
+    return (murmur2(user_key) & 0x7FFFFFFF) % partitions
+
+
+def decision_record(org_id: str, user_id: str, outcome: str, decision: Decision | None, hold: Hold | Closed | None,
+                    at: float, charged: Decimal | None = None) -> bytes:
+    """A decisions-topic record: refused and degraded reservations, commits past their TTL or their estimate."""
+    source = decision or hold
+    assert source is not None
+    return orjson.dumps({
+        "org_id": org_id, "user_id": user_id, "reservation_id": source.reservation_id, "outcome": outcome,
+        "reason": source.reason, "requested_model": source.requested_model, "model": source.model,
+        "held": str(decision.held if decision is not None else hold.credits),  # type: ignore[union-attr]
+        "charged": None if charged is None else str(charged),
+        "plan": decision.plan if decision is not None else "", "at": at,
+    })
+
+
+class Enforcer:
+    """The owner's side of reserve / release / commit, over the holds table."""
+
+    def __init__(self, settings: Settings, holds: faust.Table, states_of: Any, accounts: Accounts, rater: Rater,
+                 outbox: Outbox, counters: Counter[str]):
+        self.settings = settings
+        self.table = holds
+        self.state_of = states_of
+        self.accounts = accounts
+        self.rater = rater
+        self.outbox = outbox
+        self.counters = counters
+        self.writer = ConfirmedWriter(settings.kafka_bootstrap)
+        # A refusal is answered again, unchanged, until its retry_after (at most a minute): a retry
+        # of the same call is not a new request. Kept in memory only; after a restart it is decided anew.
+        self._refusals: OrderedDict[tuple[bytes, str], tuple[float, Decision]] = OrderedDict()
+
+    @property
+    def holders(self) -> dict[bytes, bytes]:
+        """The users with a holds record on this worker (the batch checks its events against them)."""
+        return self.table.data.data
+
+    def holds_of(self, user_key: bytes) -> Holds:
+        return Holds.from_bytes(self.table.data.data.get(user_key))
+
+    async def reserve(self, org_id: str, user_id: str, body: ReserveBody) -> Decision:
+        """Decide, hold, and return once Kafka has the hold. Raises InvalidEventError for an unknown model."""
+        key = f"{org_id}/{user_id}".encode()
+        now = time.time()
+        remembered = self._refusals.get((key, body.reservation_id))
+        if remembered is not None and remembered[0] > now:
+            return remembered[1]
+        plan, limits = self.accounts.limits(org_id, user_id, self.state_of(key).account, datetime.fromtimestamp(now, timezone.utc))
+        estimates = self._estimates(body, plan.chain(body.model))
+        request = Request(body.reservation_id, body.model, estimates, body.ttl_seconds or self.settings.reservation_ttl_seconds)
+        decision, after = decide(request, limits, self.holds_of(key), now)
+        if after is not None:
+            written = self._write(key, after)
+        self._count(decision)
+        if not decision.allowed or decision.degraded:
+            self.outbox.put(self.settings.decisions_topic, None, key,
+                            decision_record(org_id, user_id, "refused" if not decision.allowed else "degraded", decision, None, now))
+        if not decision.allowed:
+            self._remember_refusal(key, decision, now)
+        if after is not None:
+            await written
+        return decision
+
+    def _estimates(self, body: ReserveBody, chain: list[str]) -> tuple[tuple[str, Decimal], ...]:
+        """The estimate at each model of the chain: rated from tokens, or credits scaled by each model's price."""
+        try:
+            if body.estimate is None:
+                return tuple((model, self.rater.rate_usage(model, body.input_tokens or 0, body.output_tokens or 0).credits)
+                             for model in chain)
+            requested = self.rater.credits_per_1k(chain[0])
+            return tuple((model, body.estimate if not requested else
+                          body.estimate * self.rater.credits_per_1k(model) / requested) for model in chain)
+        except PricingError as error:
+            raise InvalidEventError([FieldProblem("model", str(error))]) from None
+
+    async def release(self, org_id: str, user_id: str, reservation_id: str) -> dict[str, Any]:
+        """Release an open hold; releasing twice, or after a commit, is harmless and says what happened."""
+        key = f"{org_id}/{user_id}".encode()
+        now = time.time()
+        before = self.holds_of(key).expired(now)
+        after, found = before.close(reservation_id, "released", now)
+        if found is None:
+            return {"reservation_id": reservation_id, "released": False, "state": "unknown"}
+        if isinstance(found, Closed):
+            return {"reservation_id": reservation_id, "released": False, "state": found.outcome}
+        await self._write(key, after)
+        self.counters["reservations_released"] += 1
+        return {"reservation_id": reservation_id, "released": True, "state": "released"}
+
+    def commit(self, commits: Iterable[tuple[int, bytes, str, Decimal]], now: float) -> None:
+        """Close the holds of a batch's events that carry a reservation id (the usage event is the commit).
+
+        Written, not awaited: the batch's acknowledgement waits for `writer.flush()`. Also for a
+        replayed or duplicate event, so a hold whose release a crash lost is closed on the replay.
+        """
+        for partition, key, request_id, credits in commits:
+            before = self.holds_of(key)
+            after, found = before.expired(now).close(request_id, "committed", now)
+            if found is None:
+                continue
+            org_id, _, user_id = key.decode().partition("/")
+            if isinstance(found, Hold):
+                self.counters["reservations_committed"] += 1
+                if credits > found.credits:  # charged in full: the call happened; bounded by one request
+                    self.counters["commits_over_estimate"] += 1
+                    self.outbox.put(self.settings.decisions_topic, None, key,
+                                    decision_record(org_id, user_id, "over_estimate", None, found, now, credits))
+                self._write(key, after, partition)
+            elif found.outcome == "expired":  # still charged (the call happened), flagged once
+                self.counters["commits_after_expiry"] += 1
+                self.outbox.put(self.settings.decisions_topic, None, key,
+                                decision_record(org_id, user_id, "committed_after_expiry", None, found, now, credits))
+                expired = before.expired(now)
+                closed = tuple(c._replace(outcome="committed") if c.reservation_id == request_id else c for c in expired.closed)
+                self._write(key, expired._replace(closed=closed), partition)
+
+    def view(self, org_id: str, user_id: str) -> dict[str, Any]:
+        """The user's open holds and what they hold, as GET .../reservations shows them."""
+        now = time.time()
+        live = self.holds_of(f"{org_id}/{user_id}".encode()).live(now)
+        return {"org_id": org_id, "user_id": user_id, "open": len(live), "held": str(sum((h.credits for h in live), Decimal(0))),
+                "reservations": [{"reservation_id": h.reservation_id, "model": h.model, "requested_model": h.requested_model,
+                                  "held": str(h.credits), "expires_at": h.expires_at} for h in live]}
+
+    def _write(self, key: bytes, holds: Holds, partition: int | None = None) -> Any:
+        """The user's holds record, to the local table and (through the confirmed writer) to its changelog."""
+        if partition is None:
+            partition = user_partition(key, self.settings.partitions)
+        value = holds.to_bytes()
+        store = self.table.data
+        store.data[key] = value
+        store._key_partition[key] = partition  # as Faust's recovery keeps it: a revoked partition's keys are dropped
+        return self.writer.put(self.table.changelog_topic.get_topic_name(), partition, key, value)
+
+    def _count(self, decision: Decision) -> None:
+        outcome = "refused" if not decision.allowed else "degraded" if decision.degraded else "allowed"
+        self.counters[f"decisions_{outcome}" + (f"_{decision.reason}" if decision.reason and outcome != "allowed" else "")] += 1
+
+    def _remember_refusal(self, key: bytes, decision: Decision, now: float) -> None:
+        self._refusals[(key, decision.reservation_id)] = (now + min(decision.retry_after or REFUSAL_SECONDS, REFUSAL_SECONDS), decision)
+        if len(self._refusals) > MAX_REMEMBERED_REFUSALS:
+            self._refusals.popitem(last=False)
