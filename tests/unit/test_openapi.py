@@ -36,5 +36,6 @@ def test_the_document_is_openapi_3_1_and_every_reference_resolves() -> None:
             node = node[part]
         assert isinstance(node, dict), ref
     for path, item in document["paths"].items():
-        parameters = {p["name"] for p in item["get"]["parameters"]}
-        assert parameters == {part[1:-1] for part in path.split("/") if part.startswith("{")}, path
+        for method, operation in item.items():
+            parameters = {p["name"] for p in operation["parameters"]}
+            assert parameters == {part[1:-1] for part in path.split("/") if part.startswith("{")}, (path, method)
