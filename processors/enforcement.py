@@ -17,7 +17,6 @@ from decimal import Decimal
 from typing import Any
 
 import faust
-import orjson
 from aiokafka.partitioner import murmur2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -26,6 +25,7 @@ from meterline.processors.accounts import Accounts
 from meterline.processors.holds import Closed, Decision, Hold, Holds, Request, decide
 from meterline.processors.outbox import ConfirmedWriter, Outbox
 from meterline.schemas import FieldProblem, InvalidEventError
+from meterline.schemas.decision import decision_record
 from meterline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,20 +62,6 @@ def parse_reserve(raw: bytes) -> ReserveBody:
 def user_partition(user_key: bytes, partitions: int) -> int:
     """The partition of the user's events (the SDK's murmur2 partitioner), hence of its state and holds."""
     return (murmur2(user_key) & 0x7FFFFFFF) % partitions
-
-
-def decision_record(org_id: str, user_id: str, outcome: str, decision: Decision | None, hold: Hold | Closed | None,
-                    at: float, charged: Decimal | None = None) -> bytes:
-    """A decisions-topic record: refused and degraded reservations, commits past their TTL or their estimate."""
-    source = decision or hold
-    assert source is not None
-    return orjson.dumps({
-        "org_id": org_id, "user_id": user_id, "reservation_id": source.reservation_id, "outcome": outcome,
-        "reason": source.reason, "requested_model": source.requested_model, "model": source.model,
-        "held": str(decision.held if decision is not None else hold.credits),  # type: ignore[union-attr]
-        "charged": None if charged is None else str(charged),
-        "plan": decision.plan if decision is not None else "", "at": at,
-    })
 
 
 class Enforcer:
@@ -118,8 +104,10 @@ class Enforcer:
             written = self._write(key, after)
         self._count(decision)
         if not decision.allowed or decision.degraded:
-            self.outbox.put(self.settings.decisions_topic, None, key,
-                            decision_record(org_id, user_id, "refused" if not decision.allowed else "degraded", decision, None, now))
+            self.outbox.put(self.settings.decisions_topic, None, key, decision_record(
+                org_id, user_id, decision.reservation_id, "refused" if not decision.allowed else "degraded", decision.reason,
+                decision.requested_model, decision.model, decision.plan, estimates[0][1] if not decision.allowed else decision.held,
+                None, now))
         if not decision.allowed:
             self._remember_refusal(key, decision, now)
         if after is not None:
@@ -168,16 +156,20 @@ class Enforcer:
                 self.counters["reservations_committed"] += 1
                 if credits > found.credits:  # charged in full: the call happened; bounded by one request
                     self.counters["commits_over_estimate"] += 1
-                    self.outbox.put(self.settings.decisions_topic, None, key,
-                                    decision_record(org_id, user_id, "over_estimate", None, found, now, credits))
+                    self._record_commit(org_id, user_id, key, "over_estimate", found, credits, now)
                 self._write(key, after, partition)
             elif found.outcome == "expired":  # still charged (the call happened), flagged once
                 self.counters["commits_after_expiry"] += 1
-                self.outbox.put(self.settings.decisions_topic, None, key,
-                                decision_record(org_id, user_id, "committed_after_expiry", None, found, now, credits))
+                self._record_commit(org_id, user_id, key, "committed_after_expiry", found, credits, now)
                 expired = before.expired(now)
                 closed = tuple(c._replace(outcome="committed") if c.reservation_id == request_id else c for c in expired.closed)
                 self._write(key, expired._replace(closed=closed), partition)
+
+    def _record_commit(self, org_id: str, user_id: str, key: bytes, outcome: str, hold: Hold | Closed,
+                       charged: Decimal, now: float) -> None:
+        self.outbox.put(self.settings.decisions_topic, None, key, decision_record(
+            org_id, user_id, hold.reservation_id, outcome, hold.reason, hold.requested_model, hold.model, "",
+            hold.credits, charged, now))
 
     def view(self, org_id: str, user_id: str) -> dict[str, Any]:
         """The user's open holds and what they hold, as GET .../reservations shows them."""

@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from meterline.schemas.rated import rated_row, rated_status
+from meterline.schemas.decision import DECISION_FIELDS, decision_row
+from meterline.schemas.rated import RATED_FIELDS, rated_row, rated_status
 from meterline.settings import Settings
-from meterline.sinks.queries import TABLES_FOR_STATUS
+from meterline.sinks.queries import DECISIONS, TABLES_FOR_STATUS
 from meterline.sinks.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,8 @@ class Batch:
     """Rated records gathered from the topic, by table, and the offsets they span."""
 
     records: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
-    first_offset: dict[int, int] = field(default_factory=dict)
-    next_offset: dict[int, int] = field(default_factory=dict)
+    first_offset: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> offset
+    next_offset: dict[tuple[str, int], int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     # Per table, records ClickHouse refused and the sink could not convert: set by whichever thread
     # writes the batch (once per table, however many retries), added to the sink's count when stored.
@@ -64,15 +65,15 @@ class Batch:
     def __len__(self) -> int:
         return sum(len(records) for records in self.records.values())
 
-    def token(self, topic: str) -> str:
-        """The insert deduplication token: each partition's offset range."""
-        ranges = ",".join(f"{partition}:{self.first_offset[partition]}-{self.next_offset[partition] - 1}"
-                          for partition in sorted(self.next_offset))
-        return f"{topic}:{ranges}"
+    def token(self) -> str:
+        """The insert deduplication token: each topic partition's offset range."""
+        return ",".join(f"{topic}:{partition}:{self.first_offset[(topic, partition)]}-{self.next_offset[(topic, partition)] - 1}"
+                        for topic, partition in sorted(self.next_offset))
 
 
 class ClickHouseSink:
-    """Kafka rated topic -> ClickHouse `rated_events`, `usage_duplicates` and `usage_corrections`.
+    """Kafka rated topic -> ClickHouse `rated_events`, `usage_duplicates` and `usage_corrections`;
+    the decisions topic -> `usage_decisions`.
 
     Args:
         settings: broker, topic, consumer group, batch size and interval.
@@ -104,7 +105,7 @@ class ClickHouseSink:
                     "isolation.level": "read_committed",
                 }
             )
-            self._consumer.subscribe([self.settings.rated_topic], on_revoke=self._on_revoke)
+            self._consumer.subscribe([self.settings.rated_topic, self.settings.decisions_topic], on_revoke=self._on_revoke)
         return self._consumer
 
     def _on_revoke(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
@@ -116,11 +117,14 @@ class ClickHouseSink:
             self._clear_buffer()
 
     def add(self, message: Message) -> None:
-        partition, offset = message.partition(), message.offset()
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
         batch = self.batch
-        batch.first_offset.setdefault(partition, offset)
-        batch.next_offset[partition] = offset + 1
+        batch.first_offset.setdefault((topic, partition), offset)
+        batch.next_offset[(topic, partition)] = offset + 1
         value = message.value()
+        if topic == self.settings.decisions_topic:
+            batch.records[DECISIONS].append(value)  # type: ignore[arg-type]
+            return
         try:
             tables = TABLES_FOR_STATUS[rated_status(value)]
         except Exception:  # noqa: BLE001 - the worker wrote it; still, no record may stop the sink
@@ -141,7 +145,7 @@ class ClickHouseSink:
     def write(self, batch: Batch | None = None) -> int:
         """Insert `batch` (default: the one gathered); return the rows stored (a record that could not be converted is not one)."""
         batch = self.batch if batch is None else batch
-        token = batch.token(self.settings.rated_topic)
+        token = batch.token()
         return sum(self._insert(batch, table, records, token) for table, records in batch.records.items() if records)
 
     def _insert(self, batch: Batch, table: str, records: list[bytes], token: str) -> int:
@@ -151,13 +155,14 @@ class ClickHouseSink:
         except Exception as error:  # noqa: BLE001 - refused, or unreachable: the typed path tells them apart
             refusal = error
         rows, unreadable = [], 0
+        to_row, columns = (decision_row, DECISION_FIELDS) if table == DECISIONS else (rated_row, RATED_FIELDS)
         for raw in records:
             try:
-                rows.append(rated_row(raw))
+                rows.append(to_row(raw))
             except Exception:  # noqa: BLE001 - the worker wrote it; still, no record may stop the sink
                 unreadable += 1
         if rows:
-            self.warehouse.insert_rated(table, rows, dedupe_token=token)  # raises while ClickHouse is unreachable
+            self.warehouse.insert_rated(table, rows, dedupe_token=token, columns=columns)  # raises while ClickHouse is unreachable
         if unreadable:
             log.warning("%d unreadable rated record(s) in %s skipped (ClickHouse: %s)", unreadable, token, refusal)
             batch.unreadable[table] = unreadable
@@ -219,7 +224,7 @@ class ClickHouseSink:
                 error = again
 
     def _commit(self, batch: Batch) -> None:
-        offsets = [TopicPartition(self.settings.rated_topic, p, o) for p, o in batch.next_offset.items()]
+        offsets = [TopicPartition(topic, p, o) for (topic, p), o in batch.next_offset.items()]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as error:

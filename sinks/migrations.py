@@ -94,6 +94,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "corrections: revision and deleted on every rated row, rated_events keeps the latest (and is "
                  "partitioned by month), usage_corrections",
               _add_correction_columns, _rebuild_rated_events),
+    Migration(5, "usage_decisions: refused and degraded reservations, commits past their TTL or estimate",
+              lambda database: [queries.create_decisions(database)]),
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from meterline.schemas.decision import DECISION_COLUMNS
 from meterline.schemas.rated import RATED_COLUMNS
 
 Query = tuple[str, dict[str, Any]]
@@ -16,6 +17,7 @@ Query = tuple[str, dict[str, Any]]
 RATED_EVENTS = "rated_events"  # what the balances counted: one row per (org, user, request id)
 DUPLICATES = "usage_duplicates"  # re-sent ids, marked duplicate or conflict, not counted: for audit
 CORRECTIONS = "usage_corrections"  # every version a correction replaced or made, with its reason: for audit
+DECISIONS = "usage_decisions"  # refused and degraded reservations, commits past their TTL or estimate (decisions topic)
 TABLES_FOR_STATUS: dict[str, tuple[str, ...]] = {
     "applied": (RATED_EVENTS,), "duplicate": (DUPLICATES,), "conflict": (DUPLICATES,),
     "amended": (RATED_EVENTS, CORRECTIONS), "voided": (RATED_EVENTS, CORRECTIONS), "superseded": (CORRECTIONS,),
@@ -52,9 +54,19 @@ def create_rated_events(database: str, table: str = RATED_EVENTS) -> str:
     return create_table(database, table, "org_id, user_id, request_id", RATED_EVENTS_ENGINE, RATED_EVENTS_PARTITION)
 
 
+def create_decisions(database: str) -> str:
+    # A record the worker wrote twice (a replayed commit) is one row: one per reservation and outcome.
+    columns = ",\n    ".join(f"{name} {kind}" for name, kind in DECISION_COLUMNS)
+    return (f"CREATE TABLE IF NOT EXISTS `{database}`.{DECISIONS} (\n    {columns},\n"
+            f"    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)\n) ENGINE = ReplacingMergeTree\n"
+            f"PARTITION BY toYYYYMM(decided_at)\nORDER BY (org_id, user_id, reservation_id, outcome)\n"
+            f"SETTINGS non_replicated_deduplication_window = 10000")
+
+
 def create_tables(database: str) -> dict[str, str]:
     """Each table's DDL, by name."""
     return {
+        DECISIONS: create_decisions(database),
         RATED_EVENTS: create_rated_events(database),
         DUPLICATES: create_table(database, DUPLICATES, "org_id, user_id, request_id, kafka_partition, kafka_offset"),
         CORRECTIONS: create_table(database, CORRECTIONS, "org_id, user_id, request_id, revision, status"),

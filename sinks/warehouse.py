@@ -84,11 +84,12 @@ class Warehouse:
         with self._lock:
             return self._client.command(sql, parameters=parameters)
 
-    def insert_rated(self, table: str, rows: Sequence[Sequence[Any]], dedupe_token: str) -> None:
-        """Insert a batch of rated rows (RATED_FIELDS order); a retry with the same token is dropped."""
+    def insert_rated(self, table: str, rows: Sequence[Sequence[Any]], dedupe_token: str,
+                     columns: Sequence[str] = RATED_FIELDS) -> None:
+        """Insert a batch of rows (RATED_FIELDS order, unless `columns` says); a retry with the same token is dropped."""
         with self._lock:
             self._client.insert(
-                table, rows, column_names=list(RATED_FIELDS), database=self.database,
+                table, rows, column_names=list(columns), database=self.database,
                 settings={"insert_deduplication_token": dedupe_token},
             )
 

@@ -150,29 +150,38 @@ def test_fifty_long_reservations_of_a_pro_user_never_have_more_than_ten_open(
 
 
 def test_over_the_rate_a_pro_request_for_opus_is_allowed_on_sonnet_and_rated_as_sonnet(
-        make_settings: Callable[..., Settings]):
-    settings = make_settings()
+        make_settings: Callable[..., Settings], tmp_path: Path):
+    # One request a minute and no burst: the second, a moment later, is over the rate.
+    settings = make_settings(plans=plans_with(tmp_path, pro={"requests_per_minute": 1, "burst": {"multiplier": 1, "seconds": 0}}))
     org, user = "org-degrade", "fast"
-    subscribe(settings, org, user, "pro")  # 60 a minute, 2x for 60 s: room for 2 in the same second
-    with running_pipeline(settings, with_sink=False) as pipeline, meter_for(settings, org) as meter:
+    subscribe(settings, org, user, "pro")
+    with running_pipeline(settings) as pipeline, meter_for(settings, org) as meter:
         decisions = []
-        for _ in range(3):
+        for _ in range(2):
             with meter.reserve(org, user, "claude-opus-4", input_tokens=1000, output_tokens=0) as reservation:
                 decisions.append(reservation)
                 reservation.commit(1000, 0)
         meter.flush()
         assert [(r.allowed, r.model, r.reason) for r in decisions] == [
-            (True, "claude-opus-4", None), (True, "claude-opus-4", None), (True, "claude-sonnet-4", "rate")]
-        assert decisions[0].held == 5 and decisions[2].held == 1  # opus 5 credits per 1,000 tokens, sonnet 1
-        assert wait_for(lambda: pipeline.balance(org, user)["events"] == 3, timeout=60)
-        assert Decimal(pipeline.balance(org, user)["used"]) == 5 + 5 + 1  # the cheaper call costs the cheaper price
-        rated = [json.loads(m.value()) for m in read_topic(settings, settings.rated_topic, 3)]
+            (True, "claude-opus-4", None), (True, "claude-sonnet-4", "rate")]
+        assert decisions[0].held == 5 and decisions[1].held == 1  # opus 5 credits per 1,000 tokens, sonnet 1
+        assert wait_for(lambda: pipeline.balance(org, user)["events"] == 2, timeout=60)
+        assert Decimal(pipeline.balance(org, user)["used"]) == 5 + 1  # the cheaper call costs the cheaper price
+        rated = [json.loads(m.value()) for m in read_topic(settings, settings.rated_topic, 2)]
         models = {r["request_id"]: r["model"] for r in rated}
-        assert models[decisions[2].reservation_id] == "claude-sonnet-4"
+        assert models[decisions[1].reservation_id] == "claude-sonnet-4"
         recorded = [json.loads(m.value()) for m in read_topic(settings, settings.decisions_topic, 1)]
         assert [(d["outcome"], d["reason"], d["requested_model"], d["model"]) for d in recorded] == [
             ("degraded", "rate", "claude-opus-4", "claude-sonnet-4")]
         assert pipeline.stats()["decisions_degraded_rate"] == 1
+
+        def stored() -> list:  # operators see who hits limits
+            return pipeline.warehouse.query((
+                "SELECT reservation_id, outcome, reason, model, held, plan FROM usage_decisions FINAL "
+                "WHERE org_id = {org:String}", {"org": org}))
+
+        assert wait_for(lambda: len(stored()) == 1, timeout=60)
+        assert stored() == [(decisions[1].reservation_id, "degraded", "rate", "claude-sonnet-4", Decimal(1), "pro")]
 
 
 def test_reserve_twice_is_one_decision_release_twice_is_harmless_and_a_late_commit_still_charges(

@@ -107,13 +107,13 @@ def test_a_warehouse_at_version_3_gets_the_corrections_engine_and_keeps_its_rows
     client.insert(queries.RATED_EVENTS, rows, column_names=names, database=database)
 
     warehouse = Warehouse(settings)
-    assert [migration.version for migration in warehouse.migrated] == [4]
+    assert [migration.version for migration in warehouse.migrated] == [m.version for m in MIGRATIONS if m.version >= 4]
     engine, partition = warehouse.query((
         "SELECT engine_full, partition_key FROM system.tables WHERE database = {db:String} AND name = {t:String}",
         {"db": database, "t": queries.RATED_EVENTS}))[0]
     assert engine.startswith("ReplacingMergeTree(revision, deleted)") and partition == "toYYYYMM(event_time)"
     tables = {name for (name,) in warehouse.query(("SELECT name FROM system.tables WHERE database = {db:String}", {"db": database}))}
-    assert tables == {queries.RATED_EVENTS, queries.DUPLICATES, queries.CORRECTIONS, MIGRATIONS_TABLE}  # nothing left over
+    assert tables == {queries.RATED_EVENTS, queries.DUPLICATES, queries.CORRECTIONS, queries.DECISIONS, MIGRATIONS_TABLE}  # nothing left over
     assert warehouse.query((f"SELECT DISTINCT _partition_id FROM {queries.RATED_EVENTS} ORDER BY 1", {})) == [("202601",), ("202602",)]
     for table in (queries.RATED_EVENTS, queries.DUPLICATES, queries.CORRECTIONS):
         assert set(CORRECTION_COLUMNS) <= set(_column_types(settings, table))
