@@ -268,7 +268,19 @@ class Accounts:
 
     def limits(self, org_id: str, user_id: str, account: CycleAccount | None, now: datetime) -> tuple[Plan, Limits]:
         """The user's plan at `now`, and what enforcement reads of it and of the account (processors/holds.py)."""
-        view = self.balance(org_id, user_id, account, now)
+        return self._limits(self.balance(org_id, user_id, account, now))
+
+    def pool_limits(self, org_id: str, account: CycleAccount | None, now: datetime) -> tuple[Plan, Limits] | None:
+        """As `limits`, for the org's pool (its own account): the plan's limits hold for the org's users together.
+        None when the org has no subscription in effect."""
+        view = self.pool_view(org_id, account, now)
+        return None if view is None else self._limits(view)
+
+    def pooled(self, org_id: str, user_id: str, now: datetime) -> bool:
+        """Whether the user's subscription at `now` is the org's (the user draws on the org's pool)."""
+        return self.subscription(org_id, user_id, now)[0] == org_id
+
+    def _limits(self, view: dict[str, Any]) -> tuple[Plan, Limits]:
         plan = self.catalogue.plan(view["plan"])
         remaining = None if view["remaining"] is None else Decimal(view["remaining"])
         return plan, Limits(view["plan"], plan.limits.concurrent_requests, plan.limits.requests_per_minute,

@@ -136,7 +136,7 @@ class Engine:
         self.outbox = Outbox(settings.kafka_bootstrap, settings.usage_topic)
         self.source = RecordReader(settings.kafka_bootstrap, settings.usage_topic)  # a correction reads what it corrects
         self.counters: Counter[str] = Counter()
-        self.enforcer = Enforcer(settings, holds, self.state_of, self.accounts, self.processor.rater, self.outbox, self.counters)
+        self.enforcer = Enforcer(settings, holds, states, self.accounts, self.processor.rater, self.outbox, self.counters)
         self.processor.holders = self.enforcer.holders
         self._pending: list[EventT] = []
         self._pending_since = 0.0
@@ -212,6 +212,7 @@ class Engine:
             while self._pools_unconfirmed:
                 events, self._pools_unconfirmed = self._pools_unconfirmed, []
                 await self.outbox.flush()  # everything produced so far, these records' writes included
+                await self.enforcer.writer.flush()
                 for event in events:
                     await stream.ack(event)
         except Exception:
@@ -235,6 +236,9 @@ class Engine:
             return
         if after != state:
             self._persist(self.states, partition, key, after.to_bytes())
+        if org_id.encode() in self.enforcer.holders:  # the org's reservations these events commit
+            self.enforcer.commit([(partition, org_id.encode(), e.request_id, e.credits) for e in entries
+                                  if e.request_id and e.events == 1], time.time())
         now = time.time()
         self.outbox.put_many(self.settings.alerts_topic, [(partition, org_id.encode(), alert_record(org_id, None, alert, now))
                                                           for alert in alerts])

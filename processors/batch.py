@@ -432,7 +432,7 @@ class BatchProcessor:
                 result.counts["applied"] += 1
             if placement.pooled:  # also for a replay: the pool skips what it applied, and recovers what was lost
                 result.pooled.setdefault((data.org_id, partition), []).append(
-                    PoolEntry(offset, placement.cycle_start.timestamp(), credits, cost, 1))
+                    PoolEntry(offset, placement.cycle_start.timestamp(), credits, cost, 1, event.id))
         result.rated.append((partition, user_key, rated_record(
             event, provider_cost_usd=cost, credits=credits, credit_rule=rule, price_version=self.price_version,
             status=status, partition=partition, offset=offset, processed_at=now, placement=placement)))

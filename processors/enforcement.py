@@ -22,7 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from meterline.pricing import PricingError, Rater
 from meterline.processors.accounts import Accounts
-from meterline.processors.holds import Closed, Decision, Hold, Holds, Request, decide
+from meterline.pricing.plans import Plan
+from meterline.processors.holds import Closed, Decision, Hold, Holds, Limits, Request, decide
+from meterline.processors.pools import PoolState, pool_key
+from meterline.processors.state import UserState
 from meterline.processors.outbox import ConfirmedWriter, Outbox
 from meterline.schemas import FieldProblem, InvalidEventError
 from meterline.schemas.decision import decision_record
@@ -67,11 +70,11 @@ def user_partition(user_key: bytes, partitions: int) -> int:
 class Enforcer:
     """The owner's side of reserve / release / commit, over the holds table."""
 
-    def __init__(self, settings: Settings, holds: faust.Table, states_of: Any, accounts: Accounts, rater: Rater,
+    def __init__(self, settings: Settings, holds: faust.Table, states: faust.Table, accounts: Accounts, rater: Rater,
                  outbox: Outbox, counters: Counter[str]):
         self.settings = settings
         self.table = holds
-        self.state_of = states_of
+        self.states = states
         self.accounts = accounts
         self.rater = rater
         self.outbox = outbox
@@ -89,16 +92,32 @@ class Enforcer:
     def holds_of(self, user_key: bytes) -> Holds:
         return Holds.from_bytes(self.table.data.data.get(user_key))
 
+    def holds_key(self, org_id: str, user_id: str) -> bytes:
+        """Where the user's holds live, and so who decides: the user's record, or the org's when the user
+        draws on the org's pool (on the org's partition, beside the pool's record; no user key is an org id)."""
+        if self.accounts.pooled(org_id, user_id, datetime.now(timezone.utc)):
+            return org_id.encode()
+        return f"{org_id}/{user_id}".encode()
+
+    def _limits(self, org_id: str, user_id: str, key: bytes, now: float) -> tuple[Plan, Limits]:
+        at = datetime.fromtimestamp(now, timezone.utc)
+        if b"/" not in key:  # the org's pool: its plan's limits, its own account's balance
+            pool = self.accounts.pool_limits(org_id, PoolState.from_bytes(self.states.data.data.get(pool_key(org_id))).account, at)
+            if pool is not None:
+                return pool
+        return self.accounts.limits(org_id, user_id, UserState.from_bytes(self.states.data.data.get(key)).account, at)
+
     async def reserve(self, org_id: str, user_id: str, body: ReserveBody) -> Decision:
         """Decide, hold, and return once Kafka has the hold. Raises InvalidEventError for an unknown model."""
-        key = f"{org_id}/{user_id}".encode()
+        key = self.holds_key(org_id, user_id)
         now = time.time()
         remembered = self._refusals.get((key, body.reservation_id))
         if remembered is not None and remembered[0] > now:
             return remembered[1]
-        plan, limits = self.accounts.limits(org_id, user_id, self.state_of(key).account, datetime.fromtimestamp(now, timezone.utc))
+        plan, limits = self._limits(org_id, user_id, key, now)
         estimates = self._estimates(body, plan.chain(body.model))
-        request = Request(body.reservation_id, body.model, estimates, body.ttl_seconds or self.settings.reservation_ttl_seconds)
+        request = Request(body.reservation_id, body.model, estimates, body.ttl_seconds or self.settings.reservation_ttl_seconds,
+                          user_id if b"/" not in key else "")
         decision, after = decide(request, limits, self.holds_of(key), now)
         if after is not None:
             written = self._write(key, after)
@@ -128,7 +147,7 @@ class Enforcer:
 
     async def release(self, org_id: str, user_id: str, reservation_id: str) -> dict[str, Any]:
         """Release an open hold; releasing twice, or after a commit, is harmless and says what happened."""
-        key = f"{org_id}/{user_id}".encode()
+        key = self.holds_key(org_id, user_id)
         now = time.time()
         before = self.holds_of(key).expired(now)
         after, found = before.close(reservation_id, "released", now)
@@ -152,6 +171,7 @@ class Enforcer:
             if found is None:
                 continue
             org_id, _, user_id = key.decode().partition("/")
+            user_id = user_id or found.user_id
             if isinstance(found, Hold):
                 self.counters["reservations_committed"] += 1
                 if credits > found.credits:  # charged in full: the call happened; bounded by one request
@@ -174,7 +194,8 @@ class Enforcer:
     def view(self, org_id: str, user_id: str) -> dict[str, Any]:
         """The user's open holds and what they hold, as GET .../reservations shows them."""
         now = time.time()
-        live = self.holds_of(f"{org_id}/{user_id}".encode()).live(now)
+        key = self.holds_key(org_id, user_id)
+        live = [h for h in self.holds_of(key).live(now) if b"/" in key or h.user_id == user_id]
         return {"org_id": org_id, "user_id": user_id, "open": len(live), "held": str(sum((h.credits for h in live), Decimal(0))),
                 "reservations": [{"reservation_id": h.reservation_id, "model": h.model, "requested_model": h.requested_model,
                                   "held": str(h.credits), "expires_at": h.expires_at} for h in live]}

@@ -91,6 +91,7 @@ class Hold(NamedTuple):
     created_at: float
     expires_at: float
     reason: Reason | None = None  # why it was degraded
+    user_id: str = ""  # in an org pool's record, whose it is
 
 
 class Closed(NamedTuple):
@@ -102,6 +103,7 @@ class Closed(NamedTuple):
     closed_at: float
     expires_at: float  # the TTL it had: a commit after it is flagged
     reason: Reason | None = None
+    user_id: str = ""
 
 
 class Decision(NamedTuple):
@@ -135,6 +137,7 @@ class Request(NamedTuple):
     # The estimate in credits for each model of the chain, requested first (the engine rates them).
     estimates: tuple[tuple[str, Decimal], ...]
     ttl_seconds: float
+    user_id: str = ""  # for an org pool's record
 
 
 class Holds(NamedTuple):
@@ -181,9 +184,9 @@ class Holds(NamedTuple):
         return orjson.dumps({
             "v": 1,
             "open": [[h.reservation_id, str(h.credits), h.model, h.requested_model, h.created_at, h.expires_at,
-                      h.reason] for h in self.open],
+                      h.reason, h.user_id] for h in self.open],
             "closed": [[c.reservation_id, c.outcome, c.model, c.requested_model, str(c.credits), c.closed_at,
-                        c.expires_at, c.reason] for c in self.closed],
+                        c.expires_at, c.reason, c.user_id] for c in self.closed],
             "buckets": None if self.buckets is None else list(self.buckets),
         })
 
@@ -193,15 +196,15 @@ class Holds(NamedTuple):
             return cls()
         value = orjson.loads(raw)
         buckets = value.get("buckets")
-        return cls(tuple(Hold(r, Decimal(c), m, q, float(a), float(e), why) for r, c, m, q, a, e, why in value["open"]),
-                   tuple(Closed(r, o, m, q, Decimal(c), float(a), float(e), why)
-                         for r, o, m, q, c, a, e, why in value["closed"]),
+        return cls(tuple(Hold(r, Decimal(c), m, q, float(a), float(e), why, u) for r, c, m, q, a, e, why, u in value["open"]),
+                   tuple(Closed(r, o, m, q, Decimal(c), float(a), float(e), why, u)
+                         for r, o, m, q, c, a, e, why, u in value["closed"]),
                    None if buckets is None else Buckets(*(float(b) for b in buckets)))
 
 
 def _closed(hold: Hold, outcome: Outcome, at: float) -> Closed:
     return Closed(hold.reservation_id, outcome, hold.model, hold.requested_model, hold.credits, at, hold.expires_at,
-                  hold.reason)
+                  hold.reason, hold.user_id)
 
 
 def decide(request: Request, limits: Limits, holds: Holds, now: float) -> tuple[Decision, Holds | None]:
@@ -234,7 +237,8 @@ def decide(request: Request, limits: Limits, holds: Holds, now: float) -> tuple[
             continue
         elif not fits:
             continue
-        hold = Hold(request.reservation_id, estimate, model, request.model, now, now + request.ttl_seconds, first_refusal)
+        hold = Hold(request.reservation_id, estimate, model, request.model, now, now + request.ttl_seconds, first_refusal,
+                    request.user_id)
         decision = Decision(request.reservation_id, True, model, request.model, first_refusal, held=estimate,
                             expires_at=hold.expires_at, plan=limits.plan_id, hard_cap=limits.hard_cap)
         return decision, Holds(holds.open + (hold,), holds.closed, buckets)

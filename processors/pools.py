@@ -51,11 +51,13 @@ class PoolEntry(NamedTuple):
     credits: Decimal
     cost: Decimal
     events: int  # 1 for an event, 0 or -1 for a correction
+    request_id: str = ""  # an event's: it commits the org's reservation of that id, if one is open
 
 
 def pool_usage_record(org_id: str, partition: int, entries: list[PoolEntry]) -> bytes:
     return orjson.dumps({"type": POOL_USAGE_TYPE, "org_id": org_id, "partition": partition,
-                         "entries": [[e.offset, e.cycle_start, str(e.credits), str(e.cost), e.events] for e in entries]})
+                         "entries": [[e.offset, e.cycle_start, str(e.credits), str(e.cost), e.events, e.request_id]
+                                     for e in entries]})
 
 
 def read_pool_usage(raw: bytes) -> tuple[str, int, list[PoolEntry]]:
@@ -63,8 +65,8 @@ def read_pool_usage(raw: bytes) -> tuple[str, int, list[PoolEntry]]:
     record = orjson.loads(raw)
     if record.get("type") != POOL_USAGE_TYPE:
         raise ValueError("not a pool usage record")
-    entries = [PoolEntry(int(offset), float(start), Decimal(credits), Decimal(cost), int(events))
-               for offset, start, credits, cost, events in record["entries"]]
+    entries = [PoolEntry(int(offset), float(start), Decimal(credits), Decimal(cost), int(events), str(rest[0]) if rest else "")
+               for offset, start, credits, cost, events, *rest in record["entries"]]  # records before reservations had 5
     return str(record["org_id"]), int(record["partition"]), entries
 
 

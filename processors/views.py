@@ -249,7 +249,7 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
         async def post(self, request: Request, org_id: str, user_id: str) -> Response:
             if (refusal := org_refused(self, request, org_id)) is not None:
                 return refusal
-            if (elsewhere := await forwarded(self, request, f"{org_id}/{user_id}".encode())) is not None:
+            if (elsewhere := await forwarded(self, request, engine.enforcer.holds_key(org_id, user_id))) is not None:
                 return elsewhere
             try:
                 body = parse_reserve(await request.read())
@@ -263,7 +263,7 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
         async def get(self, request: Request, org_id: str, user_id: str) -> Response:
             if (refusal := org_refused(self, request, org_id)) is not None:
                 return refusal
-            if (elsewhere := await forwarded(self, request, f"{org_id}/{user_id}".encode())) is not None:
+            if (elsewhere := await forwarded(self, request, engine.enforcer.holds_key(org_id, user_id))) is not None:
                 return elsewhere
             return self.json(engine.enforcer.view(org_id, user_id))
 
@@ -274,7 +274,7 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
         async def delete(self, request: Request, org_id: str, user_id: str, reservation_id: str) -> Response:
             if (refusal := org_refused(self, request, org_id)) is not None:
                 return refusal
-            if (elsewhere := await forwarded(self, request, f"{org_id}/{user_id}".encode())) is not None:
+            if (elsewhere := await forwarded(self, request, engine.enforcer.holds_key(org_id, user_id))) is not None:
                 return elsewhere
             return self.json(await engine.enforcer.release(org_id, user_id, reservation_id))
 

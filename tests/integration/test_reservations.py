@@ -276,3 +276,27 @@ def test_holds_survive_a_sigkill_expire_on_time_and_move_with_their_users_in_a_r
             assert all(meter.reserve(org, user, MINI, estimate=1).allowed for user in users)
         finally:
             stop(second)
+
+
+def test_an_org_pool_on_a_hard_cap_is_held_for_all_its_users_together(make_settings: Callable[..., Settings], tmp_path: Path):
+    settings = make_settings(plans=plans_with(tmp_path, free={"concurrent_requests": 1000, "requests_per_minute": 10**6}))
+    org = "org-pool-cap"
+    users = [f"member{i}" for i in range(5)]
+    publish(settings, [Subscription(org_id=org, plan="free", since="2026-01-01T00:00:00Z")])  # one pool of 50 for the org
+    with running_pipeline(settings, with_sink=False) as pipeline, meter_for(settings, org) as meter:
+        for user in users:
+            meter.emit(org, user, MINI, 9000, 0)  # 45 of the pool's 50 credits, spread over the users' partitions
+        meter.flush()
+        assert wait_for(lambda: Decimal((pipeline.org_balance(org)["pool"] or {}).get("used", -1)) == 45, timeout=90)
+
+        with ThreadPoolExecutor(max_workers=100) as pool:
+            decisions = list(pool.map(lambda i: (users[i % 5], meter.reserve(org, users[i % 5], MINI, estimate=1)), range(100)))
+        allowed = [(user, r) for user, r in decisions if r.allowed]
+        assert len(allowed) == 5 and {r.reason for _user, r in decisions if not r.allowed} == {"balance"}
+        assert sum(reservations(settings, org, user)["open"] for user in users) == 5  # each listed under its own user
+        for user, reservation in allowed:
+            reservation.commit(1000, 0)
+        meter.flush()
+        assert wait_for(lambda: Decimal(pipeline.org_balance(org)["pool"]["used"]) == 50, timeout=90)
+        assert wait_for(lambda: sum(reservations(settings, org, user)["open"] for user in users) == 0, timeout=30)
+        assert not meter.reserve(org, users[0], MINI, estimate=Decimal("0.001")).allowed

@@ -80,9 +80,21 @@ def test_rated_events_ddl_is_exactly_the_expected_text():
     assert queries.create_tables("db")["rated_events"] == EXPECTED_RATED_EVENTS_DDL
 
 
-def test_every_table_has_the_same_columns():
+def test_every_rated_table_has_the_same_columns():
     columns = EXPECTED_RATED_EVENTS_DDL.split("(\n", 1)[1].split("\n) ENGINE", 1)[0]
-    assert all(columns in ddl for ddl in queries.create_tables("db").values())
+    rated = {name: ddl for name, ddl in queries.create_tables("db").items() if name != queries.DECISIONS}
+    assert len(rated) == 3 and all(columns in ddl for ddl in rated.values())
+
+
+def test_the_decisions_table_is_made_from_the_decision_columns():
+    assert queries.create_decisions("db") == (
+        "CREATE TABLE IF NOT EXISTS `db`.usage_decisions (\n"
+        "    org_id String,\n    user_id String,\n    reservation_id String,\n    outcome LowCardinality(String),\n"
+        "    reason LowCardinality(String),\n    requested_model LowCardinality(String),\n    model LowCardinality(String),\n"
+        "    plan LowCardinality(String),\n    held Decimal(76, 18),\n    charged Nullable(Decimal(76, 18)),\n"
+        "    decided_at DateTime64(3, 'UTC'),\n    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)\n"
+        ") ENGINE = ReplacingMergeTree\nPARTITION BY toYYYYMM(decided_at)\nORDER BY (org_id, user_id, reservation_id, outcome)\n"
+        "SETTINGS non_replicated_deduplication_window = 10000")
 
 
 def test_status_routes_each_rated_record_to_its_tables():

@@ -12,6 +12,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from meterline.producers import build_event
 from meterline.processors.accounts import Placement
+from meterline.schemas.decision import decision_record
 from meterline.schemas.rated import RATED_FIELDS, Status, rated_record, rated_row
 from meterline.settings import Settings
 from meterline.sinks.clickhouse_sink import ClickHouseSink
@@ -28,7 +29,7 @@ class _Warehouse:
     def insert_rated_json(self, table: str, records: list[bytes], dedupe_token: str) -> None:
         self.batches.append((table, [rated_row(record) for record in records], dedupe_token))
 
-    def insert_rated(self, table: str, rows: list[Any], dedupe_token: str) -> None:
+    def insert_rated(self, table: str, rows: list[Any], dedupe_token: str, columns: Any = None) -> None:
         self.batches.append((table, rows, dedupe_token))
 
 
@@ -51,8 +52,8 @@ class _CoordinatorAway:
 class _Message:
     """What the sink reads of a confluent_kafka.Message."""
 
-    def __init__(self, partition: int, offset: int, value: bytes) -> None:
-        self._partition, self._offset, self._value = partition, offset, value
+    def __init__(self, partition: int, offset: int, value: bytes, topic: str = RATED_TOPIC) -> None:
+        self._partition, self._offset, self._value, self._topic = partition, offset, value, topic
 
     def partition(self) -> int:
         return self._partition
@@ -64,7 +65,7 @@ class _Message:
         return self._value
 
     def topic(self) -> str:
-        return RATED_TOPIC
+        return self._topic
 
     def error(self) -> None:
         return None
@@ -150,7 +151,7 @@ class _Unreachable:
     def insert_rated_json(self, table: str, records: list[bytes], dedupe_token: str) -> None:
         raise ConnectionError("ClickHouse unreachable")
 
-    def insert_rated(self, table: str, rows: list[Any], dedupe_token: str) -> None:
+    def insert_rated(self, table: str, rows: list[Any], dedupe_token: str, columns: Any = None) -> None:
         raise ConnectionError("ClickHouse unreachable")
 
 
@@ -244,7 +245,7 @@ def test_a_failed_insert_in_the_writer_is_retried_and_committed_once_and_the_ret
                 raise ConnectionError("ClickHouse unreachable")
             super().insert_rated_json(table, records, dedupe_token)
 
-        def insert_rated(self, table: str, rows: list[Any], dedupe_token: str) -> None:
+        def insert_rated(self, table: str, rows: list[Any], dedupe_token: str, columns: Any = None) -> None:
             if self.down:  # the typed path the sink falls back to is down as well, this once
                 self.down = False
                 raise ConnectionError("ClickHouse unreachable")
@@ -263,3 +264,21 @@ def test_a_failed_insert_in_the_writer_is_retried_and_committed_once_and_the_ret
     assert [token for _t, _rows, token in warehouse.batches] == [f"{RATED_TOPIC}:0:4-4"]
     assert any("(1 records behind)" in record.getMessage() for record in caplog.records)  # the batch held
     sink.close()
+
+
+def test_decisions_go_to_their_table_an_unreadable_one_is_skipped_and_each_topic_is_committed(tmp_path: Any) -> None:
+    warehouse = _RefusesJson()  # the typed path: each decision record converted by the sink
+    settings = Settings(home=tmp_path)
+    sink = ClickHouseSink(settings, warehouse)  # type: ignore[arg-type]
+    consumer = _CoordinatorAway()
+    sink._consumer = consumer  # type: ignore[assignment]
+    decision = decision_record("acme", "alice", "call-1", "refused", "rate", "gpt-4o", "gpt-4o", "free", Decimal(1), None, 1.0)
+    sink.add(_Message(2, 40, decision, settings.decisions_topic))  # type: ignore[arg-type]
+    sink.add(_Message(2, 41, b"\xff not a decision", settings.decisions_topic))  # type: ignore[arg-type]
+    sink.add(_Message(0, 7, _rated("r1", "applied", 7)))  # type: ignore[arg-type]
+    sink.flush()
+    token = f"{settings.decisions_topic}:2:40-41,{RATED_TOPIC}:0:7-7"
+    assert sorted((table, len(rows), batch_token) for table, rows, batch_token in warehouse.batches) == [
+        ("rated_events", 1, token), ("usage_decisions", 1, token)]
+    assert (sink.unreadable_skipped, sink.rows_written) == (1, 2)
+    assert sorted(consumer.commits[0]) == sorted([(settings.decisions_topic, 2, 42), (RATED_TOPIC, 0, 8)])

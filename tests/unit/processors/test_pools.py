@@ -122,3 +122,14 @@ def test_the_previous_cycle_arriving_after_the_first_next_cycle_entry_of_a_new_p
     state, _ = apply_pool_usage(accounts, ORG, 1, [entry(0, "2", CYCLE_2)], PoolState())
     state, _ = apply_pool_usage(accounts, ORG, 0, [entry(0, "30")], state)
     assert [credits for credits, _ in state.account.carried] == [Decimal(70)] and state.account.used == Decimal(2)
+
+
+def test_a_pool_usage_record_written_before_reservations_is_read_without_request_ids():
+    import orjson
+
+    from meterline.processors.pools import POOL_USAGE_TYPE, pool_usage_record, read_pool_usage
+
+    old = orjson.dumps({"type": POOL_USAGE_TYPE, "org_id": "acme", "partition": 3, "entries": [[7, 1.5, "2", "0.1", 1]]})
+    assert read_pool_usage(old) == ("acme", 3, [PoolEntry(7, 1.5, Decimal(2), Decimal("0.1"), 1, "")])
+    new = pool_usage_record("acme", 3, [PoolEntry(7, 1.5, Decimal(2), Decimal("0.1"), 1, "call-1")])
+    assert read_pool_usage(new)[2][0].request_id == "call-1"
