@@ -300,3 +300,28 @@ def test_an_org_pool_on_a_hard_cap_is_held_for_all_its_users_together(make_setti
         assert wait_for(lambda: Decimal(pipeline.org_balance(org)["pool"]["used"]) == 50, timeout=90)
         assert wait_for(lambda: sum(reservations(settings, org, user)["open"] for user in users) == 0, timeout=30)
         assert not meter.reserve(org, users[0], MINI, estimate=Decimal("0.001")).allowed
+
+
+def test_in_real_time_a_burst_runs_at_twice_the_steady_rate_then_at_the_steady_rate(
+        make_settings: Callable[..., Settings], tmp_path: Path):
+    # 10 a second steady, 2x for 4 s (the defaults' shape, shortened): offered 40 a second for 10 s.
+    settings = make_settings(plans=plans_with(tmp_path, free={"concurrent_requests": 1000, "requests_per_minute": 600,
+                                                              "burst": {"multiplier": 2, "seconds": 4}}))
+    org, user = "org-burst", "steady"
+    with running_pipeline(settings, with_sink=False), meter_for(settings, org) as meter:
+        allowed_at, started = [], time.monotonic()
+        for n in range(400):
+            pause = started + n / 40 - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            with meter.reserve(org, user, MINI, estimate=Decimal("0.001")) as reservation:
+                if reservation.allowed:
+                    allowed_at.append(time.monotonic() - started)
+                else:
+                    assert reservation.reason == "rate"
+                reservation.release()
+    burst = sum(1 for t in allowed_at if t < 4)
+    steady = sum(1 for t in allowed_at if 6 <= t < 10) / 4
+    # Computed here: 2 x 10/s for 4 s is 80, then 10 a second; 20 % for a shared machine's timing.
+    assert 64 <= burst <= 96, allowed_at
+    assert 8 <= steady <= 12, allowed_at
