@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 MAX_ESTIMATE = Decimal(10) ** 12  # credits; the bound on one event's credits is far below
 MAX_REMEMBERED_REFUSALS = 10_000
 REFUSAL_SECONDS = 60.0
+DECIDING_SECONDS = 5.0
 
 
 class ReserveBody(BaseModel):
@@ -80,9 +81,14 @@ class Enforcer:
         self.outbox = outbox
         self.counters = counters
         self.writer = ConfirmedWriter(settings.kafka_bootstrap)
+        self._last_call = -DECIDING_SECONDS
         # A refusal is answered again, unchanged, until its retry_after (at most a minute): a retry
         # of the same call is not a new request. Kept in memory only; after a restart it is decided anew.
         self._refusals: OrderedDict[tuple[bytes, str], tuple[float, Decision]] = OrderedDict()
+
+    def deciding(self) -> bool:
+        """Whether reservations came in lately: the engine then applies its batches in short steps."""
+        return time.monotonic() - self._last_call < DECIDING_SECONDS
 
     @property
     def holders(self) -> dict[bytes, bytes]:
@@ -109,6 +115,7 @@ class Enforcer:
 
     async def reserve(self, org_id: str, user_id: str, body: ReserveBody) -> Decision:
         """Decide, hold, and return once Kafka has the hold. Raises InvalidEventError for an unknown model."""
+        self._last_call = time.monotonic()
         key = self.holds_key(org_id, user_id)
         now = time.time()
         remembered = self._refusals.get((key, body.reservation_id))
