@@ -1,10 +1,10 @@
 """reserve() round trip under stream load, side by side with a plain read of the same worker.
 
 One worker on the local stack. A separate process emits usage through the SDK at STREAM_RATE
-events/s (power-law users); meanwhile this process sends RESERVE_RATE calls a second, open loop
-(one started every 1/RESERVE_RATE s, whoever is still waiting), through the SDK's AsyncMeter:
+events/s (power-law users); meanwhile CLIENTS processes share RESERVE_RATE calls a second, each
+paced (a call due is made as soon as the previous one is answered), through the SDK's Meter:
 - `reserve()`: decided by the user's owner, its hold acknowledged by Kafka before the answer;
-- the baseline: GET of the same users' balances over the same kind of client (httpx, kept-alive
+- the baseline: GET of the same users' balances over the same client (httpx, kept-alive
   connections), the worker's cheapest authenticated answer: routing, key check, one state read.
 Alternating phases of PHASE_SECONDS each, RUNS times; the medians of each phase's p50 and p99,
 and the ratio of reserve to the baseline within each run. Then reserve with no stream, once.
@@ -13,7 +13,6 @@ Bounded: about 2 minutes; every wait has a deadline.
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 import random
 import statistics
@@ -22,6 +21,7 @@ import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -32,7 +32,7 @@ from meterline.auth import org_key, resolve_secret
 from meterline.client import wait_until_serving
 from meterline.pricing.config import default_path
 from meterline.processors.worker import spawn_worker
-from meterline.producers import AsyncMeter, Meter
+from meterline.producers import Meter
 from meterline.settings import Settings, load_settings
 from meterline.stack import ensure_topics, free_port, stack_up
 from meterline.traffic import simulate
@@ -41,6 +41,7 @@ STREAM_RATE = 5_000
 RESERVE_RATE = 500
 PHASE_SECONDS = 10
 RUNS = 3
+CLIENTS = 4  # processes sharing RESERVE_RATE, as an app's replicas would: one Python client alone cannot offer it
 USERS = 1_000
 ORG = "bench-reserve"
 console = Console()
@@ -70,34 +71,51 @@ def emit_steadily(settings: Settings, rate: int, seconds: float) -> None:
             time.sleep(0.002)
 
 
-async def phase(kind: str, settings: Settings, meter: AsyncMeter, client: httpx.AsyncClient, token: str,
-                seconds: float = PHASE_SECONDS) -> list[float]:
-    """Latencies (s) of RESERVE_RATE calls a second for `seconds`, open loop; a call not answered
-    as it should be (the SDK's deadline passed, or the worker refused) counts in FAILED."""
-    latencies: list[float] = []
+def call_steadily(settings: Settings, token: str, kind: str, rate: float, seconds: float, seed: int,
+                  results: Any) -> None:
+    """In its own process: `rate` calls a second for `seconds` (each due call made as soon as the
+    previous one is answered); puts (latencies, calls not answered as asked) on `results`."""
+    chooser = random.Random(seed)
+    latencies, failed = [], 0
+    with Meter(settings, enforcement_url=settings.worker_url, api_key=token) as meter, httpx.Client() as client:
+        # Warm: this process's connections, and the worker's holds producer.
+        meter.reserve(ORG, "warm-up", "gpt-4o-mini", estimate=Decimal("0.001"), ttl_seconds=1)
+        client.get(f"{settings.worker_url}/healthz")
+        began = time.perf_counter()
+        for n in range(int(rate * seconds)):
+            pause = began + n / rate - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            user = f"u{chooser.randrange(USERS)}"
+            started = time.perf_counter()
+            if kind == "reserve":
+                answered = meter.reserve(ORG, user, "gpt-4o-mini", estimate=Decimal("0.001"), ttl_seconds=5).allowed
+            else:
+                answered = client.get(f"{settings.worker_url}/v1/orgs/{ORG}/users/{user}/balance",
+                                      headers={"Authorization": f"Bearer {token}"}).status_code == 200
+            latencies.append(time.perf_counter() - started)
+            failed += not answered
+        elapsed = time.perf_counter() - began
+    results.put((latencies, failed, elapsed))
 
-    async def one(n: int) -> None:
-        user = f"u{random.randrange(USERS)}"
-        started = time.perf_counter()
-        if kind == "reserve":
-            reservation = await meter.reserve(ORG, user, "gpt-4o-mini", estimate=Decimal("0.001"), ttl_seconds=5)
-            answered = reservation.allowed
-        else:
-            response = await client.get(f"{settings.worker_url}/v1/orgs/{ORG}/users/{user}/balance",
-                                        headers={"Authorization": f"Bearer {token}"})
-            answered = response.status_code == 200
-        latencies.append(time.perf_counter() - started)
-        if not answered:
-            FAILED[kind] = FAILED.get(kind, 0) + 1
 
-    tasks, began = [], time.perf_counter()
-    for n in range(int(RESERVE_RATE * seconds)):
-        pause = began + n / RESERVE_RATE - time.perf_counter()
-        if pause > 0:
-            await asyncio.sleep(pause)
-        tasks.append(asyncio.ensure_future(one(n)))
-    await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
-    return latencies
+def phase(kind: str, settings: Settings, token: str, seconds: float = PHASE_SECONDS) -> tuple[list[float], float]:
+    """RESERVE_RATE calls a second from CLIENTS processes; the latencies (s), and the rate achieved."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    clients = [context.Process(target=call_steadily, args=(settings, token, kind, RESERVE_RATE / CLIENTS, seconds, n, results))
+               for n in range(CLIENTS)]
+    for client in clients:
+        client.start()
+    latencies, calls_per_second = [], 0.0
+    for _ in clients:
+        own, failed, elapsed = results.get(timeout=seconds * 4 + 60)
+        latencies += own
+        calls_per_second += len(own) / elapsed
+        FAILED[kind] = FAILED.get(kind, 0) + failed
+    for client in clients:
+        client.join(30)
+    return latencies, calls_per_second
 
 
 def percentile(values: list[float], level: float) -> float:
@@ -105,29 +123,22 @@ def percentile(values: list[float], level: float) -> float:
     return ordered[min(len(ordered) - 1, int(level * len(ordered)))]
 
 
-async def measure(settings: Settings, token: str) -> dict[str, list[tuple[float, float]]]:
-    results: dict[str, list[tuple[float, float]]] = {"balance read, under load": [], "reserve(), under load": [],
-                                                     "reserve(), no stream": []}
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with AsyncMeter(settings, enforcement_url=settings.worker_url, api_key=token) as meter, \
-            httpx.AsyncClient(limits=limits) as client:
-        for _ in range(50):  # warm: the worker's holds producer, the client's connections
-            await meter.reserve(ORG, "warm-up", "gpt-4o-mini", estimate=Decimal("0.001"), ttl_seconds=1)
-        await phase("reserve", settings, meter, client, token, seconds=3)
-        FAILED.clear()
-        for run in range(RUNS):
-            stream = multiprocessing.get_context("spawn").Process(
-                target=emit_steadily, args=(settings, STREAM_RATE, 2 * PHASE_SECONDS + 5))
-            stream.start()
-            await asyncio.sleep(3)  # the stream at its rate first
-            for kind, name in (("read", "balance read, under load"), ("reserve", "reserve(), under load")):
-                console.log(f"run {run + 1}/{RUNS}: {name}, {RESERVE_RATE}/s for {PHASE_SECONDS} s")
-                latencies = await phase(kind, settings, meter, client, token)
-                results[name].append((percentile(latencies, 0.5), percentile(latencies, 0.99)))
-            stream.join(60)
-        console.log(f"reserve(), no stream, {RESERVE_RATE}/s for {PHASE_SECONDS} s")
-        idle = await phase("reserve", settings, meter, client, token)
-        results["reserve(), no stream"].append((percentile(idle, 0.5), percentile(idle, 0.99)))
+def measure(settings: Settings, token: str) -> dict[str, list[tuple[float, float, float]]]:
+    results: dict[str, list[tuple[float, float, float]]] = {
+        "balance read, under load": [], "reserve(), under load": [], "reserve(), no stream": []}
+    context = multiprocessing.get_context("spawn")
+    for run in range(RUNS):
+        stream = context.Process(target=emit_steadily, args=(settings, STREAM_RATE, 2 * PHASE_SECONDS + 15))
+        stream.start()
+        time.sleep(5)  # the stream at its rate first
+        for kind, name in (("read", "balance read, under load"), ("reserve", "reserve(), under load")):
+            console.log(f"run {run + 1}/{RUNS}: {name}, {RESERVE_RATE}/s for {PHASE_SECONDS} s")
+            latencies, rate = phase(kind, settings, token)
+            results[name].append((percentile(latencies, 0.5), percentile(latencies, 0.99), rate))
+        stream.join(60)
+    console.log(f"reserve(), no stream, {RESERVE_RATE}/s for {PHASE_SECONDS} s")
+    latencies, rate = phase("reserve", settings, token)
+    results["reserve(), no stream"].append((percentile(latencies, 0.5), percentile(latencies, 0.99), rate))
     return results
 
 
@@ -145,20 +156,21 @@ def main() -> None:
         try:
             token = org_key(resolve_secret(settings), ORG)
             wait_until_serving(settings.worker_url, token, ORG, timeout=120)
-            results = asyncio.run(measure(settings, token))
+            results = measure(settings, token)
         finally:
             worker.terminate()
             worker.wait(timeout=60)
     baseline = results["balance read, under load"]
     table = Table(title=f"reserve() round trip, {RESERVE_RATE}/s for {PHASE_SECONDS} s a phase, stream {STREAM_RATE:,} "
                         f"events/s, {RUNS} alternating runs, medians (target: p99 <= 5 ms under load)")
-    for column in ("call", "p50 ms", "p99 ms", "p99 per run (ms)", "p50 vs read", "p99 vs read"):
+    for column in ("call", "calls/s", "p50 ms", "p99 ms", "p99 per run (ms)", "p50 vs read", "p99 vs read"):
         table.add_column(column, justify="left" if column == "call" else "right")
     for name, runs in results.items():
-        p50 = statistics.median(p for p, _ in runs)
-        p99 = statistics.median(p for _, p in runs)
+        p50 = statistics.median(p for p, _, _ in runs)
+        p99 = statistics.median(p for _, p, _ in runs)
         paired = name.endswith("under load")
-        table.add_row(name, f"{p50 * 1000:.2f}", f"{p99 * 1000:.2f}", " ".join(f"{p * 1000:.1f}" for _, p in runs),
+        table.add_row(name, f"{statistics.median(r for _, _, r in runs):,.0f}", f"{p50 * 1000:.2f}", f"{p99 * 1000:.2f}",
+                      " ".join(f"{p * 1000:.1f}" for _, p, _ in runs),
                       f"{statistics.median(own[0] / base[0] for own, base in zip(runs, baseline)):.2f}x" if paired else "-",
                       f"{statistics.median(own[1] / base[1] for own, base in zip(runs, baseline)):.2f}x" if paired else "-")
     console.print(table)
