@@ -1,7 +1,7 @@
 """The plan catalogue (``plans.yaml``): credit rules and plans, defined once.
 
 Rating, invoices and the public pricing page all read this one file, so they cannot drift
-(quota enforcement, still to come, will read its limits and degradation chains too). Each section below documents its keys; README.md states the rules in prose.
+(quota enforcement reads its limits and degradation chains too: processors/holds.py). Each section below documents its keys; README.md states the rules in prose.
 """
 
 from __future__ import annotations
@@ -117,8 +117,8 @@ class Plan(_Frozen):
     def fallback(self, model: str) -> str | None:
         """The cheaper model a request for `model` would fall back to, or None.
 
-        Only `plans check` reads the chain today (a fallback must be cheaper); nothing routes a
-        request to it until quota enforcement exists.
+        `plans check` checks that a fallback is cheaper; reserve() routes a request to it when the
+        requested model would be refused for balance or rate (processors/holds.py).
         """
         return self.degradation.get(model)
 
