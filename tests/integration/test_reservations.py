@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -152,7 +153,8 @@ def test_fifty_long_reservations_of_a_pro_user_never_have_more_than_ten_open(
 def test_over_the_rate_a_pro_request_for_opus_is_allowed_on_sonnet_and_rated_as_sonnet(
         make_settings: Callable[..., Settings], tmp_path: Path):
     # One request a minute and no burst: the second, a moment later, is over the rate.
-    settings = make_settings(plans=plans_with(tmp_path, pro={"requests_per_minute": 1, "burst": {"multiplier": 1, "seconds": 0}}))
+    settings = make_settings(plans=plans_with(tmp_path, pro={"requests_per_minute": 1, "burst": {"multiplier": 1, "seconds": 0}}),
+                             rated_topic=f"rated-{uuid.uuid4().hex[:10]}")  # its own: read from the start below
     org, user = "org-degrade", "fast"
     subscribe(settings, org, user, "pro")
     with running_pipeline(settings) as pipeline, meter_for(settings, org) as meter:

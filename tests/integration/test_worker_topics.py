@@ -11,7 +11,7 @@ def test_changelogs_are_created_compacted_with_the_source_partition_count(make_s
     prepare_topics(settings)
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     topics = admin.list_topics(timeout=10).topics
-    assert TABLES == ("user-state", "remembered-ids")
+    assert TABLES == ("user-state", "remembered-ids", "holds")
     for table in TABLES:
         name = changelog_topic(settings, table)
         assert len(topics[name].partitions) == len(topics[settings.usage_topic].partitions) == settings.partitions
