@@ -29,6 +29,7 @@ from meterline.processors.state import UserState
 from meterline.processors.outbox import ConfirmedWriter, Outbox
 from meterline.schemas import FieldProblem, InvalidEventError
 from meterline.schemas.decision import decision_record
+from meterline.schemas.usage import MAX_REQUEST_ID_CHARS, Identifier
 from meterline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,28 @@ class ReserveBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    reservation_id: str = Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")
+    # Printable ASCII without spaces, and no longer than a request id: it becomes the commit's request id.
+    reservation_id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_CHARS, pattern=r"^[\x21-\x7e]+$")
     model: str = Field(min_length=1, max_length=200)
     estimate: Decimal | None = Field(default=None, ge=0, le=MAX_ESTIMATE, allow_inf_nan=False)
     input_tokens: int | None = Field(default=None, ge=0, le=10**9)
     output_tokens: int | None = Field(default=None, ge=0, le=10**9)
     ttl_seconds: float | None = Field(default=None, gt=0, le=86_400)
+
+
+class Subject(BaseModel):
+    """The org and user of the path: what the commit's usage event must carry too."""
+
+    org_id: str = Identifier
+    user_id: str = Identifier
+
+
+def check_subject(org_id: str, user_id: str) -> None:
+    """InvalidEventError unless the path's org and user are ids an event could carry."""
+    try:
+        Subject(org_id=org_id, user_id=user_id)
+    except ValidationError as error:
+        raise InvalidEventError.from_validation_error(error) from None
 
 
 def parse_reserve(raw: bytes) -> ReserveBody:

@@ -18,7 +18,7 @@ from faust.web.exceptions import ServiceUnavailable
 
 from meterline.auth import balance_refusal, operator_key, org_key_refusal, same_key
 from meterline.processors.accounts import OrgShare, org_share
-from meterline.processors.enforcement import parse_reserve
+from meterline.processors.enforcement import check_subject, parse_reserve
 from meterline.processors.pools import PoolState, pool_key
 from meterline.processors.state import UserState
 from meterline.schemas import InvalidEventError
@@ -73,8 +73,23 @@ def balance_body(engine: Engine, org_id: str, user_id: str) -> dict[str, Any]:
     }
 
 
+def invalid(view: View, what: str, error: InvalidEventError) -> Response:
+    return view.json({"error": f"{what}: " + "; ".join(str(p) for p in error.problems),
+                      "problems": [{"field": p.field, "rule": p.rule} for p in error.problems]}, status=400)
+
+
 def register_views(app: faust.App, engine: Engine, secret: str) -> None:
+    def bad_subject(view: View, org_id: str, user_id: str) -> Response | None:
+        """400 for an org or user id no event could carry (the account code would fail on it)."""
+        try:
+            check_subject(org_id, user_id)
+            return None
+        except InvalidEventError as error:
+            return invalid(view, "invalid path", error)
+
     def refused(view: View, request: Request, org_id: str, user_id: str) -> Response | None:
+        if (bad := bad_subject(view, org_id, user_id)) is not None:
+            return bad
         refusal = balance_refusal(secret, _bearer(request), org_id, user_id, time.time(),
                                   engine.revocations.revoked_before_ms(org_id))
         return None if refusal is None else view.json({"error": refusal}, status=401)
@@ -247,7 +262,7 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
         """POST: reserve (decide and hold, processors/holds.py); GET: the user's open holds. The org key only."""
 
         async def post(self, request: Request, org_id: str, user_id: str) -> Response:
-            if (refusal := org_refused(self, request, org_id)) is not None:
+            if (refusal := bad_subject(self, org_id, user_id) or org_refused(self, request, org_id)) is not None:
                 return refusal
             if (elsewhere := await forwarded(self, request, engine.enforcer.holds_key(org_id, user_id))) is not None:
                 return elsewhere
@@ -255,13 +270,11 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
                 body = parse_reserve(await request.read())
                 decision = await engine.enforcer.reserve(org_id, user_id, body)
             except InvalidEventError as error:
-                return self.json({"error": "invalid reservation: " + "; ".join(str(p) for p in error.problems),
-                                  "problems": [{"field": p.field, "rule": p.rule} for p in error.problems]},
-                                 status=400)
+                return invalid(self, "invalid reservation", error)
             return self.json(decision.to_json(), headers={OWNER_HEADER: here()})
 
         async def get(self, request: Request, org_id: str, user_id: str) -> Response:
-            if (refusal := org_refused(self, request, org_id)) is not None:
+            if (refusal := bad_subject(self, org_id, user_id) or org_refused(self, request, org_id)) is not None:
                 return refusal
             if (elsewhere := await forwarded(self, request, engine.enforcer.holds_key(org_id, user_id))) is not None:
                 return elsewhere
@@ -272,7 +285,7 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
         """DELETE: release the hold (twice, or after its commit, is harmless)."""
 
         async def delete(self, request: Request, org_id: str, user_id: str, reservation_id: str) -> Response:
-            if (refusal := org_refused(self, request, org_id)) is not None:
+            if (refusal := bad_subject(self, org_id, user_id) or org_refused(self, request, org_id)) is not None:
                 return refusal
             if (elsewhere := await forwarded(self, request, engine.enforcer.holds_key(org_id, user_id))) is not None:
                 return elsewhere

@@ -223,6 +223,19 @@ def test_a_bad_reservation_is_refused_naming_the_field_and_a_bad_key_gets_nothin
         with pytest.raises(ReservationUnusable) as odd_id:
             meter.reserve(org, "u", MINI, estimate=1, reservation_id="with space")
         assert odd_id.value.fields == ["reservation_id"]
+        with pytest.raises(ReservationUnusable) as long_id:
+            meter.reserve(org, "u", MINI, estimate=1, reservation_id="x" * 129)  # longer than a request id
+        assert long_id.value.fields == ["reservation_id"]
+        with pytest.raises(ReservationUnusable) as odd_user:
+            meter.reserve(org, "a user", MINI, estimate=1)  # no event of theirs could commit it
+        assert odd_user.value.fields == ["user_id"]
+        key = org_key(settings.api_secret.get_secret_value(), org)  # type: ignore[union-attr]
+        for path in ("users/a%20user/balance", "users/a%20user/reservations", "users/%01/reservations/r1"):
+            request = urllib.request.Request(f"{settings.worker_url}/v1/orgs/{org}/{path}", headers={"Authorization": f"Bearer {key}"},
+                                             method="DELETE" if path.endswith("r1") else "GET")
+            with pytest.raises(urllib.error.HTTPError) as error:
+                urllib.request.urlopen(request, timeout=10)
+            assert error.value.code == 400 and json.loads(error.value.read())["problems"][0]["field"] == "user_id", path
         with meter_for(settings, "another-org") as stranger:
             with pytest.raises(ReservationUnusable) as refused:
                 stranger.reserve(org, "u", MINI, estimate=1)  # another org's key
