@@ -190,8 +190,7 @@ class Enforcer:
         replayed or duplicate event, so a hold whose release a crash lost is closed on the replay.
         """
         for partition, key, request_id, credits in commits:
-            before = self.holds_of(key)
-            after, found = before.expired(now).close(request_id, "committed", now)
+            after, found = self.holds_of(key).expired(now).close(request_id, "committed", now)
             if found is None:
                 continue
             org_id, _, user_id = key.decode().partition("/")
@@ -205,9 +204,8 @@ class Enforcer:
             elif found.outcome == "expired":  # still charged (the call happened), flagged once
                 self.counters["commits_after_expiry"] += 1
                 self._record_commit(org_id, user_id, key, "committed_after_expiry", found, credits, now)
-                expired = before.expired(now)
-                closed = tuple(c._replace(outcome="committed") if c.reservation_id == request_id else c for c in expired.closed)
-                self._write(key, expired._replace(closed=closed), partition)
+                closed = tuple(c._replace(outcome="committed") if c.reservation_id == request_id else c for c in after.closed)
+                self._write(key, after._replace(closed=closed), partition)
 
     def _record_commit(self, org_id: str, user_id: str, key: bytes, outcome: str, hold: Hold | Closed,
                        charged: Decimal, now: float) -> None:
