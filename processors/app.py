@@ -241,11 +241,11 @@ class Engine:
             return
         if after != state:
             self._persist(self.states, partition, key, after.to_bytes())
-        if org_id.encode() in self.enforcer.holders:  # the org's reservations these events commit
-            self.enforcer.commit([(partition, org_id.encode(), e.request_id, e.credits) for e in entries
-                                  if e.request_id and e.events == 1], time.time())
-        now = time.time()
-        self.outbox.put_many(self.settings.alerts_topic, [(partition, org_id.encode(), alert_record(org_id, None, alert, now))
+        now, org_bytes = time.time(), org_id.encode()
+        if org_bytes in self.enforcer.holders:  # the org's reservations these events commit
+            self.enforcer.commit([(partition, org_bytes, e.request_id, e.credits) for e in entries
+                                  if e.request_id and e.events == 1], now)
+        self.outbox.put_many(self.settings.alerts_topic, [(partition, org_bytes, alert_record(org_id, None, alert, now))
                                                           for alert in alerts])
         self.counters["pool_usage"] += 1
 

@@ -130,10 +130,10 @@ class Enforcer:
                 return pool
         return self.accounts.limits(org_id, user_id, UserState.from_bytes(self.states.data.data.get(key)).account, at)
 
-    async def reserve(self, org_id: str, user_id: str, body: ReserveBody) -> Decision:
-        """Decide, hold, and return once Kafka has the hold. Raises InvalidEventError for an unknown model."""
+    async def reserve(self, org_id: str, user_id: str, key: bytes, body: ReserveBody) -> Decision:
+        """Decide on the holds at `key` (`holds_key`), hold, and return once Kafka has the hold.
+        Raises InvalidEventError for an unknown model."""
         self._last_call = time.monotonic()
-        key = self.holds_key(org_id, user_id)
         now = time.time()
         remembered = self._refusals.get((key, body.reservation_id))
         if remembered is not None and remembered[0] > now:
@@ -169,9 +169,8 @@ class Enforcer:
         except PricingError as error:
             raise InvalidEventError([FieldProblem("model", str(error))]) from None
 
-    async def release(self, org_id: str, user_id: str, reservation_id: str) -> dict[str, Any]:
-        """Release an open hold; releasing twice, or after a commit, is harmless and says what happened."""
-        key = self.holds_key(org_id, user_id)
+    async def release(self, key: bytes, reservation_id: str) -> dict[str, Any]:
+        """Release an open hold at `key`; releasing twice, or after a commit, is harmless and says what happened."""
         now = time.time()
         before = self.holds_of(key).expired(now)
         after, found = before.close(reservation_id, "released", now)
@@ -213,10 +212,9 @@ class Enforcer:
             org_id, user_id, hold.reservation_id, outcome, hold.reason, hold.requested_model, hold.model, "",
             hold.credits, charged, now))
 
-    def view(self, org_id: str, user_id: str) -> dict[str, Any]:
-        """The user's open holds and what they hold, as GET .../reservations shows them."""
+    def view(self, org_id: str, user_id: str, key: bytes) -> dict[str, Any]:
+        """The user's open holds (at `key`) and what they hold, as GET .../reservations shows them."""
         now = time.time()
-        key = self.holds_key(org_id, user_id)
         live = [h for h in self.holds_of(key).live(now) if b"/" in key or h.user_id == user_id]
         return {"org_id": org_id, "user_id": user_id, "open": len(live), "held": str(sum((h.credits for h in live), Decimal(0))),
                 "reservations": [{"reservation_id": h.reservation_id, "model": h.model, "requested_model": h.requested_model,

@@ -257,39 +257,40 @@ def register_views(app: faust.App, engine: Engine, secret: str) -> None:
         except (OSError, asyncio.TimeoutError, ClientError):
             return view.json({"error": f"the owner {owner} did not answer, retry shortly"}, status=503, headers=RETRY)
 
+    async def refused_or_elsewhere(view: View, request: Request, org_id: str, user_id: str) -> tuple[Response | None, bytes]:
+        """A refusal (bad path, not the org's key) or the owner's answer; else None and the key of
+        the holds this worker decides on (the user's, or the org pool's)."""
+        if (refusal := bad_subject(view, org_id, user_id) or org_refused(view, request, org_id)) is not None:
+            return refusal, b""
+        key = engine.enforcer.holds_key(org_id, user_id)
+        return await forwarded(view, request, key), key
+
     @app.page("/v1/orgs/{org_id}/users/{user_id}/reservations")
     class ReservationsView(View):
         """POST: reserve (decide and hold, processors/holds.py); GET: the user's open holds. The org key only."""
 
         async def post(self, request: Request, org_id: str, user_id: str) -> Response:
-            if (refusal := bad_subject(self, org_id, user_id) or org_refused(self, request, org_id)) is not None:
-                return refusal
-            if (elsewhere := await forwarded(self, request, engine.enforcer.holds_key(org_id, user_id))) is not None:
-                return elsewhere
+            answer, key = await refused_or_elsewhere(self, request, org_id, user_id)
+            if answer is not None:
+                return answer
             try:
                 body = parse_reserve(await request.read())
-                decision = await engine.enforcer.reserve(org_id, user_id, body)
+                decision = await engine.enforcer.reserve(org_id, user_id, key, body)
             except InvalidEventError as error:
                 return invalid(self, "invalid reservation", error)
             return self.json(decision.to_json(), headers={OWNER_HEADER: here()})
 
         async def get(self, request: Request, org_id: str, user_id: str) -> Response:
-            if (refusal := bad_subject(self, org_id, user_id) or org_refused(self, request, org_id)) is not None:
-                return refusal
-            if (elsewhere := await forwarded(self, request, engine.enforcer.holds_key(org_id, user_id))) is not None:
-                return elsewhere
-            return self.json(engine.enforcer.view(org_id, user_id))
+            answer, key = await refused_or_elsewhere(self, request, org_id, user_id)
+            return answer or self.json(engine.enforcer.view(org_id, user_id, key))
 
     @app.page("/v1/orgs/{org_id}/users/{user_id}/reservations/{reservation_id}")
     class ReservationView(View):
         """DELETE: release the hold (twice, or after its commit, is harmless)."""
 
         async def delete(self, request: Request, org_id: str, user_id: str, reservation_id: str) -> Response:
-            if (refusal := bad_subject(self, org_id, user_id) or org_refused(self, request, org_id)) is not None:
-                return refusal
-            if (elsewhere := await forwarded(self, request, engine.enforcer.holds_key(org_id, user_id))) is not None:
-                return elsewhere
-            return self.json(await engine.enforcer.release(org_id, user_id, reservation_id))
+            answer, key = await refused_or_elsewhere(self, request, org_id, user_id)
+            return answer or self.json(await engine.enforcer.release(key, reservation_id))
 
     @app.page("/v1/worker/stats")
     class WorkerStatsView(View):

@@ -104,6 +104,12 @@ class Endpoint:
         self.plans.seen(org_id, user_id, bool(answer.get("hard_cap")))
         return answer
 
+    @staticmethod
+    def pause(attempt: int, deadline: float) -> float | None:
+        """The wait before the next attempt, or None when it would end past the deadline."""
+        pause = BACKOFF_SECONDS[min(attempt, len(BACKOFF_SECONDS) - 1)]
+        return None if time.monotonic() + pause >= deadline else pause
+
     def unreachable(self, org_id: str, user_id: str, model: str, reservation_id: str) -> dict[str, Any]:
         allowed = self.plans.fails_open(self.settings.reserve_when_unreachable, org_id, user_id)
         return {"reservation_id": reservation_id, "allowed": allowed, "model": model, "requested_model": model,
@@ -157,6 +163,26 @@ class _Decided:
         """Allowed by the unreachable policy, with no worker's decision: the committed event says so."""
         return bool(self._answer.get("fail_open"))
 
+    _endpoint: Endpoint
+    _closed: bool
+
+    def _release_url(self) -> str | None:
+        """Closes the reservation; where to release its hold, or None when nothing is held
+        (refused, or allowed without a worker's decision)."""
+        self._closed = True
+        if not self.allowed or self.fail_open:
+            return None
+        return self._endpoint.base_url + self._endpoint.path(self.org_id, self.user_id, self.reservation_id)
+
+    def _must_release(self, kind: type[BaseException] | None) -> bool:
+        """Leaving the block: release what is neither committed nor released, warning if no exception says why."""
+        if self._closed:
+            return False
+        if kind is None and self.allowed:
+            warnings.warn(f"reservation {self.reservation_id} left without commit or release: released",
+                          ReservationWarning, stacklevel=3)
+        return True
+
     def _commit_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
         fields = {"request_id": self.reservation_id, **fields}
         if self.fail_open:
@@ -189,8 +215,7 @@ class Reservation(_Decided):
                     return answer
             except httpx.TransportError:
                 pass
-            pause = BACKOFF_SECONDS[min(attempt, len(BACKOFF_SECONDS) - 1)]
-            if time.monotonic() + pause >= deadline:
+            if (pause := self._endpoint.pause(attempt, deadline)) is None:
                 break
             time.sleep(pause)
         return self._endpoint.unreachable(self.org_id, self.user_id, body["model"], body["reservation_id"])
@@ -207,12 +232,10 @@ class Reservation(_Decided):
 
     def release(self) -> None:
         """Give the hold back (the call did not happen). Twice is harmless."""
-        self._closed = True
-        if not self.allowed or self.fail_open:
+        if (url := self._release_url()) is None:
             return
         try:
-            self._client.delete(self._endpoint.base_url + self._endpoint.path(self.org_id, self.user_id, self.reservation_id),
-                                headers=self._endpoint.headers, timeout=self._endpoint.settings.reserve_deadline_seconds)
+            self._client.delete(url, headers=self._endpoint.headers, timeout=self._endpoint.settings.reserve_deadline_seconds)
         except httpx.TransportError:
             pass  # the hold's TTL releases it
 
@@ -220,10 +243,7 @@ class Reservation(_Decided):
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *_rest: object) -> Literal[False]:
-        if not self._closed:
-            if kind is None and self.allowed:
-                warnings.warn(f"reservation {self.reservation_id} left without commit or release: released",
-                              ReservationWarning, stacklevel=2)
+        if self._must_release(kind):
             self.release()
         return False
 
@@ -240,6 +260,8 @@ class AsyncReservation(_Decided):
         self._answer: dict[str, Any] = {}
 
     async def _decide(self) -> AsyncReservation:
+        if self._answer:  # decided already (`await`, then `async with`)
+            return self
         endpoint, body = self._endpoint, self._body
         deadline = time.monotonic() + endpoint.settings.reserve_deadline_seconds
         url = endpoint.base_url + endpoint.path(self.org_id, self.user_id)
@@ -253,8 +275,7 @@ class AsyncReservation(_Decided):
                     return self
             except httpx.TransportError:
                 pass
-            pause = BACKOFF_SECONDS[min(attempt, len(BACKOFF_SECONDS) - 1)]
-            if time.monotonic() + pause >= deadline:
+            if (pause := endpoint.pause(attempt, deadline)) is None:
                 break
             await asyncio.sleep(pause)
         self._answer = endpoint.unreachable(self.org_id, self.user_id, body["model"], body["reservation_id"])
@@ -273,12 +294,11 @@ class AsyncReservation(_Decided):
         return await self._meter.emit(self.org_id, self.user_id, model, *args, **fields)
 
     async def release(self) -> None:
-        self._closed = True
-        if not self.allowed or self.fail_open:
+        """As `Reservation.release`."""
+        if (url := self._release_url()) is None:
             return
         try:
-            await self._client.delete(self._endpoint.base_url + self._endpoint.path(self.org_id, self.user_id, self.reservation_id),
-                                      headers=self._endpoint.headers, timeout=self._endpoint.settings.reserve_deadline_seconds)
+            await self._client.delete(url, headers=self._endpoint.headers, timeout=self._endpoint.settings.reserve_deadline_seconds)
         except httpx.TransportError:
             pass
 
@@ -286,10 +306,7 @@ class AsyncReservation(_Decided):
         return await self._decide()
 
     async def __aexit__(self, kind: type[BaseException] | None, *_rest: object) -> Literal[False]:
-        if not self._closed:
-            if kind is None and self.allowed:
-                warnings.warn(f"reservation {self.reservation_id} left without commit or release: released",
-                              ReservationWarning, stacklevel=2)
+        if self._must_release(kind):
             await self.release()
         return False
 
