@@ -82,7 +82,9 @@ def payload_fingerprint(raw: bytes) -> int:
 class Seen(NamedTuple):
     """Where a request id was first seen, what its payload was, and which price book rated it.
 
-    A tuple of small ints: millions are kept, and the garbage collector stops tracking such tuples.
+    Handed out by `RememberedIds.get`; what it keeps is a plain tuple of the same ints, which the
+    garbage collector stops tracking (never a NamedTuple's instance: it stays tracked, and millions
+    of them made each full collection pause the worker ~100 ms, the reserve() p99).
     """
 
     offset: int
@@ -145,24 +147,27 @@ class RememberedIds:
     def __init__(self, window_seconds: float, max_ids: int):
         self.window_seconds = window_seconds
         self.max_ids = max_ids
-        self._ids: dict[int, Seen] = {}
-        self._batches: deque[tuple[float, bytes, list[int]]] = deque()  # oldest first
+        self._ids: dict[int, tuple[int, int, int]] = {}  # digest -> a Seen's fields, see Seen
+        # Oldest first; each batch's digests as a tuple, which the collector stops tracking (a list
+        # of millions of ints would be traversed by every full collection).
+        self._batches: deque[tuple[float, bytes, tuple[int, ...]]] = deque()
         self.forgotten_early = 0
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def get(self, digest: int) -> Seen | None:
-        return self._ids.get(digest)
+        fields = self._ids.get(digest)
+        return None if fields is None else Seen._make(fields)
 
     def add_batch(self, batch_key: bytes, seen_at: float, entries: list[tuple[int, Seen]]) -> None:
         """Remember a batch record's ids (from this worker's batch, or from the changelog)."""
         digests = []
         for digest, seen in entries:
             if digest not in self._ids:  # a re-remembered id keeps its first record
-                self._ids[digest] = seen
+                self._ids[digest] = tuple(seen)
                 digests.append(digest)
-        self._batches.append((seen_at, batch_key, digests))
+        self._batches.append((seen_at, batch_key, tuple(digests)))
 
     def expire(self, now: float) -> list[bytes]:
         """Forget the batch records past the window, or past the bound; return their keys."""

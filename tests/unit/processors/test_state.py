@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import struct
 from decimal import Decimal
 
@@ -168,3 +169,19 @@ def test_an_id_remembered_again_keeps_its_first_record() -> None:
     # Remembered from the batch that first saw it: it leaves with that batch.
     assert ids.expire(10.5) == [b"first"]
     assert ids.get(77) is None and ids.get(78) == Seen(10, 333)
+
+
+def test_remembered_ids_leave_nothing_for_the_garbage_collector_to_walk() -> None:
+    # A worker remembers millions of ids; were each a tracked object, every full collection would
+    # walk them all and pause the event loop (measured: ~100 ms, the reserve() p99).
+    remembered = RememberedIds(window_seconds=3600, max_ids=10**9)
+    for batch in range(20):
+        remembered.add_batch(f"0/{batch}".encode(), 1000.0,
+                             [(batch * 5_000 + n, Seen(n, n * 7, 1)) for n in range(5_000)])
+    gc.collect()  # a first pass is what stops tracking tuples of ints
+    before = len(gc.get_objects())
+    remembered.add_batch(b"0/last", 1000.0, [(10**9 + n, Seen(n, n, 1)) for n in range(5_000)])
+    gc.collect()
+    assert len(gc.get_objects()) - before < 50  # not one per id
+    assert len(remembered) == 105_000
+    assert remembered.get(10**9 + 3) == Seen(3, 3, 1)
