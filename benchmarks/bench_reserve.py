@@ -72,15 +72,18 @@ def emit_steadily(settings: Settings, rate: int, seconds: float) -> None:
 
 
 def call_steadily(settings: Settings, token: str, kind: str, rate: float, seconds: float, seed: int,
-                  results: Any) -> None:
+                  ready: Any, results: Any) -> None:
     """In its own process: `rate` calls a second for `seconds` (each due call made as soon as the
-    previous one is answered); puts (latencies, calls not answered as asked) on `results`."""
+    previous one is answered), from when every client is warm (`ready`, a barrier: a client still
+    importing would take the CPU from the others' measurement); puts (latencies, calls not
+    answered as asked, seconds) on `results`."""
     chooser = random.Random(seed)
     latencies, failed = [], 0
     with Meter(settings, enforcement_url=settings.worker_url, api_key=token) as meter, httpx.Client() as client:
         # Warm: this process's connections, and the worker's holds producer.
         meter.reserve(ORG, "warm-up", "gpt-4o-mini", estimate=Decimal("0.001"), ttl_seconds=1)
         client.get(f"{settings.worker_url}/healthz")
+        ready.wait(120)
         began = time.perf_counter()
         for n in range(int(rate * seconds)):
             pause = began + n / rate - time.perf_counter()
@@ -102,8 +105,9 @@ def call_steadily(settings: Settings, token: str, kind: str, rate: float, second
 def phase(kind: str, settings: Settings, token: str, seconds: float = PHASE_SECONDS) -> tuple[list[float], float]:
     """RESERVE_RATE calls a second from CLIENTS processes; the latencies (s), and the rate achieved."""
     context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    clients = [context.Process(target=call_steadily, args=(settings, token, kind, RESERVE_RATE / CLIENTS, seconds, n, results))
+    results, ready = context.Queue(), context.Barrier(CLIENTS)
+    clients = [context.Process(target=call_steadily,
+                               args=(settings, token, kind, RESERVE_RATE / CLIENTS, seconds, n, ready, results))
                for n in range(CLIENTS)]
     for client in clients:
         client.start()
