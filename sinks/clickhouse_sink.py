@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from meterline.schemas.decision import DECISION_FIELDS, decision_row
-from meterline.schemas.rated import RATED_FIELDS, rated_row, rated_status
+from meterline.schemas.rated import RATED_FIELDS, STATUS_PREFIX, rated_row, rated_status
 from meterline.settings import Settings
 from meterline.sinks.queries import DECISIONS, TABLES_FOR_STATUS
 from meterline.sinks.warehouse import Warehouse
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 # A slow or unreachable ClickHouse must not hold a rebalance or a stop for long (quix's rule):
 # partitions are handed over uncommitted instead.
 REVOKE_SECONDS = 10.0
+_TABLES_FOR_STATUS = {status.encode(): tables for status, tables in TABLES_FOR_STATUS.items()}
 
 
 @dataclass
@@ -103,6 +104,10 @@ class ClickHouseSink:
                     "enable.auto.commit": False,  # we commit after the rows are stored
                     "auto.offset.reset": "earliest",
                     "isolation.level": "read_committed",
+                    # Fetches of 1 MB a partition (the default) kept the sink's reads at ~130,000
+                    # records/s here; 8 MB ones read ~250,000 (a batch is ~12 MB of records anyway).
+                    "max.partition.fetch.bytes": 8 << 20,
+                    "fetch.max.bytes": 64 << 20,
                 }
             )
             self._consumer.subscribe([self.settings.rated_topic, self.settings.decisions_topic], on_revoke=self._on_revoke)
@@ -117,22 +122,42 @@ class ClickHouseSink:
             self._clear_buffer()
 
     def add(self, message: Message) -> None:
-        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        self.add_many([message])
+
+    def add_many(self, messages: list[Message]) -> None:
+        """Buffer what `consume()` returned. One loop with its lookups bound once: this is per record,
+        and at ~100,000 records a second the sink's share of the time beside the insert."""
         batch = self.batch
-        batch.first_offset.setdefault((topic, partition), offset)
-        batch.next_offset[(topic, partition)] = offset + 1
-        value = message.value()
-        if topic == self.settings.decisions_topic:
-            batch.records[DECISIONS].append(value)  # type: ignore[arg-type]
-            return
-        try:
-            tables = TABLES_FOR_STATUS[rated_status(value)]
-        except Exception:  # noqa: BLE001 - the worker wrote it; still, no record may stop the sink
-            log.warning("unreadable rated record at %s[%d]@%d, skipped", message.topic(), partition, offset)
-            self.unreadable_skipped += 1
-            return
-        for table in tables:
-            batch.records[table].append(value)  # type: ignore[arg-type]
+        first_offset, next_offset, records = batch.first_offset, batch.next_offset, batch.records
+        decisions_topic, decisions = self.settings.decisions_topic, batch.records[DECISIONS]
+        status_start = len(STATUS_PREFIX)
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error: %s", error)
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            where = (topic, partition)
+            if where not in next_offset:
+                first_offset[where] = offset
+            next_offset[where] = offset + 1
+            value = message.value()
+            if topic == decisions_topic:
+                decisions.append(value)
+                continue
+            # The status is the record's first field (rated_record puts it there): read as bytes.
+            tables = _TABLES_FOR_STATUS.get(value[status_start:value.find(b'"', status_start)]) \
+                if value and value.startswith(STATUS_PREFIX) else None
+            if tables is None:
+                try:
+                    tables = TABLES_FOR_STATUS[rated_status(value)]
+                except Exception:  # noqa: BLE001 - the worker wrote it; still, no record may stop the sink
+                    log.warning("unreadable rated record at %s[%d]@%d, skipped", topic, partition, offset)
+                    self.unreadable_skipped += 1
+                    continue
+            for table in tables:
+                records[table].append(value)
 
     def _buffered(self) -> int:
         """Records held: gathered, and being written."""
@@ -240,12 +265,7 @@ class ClickHouseSink:
 
     def poll_once(self, timeout: float = 0.2, stop: threading.Event | None = None) -> int:
         messages = self.consumer.consume(num_messages=self.settings.sink_batch_size, timeout=timeout)
-        for message in messages:
-            error = message.error()
-            if error is None:
-                self.add(message)
-            elif error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consume error: %s", error)
+        self.add_many(messages)
         if self._writing is not None and self._writing[1].done():
             self._settle(stop, None)  # commit it, or retry it here if it failed
         if self._due() and self._settle(stop, None):

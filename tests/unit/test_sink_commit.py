@@ -115,19 +115,20 @@ def test_copies_go_to_the_duplicates_table_with_the_partitions_offset_range(tmp_
     assert sink.rows_written == 4
 
 
-def test_an_unreadable_rated_record_is_skipped_and_its_offset_still_committed(tmp_path: Any) -> None:
+def test_unreadable_rated_records_are_skipped_and_their_offsets_still_committed(tmp_path: Any) -> None:
     warehouse = _Warehouse()
     sink = ClickHouseSink(Settings(home=tmp_path), warehouse)  # type: ignore[arg-type]
     consumer = _CoordinatorAway()
     sink._consumer = consumer  # type: ignore[assignment]
-    sink.add(_Message(0, 7, b"not json"))  # type: ignore[arg-type]
+    odd = [b"not json", None, b'{"status":"unheard-of","request_id":"x"}', b'{"status":"applied', b"\xff\xfe"]
+    sink.add_many([_Message(0, 3 + n, value) for n, value in enumerate(odd)])  # type: ignore[arg-type, misc]
     sink.add(_Message(0, 8, _rated("r1", "applied", 8)))  # type: ignore[arg-type]
-    assert sink.unreadable_skipped == 1
+    assert sink.unreadable_skipped == len(odd)
     sink.flush()
     assert [(table, _request_ids(rows), token) for table, rows, token in warehouse.batches] == [
-        ("rated_events", ["r1"], f"{RATED_TOPIC}:0:7-8")
+        ("rated_events", ["r1"], f"{RATED_TOPIC}:0:3-8")
     ]
-    assert consumer.commits == [[(RATED_TOPIC, 0, 9)]]  # past the skipped record too
+    assert consumer.commits == [[(RATED_TOPIC, 0, 9)]]  # past the skipped records too
 
 
 def test_a_batch_clickhouse_cannot_parse_is_stored_without_the_record_that_cannot_be_read(tmp_path: Any) -> None:
