@@ -96,6 +96,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               _add_correction_columns, _rebuild_rated_events),
     Migration(5, "usage_decisions: refused and degraded reservations, commits past their TTL or estimate",
               lambda database: [queries.create_decisions(database)]),
+    Migration(6, "usage_hourly and usage_daily: rollups per user, recomputed from rated_events by refreshable views",
+              lambda database: [statement for table in queries.ROLLUPS for statement in queries.create_rollup(database, table)]),
 )
 
 

@@ -18,6 +18,13 @@ RATED_EVENTS = "rated_events"  # what the balances counted: one row per (org, us
 DUPLICATES = "usage_duplicates"  # re-sent ids, marked duplicate or conflict, not counted: for audit
 CORRECTIONS = "usage_corrections"  # every version a correction replaced or made, with its reason: for audit
 DECISIONS = "usage_decisions"  # refused and degraded reservations, commits past their TTL or estimate (decisions topic)
+# Rollups per user, by the start of each event's hour or day: table -> ClickHouse bucket function.
+ROLLUPS = {"usage_hourly": "toStartOfHour", "usage_daily": "toStartOfDay"}
+ROLLUP_SUMS = ("input_tokens", "output_tokens", "cached_input_tokens", "credits", "provider_cost_usd")
+ROLLUP_REFRESH_SECONDS = 30
+# A row ingested up to this long before the newest one a refresh saw is looked at again by the next
+# refresh: an insert's rows carry the time it began, and become visible only once it commits.
+ROLLUP_MARGIN_SECONDS = 300
 TABLES_FOR_STATUS: dict[str, tuple[str, ...]] = {
     "applied": (RATED_EVENTS,), "duplicate": (DUPLICATES,), "conflict": (DUPLICATES,),
     "amended": (RATED_EVENTS, CORRECTIONS), "voided": (RATED_EVENTS, CORRECTIONS), "superseded": (CORRECTIONS,),
@@ -61,6 +68,43 @@ def create_decisions(database: str) -> str:
             f"    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)\n) ENGINE = ReplacingMergeTree\n"
             f"PARTITION BY toYYYYMM(decided_at)\nORDER BY (org_id, user_id, reservation_id, outcome)\n"
             f"SETTINGS non_replicated_deduplication_window = 10000")
+
+
+def create_rollup(database: str, table: str) -> list[str]:
+    """A rollup table, and the materialized view that keeps it: dedupe-correct under any replay.
+
+    A summing view fed by each insert would count a replayed row twice (ReplacingMergeTree drops it
+    only at a merge, and a retried batch is dropped at insert only if its boundaries did not move).
+    So the view recomputes instead: every ROLLUP_REFRESH_SECONDS, each (org, user, bucket) that got
+    a row since the last refresh is summed again from rated_events, one row per request id (its
+    latest revision; a voided one counts nothing), and appended with the refresh time; the table
+    keeps the latest per bucket. Late events and corrections land in their own bucket, wherever it is.
+    Read it with FINAL.
+    """
+    bucket = ROLLUPS[table]
+    sums = ",\n    ".join(f"{name} {kind}" for name, kind in RATED_COLUMNS if name in ROLLUP_SUMS)
+    latest = ", ".join(f"argMax({name}, revision) AS {name}" for name in ROLLUP_SUMS)
+    totals = ", ".join(f"sumIf({name}, deleted = 0) AS {name}" for name in ROLLUP_SUMS)
+    source, target = f"`{database}`.{RATED_EVENTS}", f"`{database}`.{table}"
+    return [
+        f"CREATE TABLE IF NOT EXISTS {target} (\n    org_id String,\n    user_id String,\n"
+        f"    bucket DateTime('UTC'),\n    events UInt64,\n    {sums},\n"
+        f"    through DateTime64(3, 'UTC'),  -- the newest ingested_at summed\n"
+        f"    refreshed_at DateTime64(6, 'UTC')\n) ENGINE = ReplacingMergeTree(refreshed_at)\n"
+        f"PARTITION BY toYYYYMM(bucket)\nORDER BY (org_id, user_id, bucket)",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{database}`.{table}_refresh\n"
+        f"REFRESH EVERY {ROLLUP_REFRESH_SECONDS} SECOND APPEND TO {target} AS\n"
+        f"SELECT org_id, user_id, bucket, countIf(deleted = 0) AS events, {totals}, max(ingested) AS through,"
+        f" now64(6) AS refreshed_at\n"
+        f"FROM (SELECT org_id, user_id, request_id, {bucket}(any(event_time)) AS bucket, argMax(deleted, revision) AS deleted,"
+        f" {latest}, max(ingested_at) AS ingested\n"
+        f"      FROM {source}\n"
+        f"      WHERE (org_id, user_id, {bucket}(event_time)) IN (\n"
+        f"          SELECT DISTINCT org_id, user_id, {bucket}(event_time) FROM {source}\n"
+        f"          WHERE ingested_at >= (SELECT max(through) FROM {target}) - INTERVAL {ROLLUP_MARGIN_SECONDS} SECOND)\n"
+        f"      GROUP BY org_id, user_id, request_id)\n"
+        f"GROUP BY org_id, user_id, bucket",
+    ]
 
 
 def create_tables(database: str) -> dict[str, str]:

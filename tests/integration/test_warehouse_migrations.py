@@ -113,7 +113,8 @@ def test_a_warehouse_at_version_3_gets_the_corrections_engine_and_keeps_its_rows
         {"db": database, "t": queries.RATED_EVENTS}))[0]
     assert engine.startswith("ReplacingMergeTree(revision, deleted)") and partition == "toYYYYMM(event_time)"
     tables = {name for (name,) in warehouse.query(("SELECT name FROM system.tables WHERE database = {db:String}", {"db": database}))}
-    assert tables == {queries.RATED_EVENTS, queries.DUPLICATES, queries.CORRECTIONS, queries.DECISIONS, MIGRATIONS_TABLE}  # nothing left over
+    rollups = {name for table in queries.ROLLUPS for name in (table, f"{table}_refresh")}
+    assert tables == {queries.RATED_EVENTS, queries.DUPLICATES, queries.CORRECTIONS, queries.DECISIONS, MIGRATIONS_TABLE} | rollups  # nothing left over
     assert warehouse.query((f"SELECT DISTINCT _partition_id FROM {queries.RATED_EVENTS} ORDER BY 1", {})) == [("202601",), ("202602",)]
     for table in (queries.RATED_EVENTS, queries.DUPLICATES, queries.CORRECTIONS):
         assert set(CORRECTION_COLUMNS) <= set(_column_types(settings, table))
