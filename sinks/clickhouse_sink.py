@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from meterline.schemas.decision import DECISION_FIELDS, decision_row
-from meterline.schemas.rated import RATED_FIELDS, STATUS_PREFIX, rated_row, rated_status
+from meterline.schemas.rated import RATED_FIELDS, rated_row, rated_status
 from meterline.settings import Settings
 from meterline.sinks.queries import DECISIONS, TABLES_FOR_STATUS
 from meterline.sinks.warehouse import Warehouse
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 # A slow or unreachable ClickHouse must not hold a rebalance or a stop for long (quix's rule):
 # partitions are handed over uncommitted instead.
 REVOKE_SECONDS = 10.0
-_TABLES_FOR_STATUS = {status.encode(): tables for status, tables in TABLES_FOR_STATUS.items()}
 
 
 @dataclass
@@ -130,7 +129,6 @@ class ClickHouseSink:
         batch = self.batch
         first_offset, next_offset, records = batch.first_offset, batch.next_offset, batch.records
         decisions_topic, decisions = self.settings.decisions_topic, batch.records[DECISIONS]
-        status_start = len(STATUS_PREFIX)
         for message in messages:
             error = message.error()
             if error is not None:
@@ -146,16 +144,12 @@ class ClickHouseSink:
             if topic == decisions_topic:
                 decisions.append(value)
                 continue
-            # The status is the record's first field (rated_record puts it there): read as bytes.
-            tables = _TABLES_FOR_STATUS.get(value[status_start:value.find(b'"', status_start)]) \
-                if value and value.startswith(STATUS_PREFIX) else None
-            if tables is None:
-                try:
-                    tables = TABLES_FOR_STATUS[rated_status(value)]
-                except Exception:  # noqa: BLE001 - the worker wrote it; still, no record may stop the sink
-                    log.warning("unreadable rated record at %s[%d]@%d, skipped", topic, partition, offset)
-                    self.unreadable_skipped += 1
-                    continue
+            try:
+                tables = TABLES_FOR_STATUS[rated_status(value)]
+            except Exception:  # noqa: BLE001 - the worker wrote it; still, no record may stop the sink
+                log.warning("unreadable rated record at %s[%d]@%d, skipped", topic, partition, offset)
+                self.unreadable_skipped += 1
+                continue
             for table in tables:
                 records[table].append(value)
 
