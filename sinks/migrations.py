@@ -66,16 +66,18 @@ def _add_correction_columns(database: str) -> list[str]:
 
 
 def _rebuild_rated_events(warehouse: Warehouse) -> None:
-    """Give rated_events the engine that keeps a request id's latest revision, and monthly partitions:
-    a table cannot change either in place, so its rows are copied into a new table, which then takes its name.
-    Stopped at any step, it is run again from where it stands."""
+    """Give rated_events today's engine (it keeps a request id's latest revision), monthly partitions
+    and sorting key: a table cannot change any of them in place, so its rows are copied into a new
+    table, which then takes its name. Stopped at any step, it is run again from where it stands."""
     database, table = warehouse.database, queries.RATED_EVENTS
     new, old = f"{table}_next", f"{table}_previous"
-    shapes = {name: (engine, partition) for name, engine, partition in warehouse.query((
-        "SELECT name, engine_full, partition_key FROM system.tables WHERE database = {db:String}", {"db": database}))}
+    shapes = {name: (engine, partition, order) for name, engine, partition, order in warehouse.query((
+        "SELECT name, engine_full, partition_key, sorting_key FROM system.tables WHERE database = {db:String}",
+        {"db": database}))}
     if table not in shapes and new in shapes:  # stopped between the two renames
         warehouse.command(f"RENAME TABLE `{database}`.{new} TO `{database}`.{table}")
-    elif not (shapes[table][0].startswith(queries.RATED_EVENTS_ENGINE) and shapes[table][1] == queries.RATED_EVENTS_PARTITION):
+    elif not (shapes[table][0].startswith(queries.RATED_EVENTS_ENGINE) and shapes[table][1] == queries.RATED_EVENTS_PARTITION
+              and shapes[table][2] == queries.RATED_EVENTS_ORDER):
         warehouse.command(f"DROP TABLE IF EXISTS `{database}`.{new}")
         warehouse.command(queries.create_rated_events(database, new))
         kept = [name for (name,) in warehouse.query((
@@ -98,6 +100,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               lambda database: [queries.create_decisions(database)]),
     Migration(6, "usage_hourly and usage_daily: rollups per user, recomputed from rated_events by refreshable views",
               lambda database: [statement for table in queries.ROLLUPS for statement in queries.create_rollup(database, table)]),
+    Migration(7, "rated_events sorted by each event's day before its user, so FINAL merges only the days recent "
+                 "inserts touched", lambda database: [], _rebuild_rated_events),
 )
 
 

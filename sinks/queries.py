@@ -56,9 +56,16 @@ def create_table(database: str, table: str, order_by: str, engine: str = "Replac
             f"ORDER BY ({order_by})\nSETTINGS non_replicated_deduplication_window = 10000")
 
 
+# The worker's dedupe identity is a request id within one user's events; its day sits before the user
+# because a request id's versions share its event time (so the identity is the same) and a live
+# sink's inserts then overlap only the newest days' rows: FINAL merges those and reads the rest of
+# the month as it lies. With the user first, every small insert overlapped the whole month, and one
+# fresh 10k-row part cost a FINAL pass over 10 M rows 0.5 s instead of 0.05 s.
+RATED_EVENTS_ORDER = "org_id, toDate(event_time), user_id, request_id"
+
+
 def create_rated_events(database: str, table: str = RATED_EVENTS) -> str:
-    # The worker's dedupe identity: a request id within one user's events.
-    return create_table(database, table, "org_id, user_id, request_id", RATED_EVENTS_ENGINE, RATED_EVENTS_PARTITION)
+    return create_table(database, table, RATED_EVENTS_ORDER, RATED_EVENTS_ENGINE, RATED_EVENTS_PARTITION)
 
 
 def create_decisions(database: str) -> str:

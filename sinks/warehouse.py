@@ -21,7 +21,7 @@ from clickhouse_connect.driver.client import Client
 from meterline.exceptions import MeterlineError
 from meterline.schemas.rated import RATED_FIELDS
 from meterline.settings import Settings, private_dir
-from meterline.sinks.queries import Query
+from meterline.sinks.queries import ROLLUPS, Query
 
 # chDB allows one open data directory per process: share the client among threads.
 _chdb_clients: dict[str, Client] = {}
@@ -83,6 +83,12 @@ class Warehouse:
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         with self._lock:
             return self._client.command(sql, parameters=parameters)
+
+    def refresh_rollups(self) -> None:
+        """Bring the rollups up to date now, not at their views' next scheduled refresh."""
+        for table in ROLLUPS:
+            self.command(f"SYSTEM REFRESH VIEW `{self.database}`.{table}_refresh")
+            self.command(f"SYSTEM WAIT VIEW `{self.database}`.{table}_refresh")
 
     def insert_rated(self, table: str, rows: Sequence[Sequence[Any]], dedupe_token: str,
                      columns: Sequence[str] = RATED_FIELDS) -> None:

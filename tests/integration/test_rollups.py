@@ -35,12 +35,6 @@ def _bucket(when: datetime, table: str) -> datetime:
     return hour if ROLLUPS[table] == "toStartOfHour" else hour.replace(hour=0)
 
 
-def _refresh(warehouse: Warehouse) -> None:
-    for table in ROLLUPS:
-        warehouse.command(f"SYSTEM REFRESH VIEW `{warehouse.database}`.{table}_refresh")
-        warehouse.command(f"SYSTEM WAIT VIEW `{warehouse.database}`.{table}_refresh")
-
-
 def _rollup(warehouse: Warehouse, table: str) -> dict[tuple[str, datetime], tuple[int, int, Decimal]]:
     rows = warehouse.query((f"SELECT user_id, bucket, events, input_tokens, credits FROM {table} FINAL "
                             "WHERE org_id = 'acme'", {}))
@@ -77,7 +71,7 @@ def test_rollups_count_each_request_once_whatever_the_replays_and_merges(warehou
         latest[request_id] = row
     for first in range(0, len(rows), 500):
         warehouse.insert_rated(RATED_EVENTS, rows[first:first + 500], dedupe_token=f"batch-{first}")
-    _refresh(warehouse)
+    warehouse.refresh_rollups()
     # A worker's replay and a sink's retry with other boundaries: the same rows again, new tokens.
     replayed = rows[250:1750]
     for first in range(0, len(replayed), 300):
@@ -91,12 +85,12 @@ def test_rollups_count_each_request_once_whatever_the_replays_and_merges(warehou
     late = _row("u1", "late-1", START - timedelta(days=40), Decimal(7), 70)  # a bucket weeks behind
     warehouse.insert_rated(RATED_EVENTS, [amended, voided, late], dedupe_token="corrections")
     latest |= {"r5": amended, "r6": voided, "late-1": late}
-    _refresh(warehouse)
+    warehouse.refresh_rollups()
     for table in ROLLUPS:
         assert _rollup(warehouse, table) == _expected(latest, table), table
     for table in (RATED_EVENTS, *ROLLUPS):
         warehouse.command(f"OPTIMIZE TABLE `{warehouse.database}`.{table} FINAL")
-    _refresh(warehouse)
+    warehouse.refresh_rollups()
     for table in ROLLUPS:
         assert _rollup(warehouse, table) == _expected(latest, table), table
 
@@ -104,10 +98,10 @@ def test_rollups_count_each_request_once_whatever_the_replays_and_merges(warehou
 def test_an_hour_whose_every_event_was_voided_rolls_up_to_nothing(warehouse: Warehouse) -> None:
     when = START + timedelta(minutes=5)
     warehouse.insert_rated(RATED_EVENTS, [_row("alice", "only", when, Decimal(3), 30)], dedupe_token="first")
-    _refresh(warehouse)
+    warehouse.refresh_rollups()
     assert _rollup(warehouse, "usage_hourly") == {("alice", _bucket(when, "usage_hourly")): (1, 30, Decimal(3))}
     warehouse.insert_rated(RATED_EVENTS, [_row("alice", "only", when, Decimal(3), 30, revision=1, deleted=1)],
                            dedupe_token="void")
-    _refresh(warehouse)
+    warehouse.refresh_rollups()
     assert _rollup(warehouse, "usage_hourly") == {}
     assert _rollup(warehouse, "usage_daily") == {}

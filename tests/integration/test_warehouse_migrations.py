@@ -8,6 +8,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import pytest
+
 from meterline.schemas.rated import RATED_COLUMNS, RATED_FIELDS
 from meterline.settings import Settings
 from meterline.sinks import Warehouse
@@ -128,4 +130,60 @@ def test_a_warehouse_at_version_3_gets_the_corrections_engine_and_keeps_its_rows
                                dedupe_token=item["status"] + str(item["revision"]))
     assert [r for (r,) in warehouse.query((f"SELECT request_id FROM {queries.RATED_EVENTS} FINAL ORDER BY request_id", {}))] \
         == ["r1", "r3"]
+    assert Warehouse(settings).migrated == []
+
+
+def _old_sorting_key_warehouse(settings: Settings, stopped: str) -> None:
+    """A warehouse at version 6 (rated_events sorted by user first), holding request ids r0..r4 with
+    r1 sent twice in two inserts; `stopped` says where an earlier run of migration 7 was cut off."""
+    database, client = settings.clickhouse_database, _connect(settings)
+    client.command(queries.create_database(database))
+    old_ddl = queries.create_table(database, queries.RATED_EVENTS, "org_id, user_id, request_id",
+                                   queries.RATED_EVENTS_ENGINE, queries.RATED_EVENTS_PARTITION)
+    for name, ddl in queries.create_tables(database).items():
+        client.command(old_ddl if name == queries.RATED_EVENTS else ddl)
+    for table in queries.ROLLUPS:
+        for statement in queries.create_rollup(database, table):
+            client.command(statement)
+    client.command(f"CREATE TABLE `{database}`.{MIGRATIONS_TABLE} (version UInt32, description String, "
+                   "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version")
+    client.command(f"INSERT INTO `{database}`.{MIGRATIONS_TABLE} (version, description) VALUES "
+                   + ", ".join(f"({version}, '')" for version in range(1, 7)))
+    when = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    row = dict.fromkeys(RATED_FIELDS, 0) | {
+        "org_id": "acme", "user_id": "u", "model": "m", "action": "", "reported_cost_usd": None,
+        "provider_cost_usd": Decimal(0), "credit_rule": "tokens", "price_version": "v", "source": "s",
+        "metadata": {}, "status": "applied", "processed_at": when, "plan": "free", "cycle_start": when, "late": False}
+    def rows(numbers: range) -> list[list[object]]:
+        return [[{**row, "request_id": f"r{n}", "credits": Decimal(n), "event_time": when.replace(day=1 + n)}[name]
+                 for name in RATED_FIELDS] for n in numbers]
+    client.insert(queries.RATED_EVENTS, rows(range(0, 3)), column_names=list(RATED_FIELDS), database=database)
+    client.insert(queries.RATED_EVENTS, rows(range(1, 5)), column_names=list(RATED_FIELDS), database=database)
+    if stopped == "while copying":  # a new table with part of the rows
+        client.command(queries.create_rated_events(database, f"{queries.RATED_EVENTS}_next"))
+        client.insert(f"{queries.RATED_EVENTS}_next", rows(range(0, 1)), column_names=list(RATED_FIELDS), database=database)
+    elif stopped == "between the renames":  # the copy done, the old table renamed away, the new one not yet renamed
+        client.command(queries.create_rated_events(database, f"{queries.RATED_EVENTS}_next"))
+        client.command(f"INSERT INTO `{database}`.{queries.RATED_EVENTS}_next SELECT * FROM `{database}`.{queries.RATED_EVENTS}")
+        client.command(f"RENAME TABLE `{database}`.{queries.RATED_EVENTS} TO `{database}`.{queries.RATED_EVENTS}_previous")
+
+
+@pytest.mark.parametrize("stopped", ["not started", "while copying", "between the renames"])
+def test_a_warehouse_at_version_6_is_sorted_by_day_and_keeps_its_rows_once(make_settings: Callable[..., Settings],
+                                                                           stopped: str) -> None:
+    settings = make_settings(clickhouse_database=f"v6_{uuid.uuid4().hex[:8]}")
+    _old_sorting_key_warehouse(settings, stopped)
+
+    warehouse = Warehouse(settings)
+    assert [migration.version for migration in warehouse.migrated] == [7]
+    (order,) = warehouse.query(("SELECT sorting_key FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                                {"db": settings.clickhouse_database, "t": queries.RATED_EVENTS}))[0]
+    assert order == "org_id, toDate(event_time), user_id, request_id"
+    assert warehouse.query((f"SELECT request_id, credits FROM {queries.RATED_EVENTS} FINAL ORDER BY request_id", {})) \
+        == [(f"r{n}", Decimal(n)) for n in range(5)]  # r1's second copy still counted once
+    tables = {name for (name,) in warehouse.query(("SELECT name FROM system.tables WHERE database = {db:String}",
+                                                   {"db": settings.clickhouse_database}))}
+    assert not {f"{queries.RATED_EVENTS}_next", f"{queries.RATED_EVENTS}_previous"} & tables  # nothing left over
+    warehouse.refresh_rollups()  # the rollups' views read the new table by its name
+    assert warehouse.query(("SELECT sum(credits), sum(events) FROM usage_daily FINAL", {})) == [(Decimal(10), 5)]
     assert Warehouse(settings).migrated == []

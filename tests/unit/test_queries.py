@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS `db`.rated_events (
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree(revision, deleted)
 PARTITION BY toYYYYMM(event_time)
-ORDER BY (org_id, user_id, request_id)
+ORDER BY (org_id, toDate(event_time), user_id, request_id)
 SETTINGS non_replicated_deduplication_window = 10000"""
 
 
@@ -63,7 +63,9 @@ def test_tables_dedupe_counted_events_on_org_user_and_request_id():
     assert "`db`.rated_events (" in rated
     # The latest revision of a request id is kept, and dropped when it is a void.
     assert "ENGINE = ReplacingMergeTree(revision, deleted)\nPARTITION BY toYYYYMM(event_time)\n" in rated
-    assert "ORDER BY (org_id, user_id, request_id)\n" in rated
+    # The identity is (org, user, request id); the event's day, the same for every version of a
+    # request id, sits before the user so recent inserts overlap only recent days.
+    assert "ORDER BY (org_id, toDate(event_time), user_id, request_id)\n" in rated
     assert "non_replicated_deduplication_window" in rated
     # Re-sent copies are kept one row per (id, where it was received): every copy stays auditable.
     assert "`db`.usage_duplicates (" in duplicates
