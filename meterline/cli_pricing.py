@@ -234,7 +234,7 @@ def _preview(settings: SdkSettings, args: argparse.Namespace) -> int:
 def _invoice_json(invoice: Invoice) -> dict[str, Any]:
     return {"plan": invoice.plan, "credits_used": invoice.credits_used,
             "cycle": None if invoice.cycle is None else {"start": invoice.cycle.start.isoformat(), "end": invoice.cycle.end.isoformat()},
-            "lines": [asdict(line) for line in invoice.lines], "subtotal": invoice.subtotal, "total": invoice.total,
+            "lines": [line._asdict() for line in invoice.lines], "subtotal": invoice.subtotal, "total": invoice.total,
             "carry_out": [asdict(batch) for batch in invoice.carry_out],
             "grants_out": [asdict(grant) for grant in invoice.grants_out], "notes": list(invoice.notes)}
 

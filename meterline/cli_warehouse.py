@@ -153,8 +153,9 @@ def _losses(settings: Settings, args: argparse.Namespace) -> int:
     from meterline.sinks.reports import negative_margins
 
     found, catalogue, at = _cycle_usage(settings, args)
-    _print([loss.as_row() for loss in negative_margins(found, catalogue)],
-           f"org {args.org}: who costs more than they pay in the cycle containing {at.isoformat()}", args.format)
+    _print([loss.as_row() for loss in negative_margins(found, catalogue, args.limit)],
+           f"org {args.org}: the {args.limit} largest losses, who costs more than they pay in the cycle containing "
+           f"{at.isoformat()}", args.format)
     return 0
 
 
@@ -228,6 +229,7 @@ def register(commands: Any) -> None:
         parser.add_argument("--at", type=instant_argument, help="the cycle containing this instant (default: now)")
         parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
         parser.set_defaults(run=_reporting_errors(run))
+    losses.add_argument("--limit", type=_limit, default=20)
     for parser, run in ((distribution, _distribution), (heavy, _heavy_users), (top, _top), (models, _models)):
         parser.add_argument("--org", help="one org only (default: every org's users)")
         parser.add_argument("--from", dest="start", type=instant_argument, help=f"ISO 8601 (default: --to minus {DEFAULT_DAYS} days)")

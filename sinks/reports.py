@@ -13,19 +13,20 @@ the cost at position floor(q * n) (0-based, the last one for q * n >= n - 1): Cl
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from meterline.pricing.catalogue import Catalogue
 from meterline.pricing.cycles import Cycle
-from meterline.pricing.invoice import compute_invoice
+from meterline.pricing.invoice import cycle_charge
 from meterline.schemas.subscription import Subscription, default_subscription
 from meterline.sinks.queries import RATED_EVENTS, Query
 from meterline.sinks.warehouse import Warehouse
-from meterline.subscriptions import billing_cycle, cycle_terms
+from meterline.subscriptions import CycleTermsOf, billing_cycle, cycle_terms
 
 LEVELS = (0.5, 0.9, 0.99, 0.999)
 
@@ -263,12 +264,13 @@ def spikes(warehouse: Warehouse, day: datetime, org_id: str | None = None, times
             for org, user, today, before, events in rows]
 
 
-@dataclass(frozen=True)
-class CycleUsage:
+class CycleUsage(NamedTuple):
     """One billing entity's current cycle: an org pooling its users, or one user on their own plan.
 
-    Revenue is the cycle's invoice total from the pricing domain (fee, prorated on a plan change,
-    plus overage), before grants and carried-over credits, which the warehouse does not hold yet.
+    A NamedTuple: a cycle report makes one per user (a frozen dataclass took 2.5 us of its 7).
+
+    Revenue is the cycle's charge from the pricing domain (fee, prorated on a plan change, plus
+    overage: `cycle_charge`), before grants and carried-over credits, which the warehouse does not hold yet.
     """
 
     entity: str  # "acme" (an org's pool) or "acme/alice"
@@ -301,22 +303,24 @@ class CycleUsage:
 
 def _usage_in(start: datetime, end: datetime, org_id: str, only: list[str] | None, excluded: list[str]) -> Query:
     users = " AND user_id IN {only:Array(String)}" if only is not None else " AND user_id NOT IN {excluded:Array(String)}"
-    sql = (f"SELECT user_id, count(), sum(credits), sum(input_tokens), sum(output_tokens), sum(provider_cost_usd) "
+    # Money as text: one row per user, and clickhouse-connect made a Decimal(76, 18) into a Decimal
+    # ~4x slower than Decimal() parses its text (0.2 s of 0.7 over 100,000 users).
+    sql = (f"SELECT user_id, count(), toString(sum(credits)), sum(input_tokens), sum(output_tokens), "
+           f"toString(sum(provider_cost_usd)) "
            f"FROM {RATED_EVENTS} FINAL WHERE org_id = {{org:String}} AND event_time >= {{start:DateTime64(3, 'UTC')}} "
            "AND event_time < {end:DateTime64(3, 'UTC')}" + users + " GROUP BY user_id ORDER BY user_id")
     return sql, {"org": org_id, "start": _stored(start), "end": _stored(end), "only": only or [], "excluded": excluded}
 
 
-def _entity(name: str, subscription: Subscription, catalogue: Catalogue, cycle: Cycle,
-            rows: list[Sequence[Any]]) -> CycleUsage:
-    """One entity's cycle from its users' usage rows (user, events, credits, input, output, cost)."""
-    of = cycle_terms(subscription, catalogue, cycle)
-    credits = sum((Decimal(row[2]) for row in rows), Decimal(0))
-    invoice = compute_invoice(of.plan_id, of.plan, credits, cycle=cycle, terms=of.terms)
-    return CycleUsage(name, of.plan_id, cycle.start, cycle.end, len(rows), sum(int(row[1]) for row in rows), credits,
-                      sum(int(row[3]) for row in rows), sum(int(row[4]) for row in rows),
-                      sum((Decimal(row[5]) for row in rows), Decimal(0)), of.terms.included_credits, invoice.beyond_allowance,
-                      invoice.total, of.note)
+def _entity(name: str, of: CycleTermsOf, cycle: Cycle, rows: list[Sequence[Any]]) -> CycleUsage:
+    """One entity's cycle on its terms (`cycle_terms`), from its users' usage rows (user, events,
+    credits, input, output, cost)."""
+    _users, events, credits, input_tokens, output_tokens, cost = list(zip(*rows)) or [()] * 6  # no rows: no usage
+    credits = sum(map(Decimal, credits), Decimal(0))
+    beyond, revenue = cycle_charge(of.terms, credits)
+    return CycleUsage(name, of.plan_id, cycle.start, cycle.end, len(rows), sum(events), credits, sum(input_tokens),
+                      sum(output_tokens), sum(map(Decimal, cost), Decimal(0)), of.terms.included_credits, beyond, revenue,
+                      of.note)
 
 
 def cycle_usage(warehouse: Warehouse, org_id: str, subscriptions: dict[str, Subscription], catalogue: Catalogue,
@@ -330,16 +334,17 @@ def cycle_usage(warehouse: Warehouse, org_id: str, subscriptions: dict[str, Subs
     found: list[CycleUsage] = []
     if pool is not None and pool.since <= at:
         cycle = billing_cycle(pool, catalogue, at)
-        found.append(_entity(org_id, pool, catalogue, cycle,
+        found.append(_entity(org_id, cycle_terms(pool, catalogue, cycle), cycle,
                              warehouse.query(_usage_in(cycle.start, cycle.end, org_id, None, sorted(own)))))
     else:
         default = default_subscription(org_id, None, default_plan)
         cycle = billing_cycle(default, catalogue, at)
+        of = cycle_terms(default, catalogue, cycle)  # the same for every user on it
         for row in warehouse.query(_usage_in(cycle.start, cycle.end, org_id, None, sorted(own))):
-            found.append(_entity(f"{org_id}/{row[0]}", default, catalogue, cycle, [row]))
+            found.append(_entity(f"{org_id}/{row[0]}", of, cycle, [row]))
     for user, subscription in sorted(own.items()):
         cycle = billing_cycle(subscription, catalogue, at)
-        found.append(_entity(f"{org_id}/{user}", subscription, catalogue, cycle,
+        found.append(_entity(f"{org_id}/{user}", cycle_terms(subscription, catalogue, cycle), cycle,
                              warehouse.query(_usage_in(cycle.start, cycle.end, org_id, [user], []))))
     return found
 
@@ -356,18 +361,20 @@ class Loss:
                 "suggestion": self.suggestion}
 
 
-def negative_margins(usages: list[CycleUsage], catalogue: Catalogue) -> list[Loss]:
+def negative_margins(usages: list[CycleUsage], catalogue: Catalogue, limit: int | None = None) -> list[Loss]:
     """The entities of a cycle report (`cycle_usage`) that cost more than they pay, the largest loss
-    first; each suggested the plan whose invoice for the same credits is the lowest that covers
-    the cost, else a rate limit (no plan pays for this usage)."""
+    first (the `limit` largest, or all); each suggested the plan whose invoice for the same credits
+    is the lowest that covers the cost, else a rate limit (no plan pays for this usage)."""
     from meterline.pricing.margin import plan_that_covers
 
+    losing = (usage for usage in usages if usage.provider_cost > usage.revenue)
+    def largest_loss_first(usage: CycleUsage) -> tuple[Decimal, str]:
+        return usage.revenue - usage.provider_cost, usage.entity
+    shown = sorted(losing, key=largest_loss_first) if limit is None else heapq.nsmallest(limit, losing, key=largest_loss_first)
     losses = []
-    for usage in usages:
-        if usage.provider_cost <= usage.revenue:
-            continue
+    for usage in shown:  # a suggestion prices every other plan: only for the losses shown
         interval = catalogue.plan(usage.plan).interval
         covering = plan_that_covers(catalogue, usage.credits, usage.provider_cost, interval, other_than=usage.plan)
         suggestion = RATE_LIMIT if covering is None else f"{MOVE_UP}: {covering[0]} (${covering[1]} this cycle)"
         losses.append(Loss(usage, suggestion))
-    return sorted(losses, key=lambda loss: (loss.usage.revenue - loss.usage.provider_cost, loss.usage.entity))
+    return losses

@@ -150,3 +150,6 @@ def test_losses_are_the_entities_that_cost_more_than_they_pay_with_the_plan_that
     # $29.00 against $40: enterprise bills $750 for 130 credits, the lowest that covers it.
     assert losses("pooled") == [("pooled", Decimal("11.00"), f"{MOVE_UP}: enterprise ($750.00 this cycle)")]
     assert losses("big") == [("big", Decimal(10000 - 750), "rate-limit")]
+    # With a limit, the largest losses only.
+    (largest,) = negative_margins(cycle_usage(warehouse, "free-org", subscriptions, catalogue, "free", at), catalogue, 1)
+    assert largest.usage.entity == "free-org/heavy"

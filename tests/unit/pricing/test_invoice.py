@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from meterline.pricing.catalogue import Catalogue
 from meterline.pricing.cycles import BillingSchedule
 from meterline.pricing.exceptions import PricingError
-from meterline.pricing.invoice import CarriedCredits, Grant, Invoice, compute_invoice
+from meterline.pricing.invoice import CarriedCredits, Grant, Invoice, compute_invoice, cycle_charge
 from meterline.pricing.plans import Limits, Overage, Plan, Rollover
 from meterline.pricing.proration import CycleTerms, prorate_change
 
@@ -206,3 +206,17 @@ def test_credits_are_conserved(plan_: Plan, used: Decimal, carried: list[Carried
 
 def test_cycle_terms_of_a_plan(catalogue: Catalogue) -> None:
     assert CycleTerms.of(catalogue.plan("pro")).fee == D(20)
+
+
+@given(plan_=plans(), used=credits)
+def test_the_cycle_charge_is_the_invoice_without_carried_credits_or_grants(plan_: Plan, used: Decimal) -> None:
+    invoice = compute_invoice("p", plan_, used)
+    assert cycle_charge(CycleTerms.of(plan_), used) == (invoice.beyond_allowance, invoice.total)
+
+
+def test_the_cycle_charge_of_the_seed_example(catalogue: Catalogue) -> None:
+    # Pro with 130 credits used: $20 + 30 x $0.30; free, capped at 50 credits, charges nothing past them.
+    assert cycle_charge(CycleTerms.of(catalogue.plan("pro")), D(130)) == (D(30), D("29.00"))
+    assert cycle_charge(CycleTerms.of(catalogue.plan("free")), D(80)) == (D(30), D("0.00"))
+    with pytest.raises(PricingError, match=">= 0"):
+        cycle_charge(CycleTerms.of(catalogue.plan("pro")), D(-1))
