@@ -312,15 +312,20 @@ def _usage_in(start: datetime, end: datetime, org_id: str, only: list[str] | Non
     return sql, {"org": org_id, "start": _stored(start), "end": _stored(end), "only": only or [], "excluded": excluded}
 
 
-def _entity(name: str, of: CycleTermsOf, cycle: Cycle, rows: list[Sequence[Any]]) -> CycleUsage:
-    """One entity's cycle on its terms (`cycle_terms`), from its users' usage rows (user, events,
-    credits, input, output, cost)."""
-    _users, events, credits, input_tokens, output_tokens, cost = list(zip(*rows)) or [()] * 6  # no rows: no usage
-    credits = sum(map(Decimal, credits), Decimal(0))
+def _entity(name: str, of: CycleTermsOf, cycle: Cycle, users: int, events: int, credits: Decimal | str,
+            input_tokens: int, output_tokens: int, cost: Decimal | str) -> CycleUsage:
+    """One entity's cycle on its terms (`cycle_terms`), from its usage totals."""
+    credits = Decimal(credits)
     beyond, revenue = cycle_charge(of.terms, credits)
-    return CycleUsage(name, of.plan_id, cycle.start, cycle.end, len(rows), sum(events), credits, sum(input_tokens),
-                      sum(output_tokens), sum(map(Decimal, cost), Decimal(0)), of.terms.included_credits, beyond, revenue,
-                      of.note)
+    return CycleUsage(name, of.plan_id, cycle.start, cycle.end, users, events, credits, input_tokens, output_tokens,
+                      Decimal(cost), of.terms.included_credits, beyond, revenue, of.note)
+
+
+def _totals(rows: list[Sequence[Any]]) -> tuple[int, int, Decimal, int, int, Decimal]:
+    """The usage totals of an entity's users, from their rows (user, events, credits, input, output, cost)."""
+    _users, events, credits, input_tokens, output_tokens, cost = list(zip(*rows)) or [()] * 6  # no rows: no usage
+    return (len(rows), sum(events), sum(map(Decimal, credits), Decimal(0)), sum(input_tokens), sum(output_tokens),
+            sum(map(Decimal, cost), Decimal(0)))
 
 
 def cycle_usage(warehouse: Warehouse, org_id: str, subscriptions: dict[str, Subscription], catalogue: Catalogue,
@@ -335,17 +340,17 @@ def cycle_usage(warehouse: Warehouse, org_id: str, subscriptions: dict[str, Subs
     if pool is not None and pool.since <= at:
         cycle = billing_cycle(pool, catalogue, at)
         found.append(_entity(org_id, cycle_terms(pool, catalogue, cycle), cycle,
-                             warehouse.query(_usage_in(cycle.start, cycle.end, org_id, None, sorted(own)))))
+                             *_totals(warehouse.query(_usage_in(cycle.start, cycle.end, org_id, None, sorted(own))))))
     else:
         default = default_subscription(org_id, None, default_plan)
         cycle = billing_cycle(default, catalogue, at)
         of = cycle_terms(default, catalogue, cycle)  # the same for every user on it
-        for row in warehouse.query(_usage_in(cycle.start, cycle.end, org_id, None, sorted(own))):
-            found.append(_entity(f"{org_id}/{row[0]}", of, cycle, [row]))
+        for user, *usage in warehouse.query(_usage_in(cycle.start, cycle.end, org_id, None, sorted(own))):
+            found.append(_entity(f"{org_id}/{user}", of, cycle, 1, *usage))
     for user, subscription in sorted(own.items()):
         cycle = billing_cycle(subscription, catalogue, at)
         found.append(_entity(f"{org_id}/{user}", cycle_terms(subscription, catalogue, cycle), cycle,
-                             warehouse.query(_usage_in(cycle.start, cycle.end, org_id, [user], []))))
+                             *_totals(warehouse.query(_usage_in(cycle.start, cycle.end, org_id, [user], [])))))
     return found
 
 
