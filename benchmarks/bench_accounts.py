@@ -27,6 +27,7 @@ from rich.table import Table
 
 from meterline.pricing.catalogue import default_catalogue
 from meterline.pricing.rating import default_rater
+from meterline.benchmarks.results import Figure
 from meterline.benchmarks.without_accounts import NoAccounts
 from meterline.processors.accounts import Accounts
 from meterline.processors.backfill import RecordReader
@@ -115,7 +116,8 @@ def read_back_latencies(reads: int = 300) -> list[float]:
     return sorted(latencies)
 
 
-def main() -> None:
+def main(quick: bool = False) -> list[Figure]:
+    runs = 1 if quick else RUNS
     with console.status(f"making {EVENTS:,} events for {USERS:,} users..."):
         records = make_records()
         corrections = make_corrections(records)
@@ -123,26 +125,31 @@ def main() -> None:
     contenders = {"with accounts (the worker)": lambda: Accounts(catalogue, "free", {}),
                   "without accounts (ceiling)": lambda: NoAccounts(catalogue, "free", {})}
     timings: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
-    for number in range(RUNS):
+    for number in range(runs):
         for name, make in contenders.items():
-            with console.status(f"run {number + 1}/{RUNS}: {name}..."):
+            with console.status(f"run {number + 1}/{runs}: {name}..."):
                 timings[name].append(run(make(), records, corrections))
     table = Table(title=f"BatchProcessor.process: {EVENTS:,} events in batches of {BATCH:,}, then {CORRECTIONS:,} amends; "
-                        f"{RUNS} alternating runs, medians")
+                        f"{runs} alternating runs, medians")
     for column in ("contender", "µs per event", "events/s", "vs without accounts", "µs per correction"):
         table.add_column(column, justify="left" if column == "contender" else "right")
     ceiling = [per_event for per_event, _ in timings["without accounts (ceiling)"]]
-    for name, runs in timings.items():
-        per_event = statistics.median(e for e, _ in runs)
-        ratio = statistics.median(base / own for (own, _), base in zip(runs, ceiling))
+    figures = []
+    for name, series in timings.items():
+        per_event = statistics.median(e for e, _ in series)
+        ratio = statistics.median(base / own for (own, _), base in zip(series, ceiling))
         table.add_row(name, f"{per_event * 1e6:.1f}", f"{1 / per_event:,.0f}", f"{ratio:.2f}x",
-                      f"{statistics.median(c for _, c in runs) * 1e6:.1f}")
+                      f"{statistics.median(c for _, c in series) * 1e6:.1f}")
+        figures.append(Figure(f"batch processing, {name}", 1 / per_event, "events/s", "without accounts", ratio))
     console.print(table)
     console.print("The worker's whole rate (Kafka, Faust, changelogs) is `python -m meterline.benchmarks pipeline`.")
     with console.status("reading earlier records back from Kafka..."):
         latencies = read_back_latencies()
-    console.print(f"A correction reads its event back from Kafka: p50 {statistics.median(latencies) * 1e3:.1f} ms, "
-                  f"p99 {latencies[int(len(latencies) * 0.99)] * 1e3:.1f} ms per read ({len(latencies)} reads).")
+    p50, p99 = statistics.median(latencies), latencies[int(len(latencies) * 0.99)]
+    console.print(f"A correction reads its event back from Kafka: p50 {p50 * 1e3:.1f} ms, "
+                  f"p99 {p99 * 1e3:.1f} ms per read ({len(latencies)} reads).")
+    return [*figures, Figure("a correction's read back from Kafka, p50", p50 * 1e3, "ms"),
+            Figure("a correction's read back from Kafka, p99", p99 * 1e3, "ms")]
 
 
 if __name__ == "__main__":

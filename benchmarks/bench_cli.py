@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from meterline.benchmarks.installed import ROOT, install_checkout
+from meterline.benchmarks.results import Figure
 
 RUNS = 9
 LITELLM_MAP = ROOT / "tests" / "data" / "litellm" / "model_prices_and_context_window.json"
@@ -37,7 +38,8 @@ def _seconds(command: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(quick: bool = False) -> list[Figure]:
+    runs = 3 if quick else RUNS
     with tempfile.TemporaryDirectory() as scratch:
         bin_dir = install_checkout(Path(scratch), extras="cli") / "bin"
         meterline = str(bin_dir / "meterline")
@@ -59,21 +61,24 @@ def main() -> None:
             cases["pricing quote (full LiteLLM book, cached)"] = (quote_book, 0.5)
         times: dict[str, list[float]] = {name: [] for name in cases}
         floors: list[float] = []
-        for _ in range(RUNS):
+        for _ in range(runs):
             floors.append(_seconds(floor_command, env))
             for name, (command, _target) in cases.items():
                 times[name].append(_seconds(command, env))
     floor = statistics.median(floors)
-    print(f"CLI start-up, whole process, median of {RUNS} alternating runs; bare `python -c pass`: {floor:.3f} s")
+    print(f"CLI start-up, whole process, median of {runs} alternating runs; bare `python -c pass`: {floor:.3f} s")
     print(f"{'command':<44}{'median s':>10}{'vs python':>11}{'target s':>10}")
+    figures = []
     for name, (_command, target) in cases.items():
         median = statistics.median(times[name])
         ratio = statistics.median(own / base for own, base in zip(times[name], floors))
         print(f"{name:<44}{median:>10.3f}{ratio:>10.1f}x{target:>10.1f}  {'OK' if median <= target else 'MISSED'}")
+        figures.append(Figure(f"start-up: {name}", median, "s", "python -c pass", ratio, f"<= {target} s", median <= target))
     if cold is not None:
         print(f"{'pricing quote (full LiteLLM book, first run)':<44}{cold:>10.3f}   (parses the YAML, fills the cache)")
     else:
         print(f"(LiteLLM's map is not at {LITELLM_MAP}: run from a checkout for the full-book figure)")
+    return figures
 
 
 if __name__ == "__main__":

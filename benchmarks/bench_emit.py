@@ -32,6 +32,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
+from meterline.benchmarks.results import Figure
 from meterline.producers import Meter, build_event
 from meterline.producers.engine import producer_config
 from meterline.producers.encoder import EventEncoder
@@ -120,8 +121,9 @@ def _micro(calls: list[tuple[str, str, str, int, int]]) -> dict[str, float]:
     return {"fast encoder (emit)": fast, "pydantic build_event + to_json": schema}
 
 
-def main(seconds: float = 25.0) -> None:
-    """Run the comparison and print the table; `seconds` is informational (runs are fixed-size)."""
+def main(quick: bool = False) -> list[Figure]:
+    """Run the comparison, print the table, return the figures."""
+    runs = 3 if quick else RUNS
     settings: Settings = load_settings()
     stack_up(settings)
     topic = f"bench-emit-{os.getpid()}"
@@ -141,7 +143,7 @@ def main(seconds: float = 25.0) -> None:
         idiom.run(topic, messages[:5_000])
         rates: dict[str, list[float]] = {"SDK": [], "bare": [], "bare, on_delivery= per call": []}
         started = time.perf_counter()
-        for _ in range(RUNS):
+        for _ in range(runs):
             rates["SDK"].append(_run_sdk(meter, calls))
             rates["bare"].append(bare.run(topic, messages))
             rates["bare, on_delivery= per call"].append(idiom.run(topic, messages))
@@ -151,7 +153,7 @@ def main(seconds: float = 25.0) -> None:
     sdk = statistics.median(rates["SDK"])
     pairs = sorted(bare_rate / sdk_rate for sdk_rate, bare_rate in zip(rates["SDK"], rates["bare"], strict=True))
     ratio = statistics.median(pairs)
-    print(f"emit throughput: {EVENTS:,} events per run, {RUNS} runs per side alternating, {pinning}, "
+    print(f"emit throughput: {EVENTS:,} events per run, {runs} runs per side alternating, {pinning}, "
           f"{len(messages[0][1])} B/event, lz4, acks=all, idempotent; {wall:.1f} s")
     print(f"{'':<29}{'median ev/s':>12}{'us/event':>10}{'min':>10}{'max':>10}   runs")
     for name, series in rates.items():
@@ -166,3 +168,7 @@ def main(seconds: float = 25.0) -> None:
     print(f"SDK rate: {sdk:,.0f} ev/s (target >= {TARGET_RATE:,})  {'OK' if sdk >= TARGET_RATE else 'MISSED'}")
     for name, micros in micro.items():
         print(f"  encode only, {name}: {micros:.2f} us/event")
+    return [Figure("SDK emit", sdk, "events/s", "bare confluent-kafka produce", 1 / ratio, f">= {TARGET_RATE:,} events/s",
+                   sdk >= TARGET_RATE),
+            Figure("SDK cost per event vs bare produce", ratio, "x", "bare confluent-kafka produce", ratio,
+                   f"<= {TARGET_RATIO}x", ratio <= TARGET_RATIO)]

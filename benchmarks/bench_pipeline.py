@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meterline.auth import operator_key, org_key, resolve_secret
+from meterline.benchmarks.results import Figure
 from meterline.client import get_balance
 from meterline.pricing import Rater
 from meterline.processors.worker import spawn_worker
@@ -343,25 +344,33 @@ def _median_ratio(seconds: dict[str, list[float]], name: str, against: str) -> f
     return statistics.median(base / own for own, base in zip(seconds[name], seconds[against]))
 
 
-def main() -> None:
+def main(quick: bool = False) -> list[Figure]:
     settings = load_settings()
     stack_up(settings)
-    with console.status(f"filling a topic with {EVENTS:,} events..."):
-        topic, distinct = fill_topic(settings, EVENTS)
+    runs, events = (1, EVENTS // 4) if quick else (RUNS, EVENTS)
+    with console.status(f"filling a topic with {events:,} events..."):
+        topic, distinct = fill_topic(settings, events)
     seconds: dict[str, list[float]] = {name: [] for name in CONTENDERS}
-    for run in range(RUNS):
+    for run in range(runs):
         for name, contender in CONTENDERS.items():
-            with console.status(f"run {run + 1}/{RUNS}: {name}..."):
-                seconds[name].append(contender(settings, topic, EVENTS))
-    table = Table(title=f"dedupe + roll-up of {EVENTS:,} events ({distinct:,} distinct), {RUNS} alternating runs")
+            with console.status(f"run {run + 1}/{runs}: {name}..."):
+                seconds[name].append(contender(settings, topic, events))
+    table = Table(title=f"dedupe + roll-up of {events:,} events ({distinct:,} distinct), {runs} alternating runs")
     for column in ("contender", "median events/s", "runs (s)", "vs ceiling", "vs Faust do-nothing"):
         table.add_column(column, justify="left" if column == "contender" else "right")
+    figures = []
     for name, times in seconds.items():
-        table.add_row(name, f"{EVENTS / statistics.median(times):,.0f}", " ".join(f"{t:.1f}" for t in times),
+        table.add_row(name, f"{events / statistics.median(times):,.0f}", " ".join(f"{t:.1f}" for t in times),
                       f"{_median_ratio(seconds, name, 'bare loop (ceiling)'):.2f}x",
                       f"{_median_ratio(seconds, name, 'Faust do-nothing agent'):.2f}x")
+        for against in ("bare loop (ceiling)", "Faust do-nothing agent", "Quix Streams (peer)"):
+            if name.startswith("meterline"):
+                figures.append(Figure(f"dedupe + roll-up, {name}", events / statistics.median(times), "events/s",
+                                      against, _median_ratio(seconds, name, against)))
+        if not name.startswith("meterline"):
+            figures.append(Figure(f"dedupe + roll-up, {name}", events / statistics.median(times), "events/s"))
     console.print(table)
-    one_worker = EVENTS / statistics.median(seconds["meterline, 1 worker"])
+    one_worker = events / statistics.median(seconds["meterline, 1 worker"])
     sustained = statistics.median(SUSTAINED_RATES) if SUSTAINED_RATES else float("nan")
     console.print(f"1 -> 2 workers, whole run (the second joins late): "
                   f"{_median_ratio(seconds, 'meterline, 2 workers', 'meterline, 1 worker'):.2f}x; "
@@ -369,32 +378,45 @@ def main() -> None:
                   f"(runs: {' '.join(f'{rate:,.0f}' for rate in SUSTAINED_RATES)}), {sustained / one_worker:.2f}x one worker")
     console.print(f"1 worker, accounts on / off: "
                   f"{_median_ratio(seconds, 'meterline, 1 worker', 'meterline, 1 worker, accounts off'):.2f}x")
-    console.print(f"memory per remembered request id: {bytes_per_remembered_id():,.0f} bytes")
-    measure_freshness_cases(settings)
+    per_id = bytes_per_remembered_id()
+    console.print(f"memory per remembered request id: {per_id:,.0f} bytes")
+    figures += [Figure("2 workers once both process", sustained, "events/s", "meterline, 1 worker", sustained / one_worker),
+                Figure("memory per remembered request id", per_id, "bytes")]
+    if quick:  # one run of the two cases at 5,000/s polled
+        return figures + measure_freshness_cases(settings, 1, FRESHNESS_CASES[1:3])
+    return figures + measure_freshness_cases(settings)
 
 
-def measure_freshness_cases(settings: Settings) -> None:
-    """Every FRESHNESS_CASES case FRESHNESS_RUNS times, alternating; prints the medians."""
-    freshness: dict[tuple[int, int, bool], list[tuple[float, float, float, int, int]]] = {case: [] for case in FRESHNESS_CASES}
-    for run in range(FRESHNESS_RUNS):
-        for rate, workers, stream in FRESHNESS_CASES:
-            with console.status(f"freshness run {run + 1}/{FRESHNESS_RUNS}: {rate:,} events/s, {workers} worker(s), "
+def measure_freshness_cases(settings: Settings, runs: int = FRESHNESS_RUNS,
+                            cases: tuple[tuple[int, int, bool], ...] = FRESHNESS_CASES) -> list[Figure]:
+    """Every case (events/s, workers, read as a stream) `runs` times, alternating; prints the medians and returns them."""
+    freshness: dict[tuple[int, int, bool], list[tuple[float, float, float, int, int]]] = {case: [] for case in cases}
+    for run in range(runs):
+        for rate, workers, stream in cases:
+            with console.status(f"freshness run {run + 1}/{runs}: {rate:,} events/s, {workers} worker(s), "
                                 f"{'stream' if stream else 'polled'}, {FRESHNESS_SECONDS} s..."):
                 latencies, probes = measure_freshness(settings, rate, workers, stream)
             if latencies:
                 freshness[(rate, workers, stream)].append((_percentile(latencies, 0.5), _percentile(latencies, 0.99),
                                                            max(latencies), len(latencies), probes))
-    table = Table(title=f"balance freshness: emit -> balance API, {FRESHNESS_RUNS} runs of {FRESHNESS_SECONDS} s, medians")
+    table = Table(title=f"balance freshness: emit -> balance API, {runs} runs of {FRESHNESS_SECONDS} s, medians")
     for column in ("events/s", "workers", "read by", "p50 ms", "p99 ms", "p99 per run (ms)", "max ms", "probes seen"):
         table.add_column(column, justify="right")
-    for (rate, workers, stream), runs in freshness.items():
-        if runs:
-            table.add_row(f"{rate:,}", str(workers), "stream" if stream else f"poll {POLL_SECONDS * 1000:g} ms",
-                          f"{statistics.median(r[0] for r in runs) * 1000:,.0f}",
-                          f"{statistics.median(r[1] for r in runs) * 1000:,.0f}",
-                          " ".join(f"{r[1] * 1000:,.0f}" for r in runs), f"{max(r[2] for r in runs) * 1000:,.0f}",
-                          f"{sum(r[3] for r in runs)} of {sum(r[4] for r in runs)}")
+    figures = []
+    for (rate, workers, stream), measured in freshness.items():
+        if measured:
+            p50, p99 = statistics.median(r[0] for r in measured), statistics.median(r[1] for r in measured)
+            read_by = "stream" if stream else f"poll {POLL_SECONDS * 1000:g} ms"
+            table.add_row(f"{rate:,}", str(workers), read_by, f"{p50 * 1000:,.0f}", f"{p99 * 1000:,.0f}",
+                          " ".join(f"{r[1] * 1000:,.0f}" for r in measured), f"{max(r[2] for r in measured) * 1000:,.0f}",
+                          f"{sum(r[3] for r in measured)} of {sum(r[4] for r in measured)}")
+            case = f"emit -> balance freshness at {rate:,}/s, {workers} worker(s), {read_by}"
+            target = rate == 5_000
+            figures += [Figure(f"{case}, p50", p50 * 1000, "ms"),
+                        Figure(f"{case}, p99", p99 * 1000, "ms", target="<= 1,000 ms at 5,000/s" if target else "",
+                               met=p99 <= 1 if target else None)]
     console.print(table)
+    return figures
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meterline.processors.accounts import Placement
+from meterline.benchmarks.results import Figure
 from meterline.producers import build_event
 from meterline.schemas.rated import rated_record, rated_row
 from meterline.settings import Settings, load_settings
@@ -120,16 +121,17 @@ def run_sink(settings: Settings, topic: str) -> float:
         return (ROWS - first_rows) / (done - first)
 
 
-def main() -> None:
+def main(quick: bool = False) -> list[Figure]:
     stack_up(load_settings())
     directory = tempfile.mkdtemp(prefix="meterline-bench-sink-")
     try:
-        measure(load_settings().model_copy(update={"chdb_path": Path(directory), "clickhouse_url": None}))
+        return measure(load_settings().model_copy(update={"chdb_path": Path(directory), "clickhouse_url": None}),
+                       runs=1 if quick else RUNS)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def measure(settings: Settings) -> None:
+def measure(settings: Settings, runs: int = RUNS) -> list[Figure]:
     with console.status(f"making {ROWS:,} rated records..."):
         topic, records = fill_rated_topic(settings)
         rows = [rated_row(record) for record in records]
@@ -142,19 +144,24 @@ def measure(settings: Settings) -> None:
         "meterline sink": lambda: run_sink(settings, topic),
     }
     rates: dict[str, list[float]] = {name: [] for name in contenders}
-    for run in range(RUNS):
+    for run in range(runs):
         for name, contender in contenders.items():
-            with console.status(f"run {run + 1}/{RUNS}: {name}..."):
+            with console.status(f"run {run + 1}/{runs}: {name}..."):
                 rates[name].append(contender())
-    table = Table(title=f"{ROWS:,} rated rows into embedded chDB, batches of {settings.sink_batch_size:,}, {RUNS} alternating runs")
+    table = Table(title=f"{ROWS:,} rated rows into embedded chDB, batches of {settings.sink_batch_size:,}, {runs} alternating runs")
     for column in ("contender", "median rows/s", "runs (rows/s)", "vs the ceiling"):
         table.add_column(column, justify="left" if column == "contender" else "right")
     ceiling = rates["bare JSON insert (ceiling)"]
-    for name, runs in rates.items():
-        ratio = statistics.median(own / base for own, base in zip(runs, ceiling))
-        table.add_row(name, f"{statistics.median(runs):,.0f}", " ".join(f"{rate:,.0f}" for rate in runs), f"{ratio:.2f}x")
+    figures = []
+    for name, series in rates.items():
+        ratio = statistics.median(own / base for own, base in zip(series, ceiling))
+        table.add_row(name, f"{statistics.median(series):,.0f}", " ".join(f"{rate:,.0f}" for rate in series), f"{ratio:.2f}x")
+        sink = name == "meterline sink"
+        figures.append(Figure(name, statistics.median(series), "rows/s", "bare JSON insert", ratio,
+                              ">= 100,000 rows/s" if sink else "", statistics.median(series) >= 100_000 if sink else None))
     console.print(table)
     console.print("target: the sink >= 100,000 rows/s")
+    return figures
 
 
 if __name__ == "__main__":

@@ -24,3 +24,32 @@ def test_a_misspelt_name_is_an_error_naming_it(capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit) as exit:
         main(["sink", "pipline"])
     assert exit.value.code == 2 and "'pipline'" in capsys.readouterr().err
+
+
+def test_a_run_writes_its_figures_and_the_machine_to_latest_json_and_md(
+        tmp_path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import types
+
+    from meterline.benchmarks.results import Figure
+
+    asked = []
+
+    def fake_main(quick: bool = False) -> list[Figure]:
+        asked.append(quick)
+        return [Figure("sink", 105_000.0, "rows/s", "bare insert", 0.69, ">= 100,000 rows/s", True),
+                Figure("not measured", float("nan"), "ms")]
+
+    monkeypatch.setattr(importlib, "import_module", lambda name: types.SimpleNamespace(main=fake_main))
+    monkeypatch.chdir(tmp_path)
+    assert main(["--quick", "sink", "reports"]) == 0
+    assert asked == [True, True]
+    record = json.loads((tmp_path / "bench/results/latest.json").read_text())
+    assert record["quick"] is True and record["machine"]["cores"] >= 1 and record["machine"]["memory_gib"] > 0
+    assert [(f["benchmark"], f["name"], f["value"], f["met"]) for f in record["figures"]] == [
+        ("sink", "sink", 105_000.0, True), ("sink", "not measured", None, None),
+        ("reports", "sink", 105_000.0, True), ("reports", "not measured", None, None)]
+    table = (tmp_path / "bench/results/latest.md").read_text()
+    assert "| sink | sink | 105,000 | rows/s | bare insert | 0.69x | >= 100,000 rows/s | yes |" in table
+    assert "| sink | not measured | - | ms |" in table
+    assert "benchmark 2/2: reports" in capsys.readouterr().out
