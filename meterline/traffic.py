@@ -6,6 +6,7 @@ demo draws users with Zipf weights and token counts from a log-normal.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,9 +28,11 @@ class SimulatedCall:
 def simulate(events: int, users: int, resend_ratio: float = 0.05, seed: int = 7) -> Iterator[SimulatedCall]:
     rng = random.Random(seed)
     user_ids = [f"user-{i:04d}" for i in range(users)]
-    weights = [1.0 / (rank + 1) ** 1.1 for rank in range(users)]
+    # Cumulative once: given plain weights, choices() sums all of them on every draw (100 us a call
+    # with 10,000 users, which capped a load generator at ~2,500 calls/s); the draws are the same.
+    cumulative = list(itertools.accumulate(1.0 / (rank + 1) ** 1.1 for rank in range(users)))
     for _ in range(events):
-        user = rng.choices(user_ids, weights)[0]
+        user = rng.choices(user_ids, cum_weights=cumulative)[0]
         resend = rng.random() < resend_ratio
         yield SimulatedCall(
             user_id=user,

@@ -53,3 +53,15 @@ def test_a_run_writes_its_figures_and_the_machine_to_latest_json_and_md(
     assert "| sink | sink | 105,000 | rows/s | bare insert | 0.69x | >= 100,000 rows/s | yes |" in table
     assert "| sink | not measured | - | ms |" in table
     assert "benchmark 2/2: reports" in capsys.readouterr().out
+
+
+def test_the_knee_is_the_first_step_whose_lag_grows_by_more_than_5_percent_of_its_load() -> None:
+    from meterline.benchmarks.bench_load import Step, knee
+
+    def step(offered: int, lag: int) -> Step:
+        return Step(offered, offered, offered, offered, lag, 0, 0.1, 0.2, 10)
+
+    # 10 s steps: 5 % of 1,000/s is 500 events, of 5,000/s 2,500.
+    assert knee([step(1_000, 400), step(5_000, 2_800), step(10_000, 90_000)], 10) == step(10_000, 90_000)
+    assert knee([step(1_000, 600), step(5_000, 700)], 10) == step(1_000, 600)
+    assert knee([step(1_000, 0), step(5_000, 100)], 10) is None
