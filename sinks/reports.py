@@ -372,9 +372,10 @@ def negative_margins(usages: list[CycleUsage], catalogue: Catalogue, limit: int 
     is the lowest that covers the cost, else a rate limit (no plan pays for this usage)."""
     from meterline.pricing.margin import plan_that_covers
 
-    losing = (usage for usage in usages if usage.provider_cost > usage.revenue)
     def largest_loss_first(usage: CycleUsage) -> tuple[Decimal, str]:
         return usage.revenue - usage.provider_cost, usage.entity
+
+    losing = (usage for usage in usages if usage.provider_cost > usage.revenue)
     shown = sorted(losing, key=largest_loss_first) if limit is None else heapq.nsmallest(limit, losing, key=largest_loss_first)
     losses = []
     for usage in shown:  # a suggestion prices every other plan: only for the losses shown
