@@ -175,7 +175,7 @@ def _beyond_allowance_line(terms: CycleTerms, beyond: Decimal) -> InvoiceLine:
 def cycle_charge(terms: CycleTerms, credits_used: Decimal) -> tuple[Decimal, Decimal]:
     """(credits beyond the allowance, amount due) of one cycle on `terms` with no carried credits and
     no grants: `compute_invoice`'s `beyond_allowance` and `total`, without making the invoice (a
-    cycle report prices one entity per user: 1 us instead of 8)."""
+    cycle report prices one entity per user: 1.6 us instead of 6.8)."""
     if credits_used < 0:
         raise PricingError(f"credits_used must be >= 0, got {credits_used}")
     beyond = credits_used - _take(credits_used, terms.included_credits)
