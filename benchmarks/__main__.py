@@ -7,10 +7,11 @@ latest.md (results.py).
 from __future__ import annotations
 
 import argparse
-import importlib
+import multiprocessing
 import pkgutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 
 from rich.console import Console
@@ -18,11 +19,18 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 import meterline.benchmarks as package
-from meterline.benchmarks.results import Figure, write
+from meterline.benchmarks.results import Figure, run_benchmark, write
 
 
 def benchmark_names() -> list[str]:
     return sorted(m.name.removeprefix("bench_") for m in pkgutil.iter_modules(package.__path__) if m.name.startswith("bench_"))
+
+
+def _in_fresh_process(name: str, quick: bool) -> list[Figure]:
+    """Each benchmark in a process of its own: chDB opens one data directory per process, and one
+    benchmark's threads, heap and producers would weigh on the next one's figures."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run_benchmark, name, quick).result()
 
 
 def _where(console: Console, done: int, total: int, began: float, name: str) -> None:
@@ -49,13 +57,20 @@ def main(argv: list[str]) -> int:
     console = Console()
     started, began = datetime.now(timezone.utc), time.monotonic()
     figures: dict[str, list[Figure]] = {}
+    failed = []
     for done, name in enumerate(selected):
         _where(console, done, len(selected), began, name)
-        figures[name] = importlib.import_module(f"meterline.benchmarks.bench_{name}").main(quick=args.quick)
+        try:
+            figures[name] = _in_fresh_process(name, args.quick)
+        except Exception as error:  # noqa: BLE001 - one benchmark's failure is reported, the others still run
+            console.print(f"[red]benchmark {name} failed: {type(error).__name__}: {error}[/red]")
+            failed.append(name)
         path = write(started, args.quick, figures)  # after each one: a stopped run keeps what it measured
     console.rule()
     console.print(f"{len(selected)} benchmarks in {time.monotonic() - began:,.0f} s; figures in {path} and {path.with_suffix('.md')}")
-    return 0
+    if failed:
+        console.print(f"[red]failed: {', '.join(failed)}[/red]")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Each benchmark's `main(quick)` prints its own table and returns its headline fig
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -26,6 +27,11 @@ class Figure:
     ratio: float | None = None  # value / versus (rates: higher is better; times: lower is better)
     target: str = ""  # as the issue states it, e.g. ">= 100,000 rows/s"
     met: bool | None = None  # None: no target
+
+
+def run_benchmark(name: str, quick: bool) -> list[Figure]:
+    """Run `bench_<name>.main`: here, not in __main__.py, so a spawned process can find it."""
+    return importlib.import_module(f"meterline.benchmarks.bench_{name}").main(quick=quick)
 
 
 def machine() -> dict[str, object]:

@@ -40,7 +40,10 @@ def test_a_run_writes_its_figures_and_the_machine_to_latest_json_and_md(
         return [Figure("sink", 105_000.0, "rows/s", "bare insert", 0.69, ">= 100,000 rows/s", True),
                 Figure("not measured", float("nan"), "ms")]
 
+    import meterline.benchmarks.__main__ as runner
+
     monkeypatch.setattr(importlib, "import_module", lambda name: types.SimpleNamespace(main=fake_main))
+    monkeypatch.setattr(runner, "_in_fresh_process", runner.run_benchmark)  # the fake lives in this process only
     monkeypatch.chdir(tmp_path)
     assert main(["--quick", "sink", "reports"]) == 0
     assert asked == [True, True]
@@ -65,3 +68,21 @@ def test_the_knee_is_the_first_step_whose_lag_grows_by_more_than_5_percent_of_it
     assert knee([step(1_000, 400), step(5_000, 2_800), step(10_000, 90_000)], 10) == step(10_000, 90_000)
     assert knee([step(1_000, 600), step(5_000, 700)], 10) == step(1_000, 600)
     assert knee([step(1_000, 0), step(5_000, 100)], 10) is None
+
+
+def test_a_failing_benchmark_is_reported_and_the_others_still_run(tmp_path, capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import meterline.benchmarks.__main__ as runner
+    from meterline.benchmarks.results import Figure
+
+    def fake(name: str, quick: bool) -> list[Figure]:
+        if name == "reports":
+            raise RuntimeError("chDB refused")
+        return [Figure("x", 1.0, "s")]
+
+    monkeypatch.setattr(runner, "_in_fresh_process", fake)
+    monkeypatch.chdir(tmp_path)
+    assert main(["reports", "sink"]) == 1
+    out = capsys.readouterr().out
+    assert "benchmark reports failed: RuntimeError: chDB refused" in out and "failed: reports" in out
+    assert "| sink | x |" in (tmp_path / "bench/results/latest.md").read_text()
