@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from meterline.auth import org_key, resolve_secret
-from meterline.benchmarks.results import RESULTS_DIR, Figure
-from meterline.client import get_balance
+from meterline.benchmarks.probes import ProbeWatch
+from meterline.benchmarks.results import RESULTS_DIR, Figure, percentile
 from meterline.processors.worker import spawn_worker
 from meterline.producers import Meter
 from meterline.settings import Settings, load_settings
@@ -90,42 +90,6 @@ class Offsets:
         self._consumer.close()
 
 
-class ProbeWatch:
-    """Polls the probe user's balance; a probe's freshness is its emit -> the first answer counting it."""
-
-    def __init__(self, settings: Settings):
-        self._url, self._token = settings.worker_url, org_key(resolve_secret(settings), ORG)
-        self.emitted: list[float] = []
-        self.latencies: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _poll(self) -> None:
-        shown = 0
-        while not self._stop.is_set():
-            try:
-                count = get_balance(self._url, self._token, ORG, PROBE)["events"]
-            except OSError:
-                count = shown
-            now = time.monotonic()
-            while shown < min(count, len(self.emitted)):
-                self.latencies.append(now - self.emitted[shown])
-                shown += 1
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 def _emit_step(meter: Meter, rate: int, seconds: float, probes: ProbeWatch, calls, sent: list[str]) -> float:  # type: ignore[no-untyped-def]
     """Emit at `rate` for `seconds`; return the rate reached."""
     began, total, i = time.monotonic(), int(rate * seconds), 0
@@ -153,7 +117,8 @@ def run_steps(settings: Settings, steps: tuple[int, ...], seconds: float) -> lis
                for port in [settings.worker_port] + [free_port() for _ in range(WORKERS - 1)]]
     sink = multiprocessing.get_context("spawn").Process(target=_run_sink, args=(settings,), daemon=True)
     sink.start()
-    offsets, probes = Offsets(settings), ProbeWatch(settings)
+    offsets = Offsets(settings)
+    probes = ProbeWatch(settings.worker_url, org_key(resolve_secret(settings), ORG), ORG, PROBE)
     found = []
     try:
         with Meter(settings) as meter:
@@ -176,7 +141,7 @@ def run_steps(settings: Settings, steps: tuple[int, ...], seconds: float) -> lis
                     produced = offsets.end(settings.usage_topic)
                 latencies = probes.latencies[before[3]:]
                 found.append(Step(rate, emitted, (rated - before[1]) / (now - before[0]), (stored - before[2]) / (now - before[0]),
-                                  produced - rated, rated - stored, _percentile(latencies, 0.5), _percentile(latencies, 0.99),
+                                  produced - rated, rated - stored, percentile(latencies, 0.5), percentile(latencies, 0.99),
                                   len(latencies)))
     finally:
         probes.stop()

@@ -24,7 +24,6 @@ import signal
 import subprocess
 import statistics
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -38,7 +37,8 @@ from rich.console import Console
 from rich.table import Table
 
 from meterline.auth import operator_key, org_key, resolve_secret
-from meterline.benchmarks.results import Figure
+from meterline.benchmarks.probes import POLL_SECONDS, ProbeWatch
+from meterline.benchmarks.results import Figure, percentile
 from meterline.client import get_balance
 from meterline.pricing import Rater
 from meterline.processors.worker import spawn_worker
@@ -59,8 +59,6 @@ FRESHNESS_CASES = ((500, 1, False), (5_000, 1, False), (5_000, 2, False), (500, 
 FRESHNESS_SECONDS = 15
 FRESHNESS_RUNS = 3
 EMIT_TICK_SECONDS = 0.002
-# How often the probe's balance is read: the latency's resolution; each read costs a worker ~0.5 ms of CPU.
-POLL_SECONDS = 0.01
 console = Console()
 
 
@@ -231,42 +229,7 @@ def measure_freshness(settings: Settings, rate: int, workers: int = 1, stream: b
     with ThreadPoolExecutor(workers) as pool:  # started together: one assignment shares the partitions
         processes = list(pool.map(spawn_worker, every))
     token = org_key(resolve_secret(fresh), "fresh")
-    emitted: list[float] = []
-    latencies: list[float] = []
-    done = threading.Event()
-
-    def seen(count: int, shown: int) -> int:
-        """The probe's balance now counts `count` events: each newly shown probe's latency is now."""
-        now = time.monotonic()
-        while shown < min(count, len(emitted)):
-            latencies.append(now - emitted[shown])
-            shown += 1
-        return shown
-
-    def poll() -> None:
-        shown = 0
-        while not done.is_set() or shown < len(emitted):
-            try:
-                count = get_balance(fresh.worker_url, token, "fresh", "probe")["events"]
-            except OSError:
-                count = shown
-            shown = seen(count, shown)
-            if done.is_set() and time.monotonic() - stop_at > 30:
-                return
-            time.sleep(POLL_SECONDS)
-
-    def read_stream() -> None:
-        url = f"{fresh.worker_url}/v1/orgs/fresh/users/probe/balance/stream"  # urllib follows the 307 to the owner
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-        shown = 0
-        with urllib.request.urlopen(request, timeout=30) as response:
-            for line in response:
-                if line.startswith(b"data: "):
-                    shown = seen(json.loads(line[6:]).get("events", shown), shown)
-                if done.is_set() and (shown >= len(emitted) or time.monotonic() - stop_at > 30):
-                    return
-
-    stop_at = float("inf")
+    watch = ProbeWatch(fresh.worker_url, token, "fresh", "probe", stream)
     try:
         while True:  # wait until the worker owns its partitions
             try:
@@ -274,8 +237,7 @@ def measure_freshness(settings: Settings, rate: int, workers: int = 1, stream: b
                 break
             except OSError:
                 time.sleep(0.2)
-        poller = threading.Thread(target=read_stream if stream else poll)
-        poller.start()
+        watch.start()
         with Meter(fresh) as meter:
             # Connected first: a new producer's metadata and producer-id requests took the first
             # probes ~0.5 s, which is the SDK's start-up, not the pipeline's freshness.
@@ -289,26 +251,19 @@ def measure_freshness(settings: Settings, rate: int, workers: int = 1, stream: b
                 for i in range(i, due):
                     if i % 50 == 0:
                         meter.emit("fresh", "probe", "gpt-4o-mini", 100, 10)
-                        emitted.append(time.monotonic())
+                        watch.emitted.append(time.monotonic())
                     else:
                         meter.emit("fresh", f"user-{i % USERS}", "gpt-4o-mini", 100, 10)
                 i = due
                 time.sleep(EMIT_TICK_SECONDS)
-            stop_at = time.monotonic()
-            done.set()
-            poller.join(60)
+            watch.stop(grace=30)
     finally:
-        done.set()
+        watch.stop()
         for process in processes:
             process.send_signal(signal.SIGTERM)
         for process in processes:
             process.wait(60)
-    return latencies, len(emitted)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return watch.latencies, len(watch.emitted)
 
 
 def bytes_per_remembered_id(ids: int = 200_000) -> float:
@@ -397,7 +352,7 @@ def measure_freshness_cases(settings: Settings, runs: int = FRESHNESS_RUNS,
                                 f"{'stream' if stream else 'polled'}, {FRESHNESS_SECONDS} s..."):
                 latencies, probes = measure_freshness(settings, rate, workers, stream)
             if latencies:
-                freshness[(rate, workers, stream)].append((_percentile(latencies, 0.5), _percentile(latencies, 0.99),
+                freshness[(rate, workers, stream)].append((percentile(latencies, 0.5), percentile(latencies, 0.99),
                                                            max(latencies), len(latencies), probes))
     table = Table(title=f"balance freshness: emit -> balance API, {runs} runs of {FRESHNESS_SECONDS} s, medians")
     for column in ("events/s", "workers", "read by", "p50 ms", "p99 ms", "p99 per run (ms)", "max ms", "probes seen"):

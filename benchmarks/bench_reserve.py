@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meterline.auth import org_key, resolve_secret
-from meterline.benchmarks.results import Figure
+from meterline.benchmarks.results import Figure, percentile
 from meterline.client import wait_until_serving
 from meterline.pricing.config import default_path
 from meterline.processors.worker import spawn_worker
@@ -121,11 +121,6 @@ def phase(kind: str, settings: Settings, token: str, seconds: float = PHASE_SECO
     for client in clients:
         client.join(30)
     return latencies, calls_per_second
-
-
-def percentile(values: list[float], level: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(level * len(ordered)))]
 
 
 def measure(settings: Settings, token: str, runs: int = RUNS) -> dict[str, list[tuple[float, float, float]]]:

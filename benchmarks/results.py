@@ -29,6 +29,12 @@ class Figure:
     met: bool | None = None  # None: no target
 
 
+def percentile(values: list[float], level: float) -> float:
+    """The value at `level` (0.99: p99) of those measured; NaN when none was."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(level * len(ordered)))] if ordered else float("nan")
+
+
 def run_benchmark(name: str, quick: bool) -> list[Figure]:
     """Run `bench_<name>.main`: here, not in __main__.py, so a spawned process can find it."""
     return importlib.import_module(f"meterline.benchmarks.bench_{name}").main(quick=quick)
