@@ -113,13 +113,13 @@ def run_ceiling(settings: Settings, topic: str, events: int) -> float:
     return elapsed if processed >= events else float("nan")
 
 
-def _get_json(url: str, token: str = "") -> dict[str, int]:
+def get_json(url: str, token: str = "") -> dict[str, int]:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())
 
 
-def _handled(stats: dict[str, int]) -> int:
+def handled(stats: dict[str, int]) -> int:
     return sum(stats[name] for name in ("applied", "duplicates", "conflicts", "replayed", "dead_lettered"))
 
 
@@ -151,7 +151,7 @@ def _time_children(children: list[tuple[subprocess.Popen[bytes], Callable[[], in
             child.wait(60)
 
 
-def _worker_settings(settings: Settings, topic: str, app_id: str) -> Settings:
+def worker_settings(settings: Settings, topic: str, app_id: str) -> Settings:
     return settings.model_copy(update={"usage_topic": topic, "app_id": app_id, "worker_port": free_port(),
                                        "rated_topic": f"{app_id}-rated", "dead_letter_topic": f"{app_id}-dlq"})
 
@@ -161,11 +161,11 @@ def run_meterline(settings: Settings, topic: str, events: int, workers: int = 1,
     """`workers` worker processes from a fresh state, sharing the topic's partitions."""
     app_id = f"bench-{uuid.uuid4().hex[:8]}"
     token = operator_key(resolve_secret(settings))
-    every = [_worker_settings(settings, topic, app_id) for _ in range(workers)]
+    every = [worker_settings(settings, topic, app_id) for _ in range(workers)]
     # Started together, so they share the partitions from the first assignment on.
     with ThreadPoolExecutor(workers) as pool:
         processes = list(pool.map(lambda one: spawn_worker(one, module=module), every))
-    children = [(process, lambda url=f"{one.worker_url}/v1/worker/stats": _handled(_get_json(url, token)))
+    children = [(process, lambda url=f"{one.worker_url}/v1/worker/stats": handled(get_json(url, token)))
                 for process, one in zip(processes, every)]
     return _time_children(children, events)
 
@@ -181,10 +181,10 @@ def run_without_accounts(settings: Settings, topic: str, events: int) -> float:
 
 def run_faust_noop(settings: Settings, topic: str, events: int) -> float:
     """A Faust agent that only counts, with the worker's Faust settings: the framework's ceiling."""
-    noop_settings = _worker_settings(settings, topic, f"bench-noop-{uuid.uuid4().hex[:8]}")
+    noop_settings = worker_settings(settings, topic, f"bench-noop-{uuid.uuid4().hex[:8]}")
     child = spawn_worker(noop_settings, module="meterline.benchmarks.faust_noop")
     url = f"{noop_settings.worker_url}/count"
-    return _time_children([(child, lambda: _get_json(url)["events"])], events)
+    return _time_children([(child, lambda: get_json(url)["events"])], events)
 
 
 def run_quix(settings: Settings, topic: str, events: int) -> float:
