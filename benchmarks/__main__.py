@@ -60,10 +60,13 @@ def main(argv: list[str]) -> int:
     failed = []
     for done, name in enumerate(selected):
         _where(console, done, len(selected), began, name)
+        one_began = time.monotonic()
         try:
             figures[name] = _in_fresh_process(name, args.quick)
+            console.print(f"benchmark {name}: {time.monotonic() - one_began:,.0f} s")
         except Exception as error:  # noqa: BLE001 - one benchmark's failure is reported, the others still run
-            console.print(f"[red]benchmark {name} failed: {type(error).__name__}: {error}[/red]")
+            console.print(f"[red]benchmark {name} failed after {time.monotonic() - one_began:,.0f} s: "
+                          f"{type(error).__name__}: {error}[/red]")
             failed.append(name)
         path = write(started, args.quick, figures)  # after each one: a stopped run keeps what it measured
     console.rule()

@@ -12,6 +12,7 @@ load (lag grew by more than 5 % of what was offered). Writes bench/results/load.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import tempfile
 import threading
@@ -26,11 +27,12 @@ from rich.table import Table
 
 from meterline.auth import org_key, resolve_secret
 from meterline.benchmarks.probes import ProbeWatch
+from meterline.benchmarks.profile import cpu_seconds, start_sampling, summarize
 from meterline.benchmarks.results import RESULTS_DIR, Figure, percentile
 from meterline.processors.worker import spawn_worker
 from meterline.producers import Meter
 from meterline.settings import Settings, load_settings
-from meterline.stack import ensure_topics, free_port, stack_up
+from meterline.stack import broker_status, ensure_topics, free_port, stack_up
 from meterline.traffic import simulate
 
 STEPS = (1_000, 2_000, 5_000, 10_000, 15_000, 20_000, 30_000)
@@ -44,6 +46,8 @@ PROBE = "probe"
 PROBE_EVERY = 50
 TICK_SECONDS = 0.005  # the emitter sends what is due each tick: a sleep per event would cost a core
 KNEE_LAG_SHARE = 0.05
+PROFILED_RATE = 10_000  # the step whose first worker py-spy samples: the rate the seeds ask for
+PROFILE_PATH = RESULTS_DIR / "profile-worker.txt"  # raw stacks: flamegraph.pl or speedscope draw them
 WARM_UP_RATE, WARM_UP_SECONDS = 500, 8.0  # not measured: group joins and the first rebalance
 console = Console()
 
@@ -59,6 +63,7 @@ class Step:
     freshness_p50: float  # s
     freshness_p99: float  # s
     probes: int
+    cores: dict[str, float]  # CPU seconds per wall second during the step, per part of the pipeline
 
 
 def _run_sink(settings: Settings) -> None:
@@ -117,6 +122,7 @@ def run_steps(settings: Settings, steps: tuple[int, ...], seconds: float) -> lis
                for port in [settings.worker_port] + [free_port() for _ in range(WORKERS - 1)]]
     sink = multiprocessing.get_context("spawn").Process(target=_run_sink, args=(settings,), daemon=True)
     sink.start()
+    PROFILE_PATH.unlink(missing_ok=True)  # a profile is this run's or none
     offsets = Offsets(settings)
     probes = ProbeWatch(settings.worker_url, org_key(resolve_secret(settings), ORG), ORG, PROBE)
     found = []
@@ -131,19 +137,28 @@ def run_steps(settings: Settings, steps: tuple[int, ...], seconds: float) -> lis
             with console.status("warming up: the workers share the partitions, the sink joins..."):
                 _emit_step(meter, WARM_UP_RATE, WARM_UP_SECONDS, probes, calls, sent)
                 meter.flush(30)
+            sampler = None
+            parts = {"emitter (SDK)": [os.getpid()], "workers": [worker.pid for worker in workers], "sink": [sink.pid],
+                     "broker": [broker_status(settings).pid or 0]}
             for rate in steps:
                 with console.status(f"offering {rate:,} events/s for {seconds:.0f} s..."):
+                    if rate == PROFILED_RATE:  # where a worker's time goes, at the rate the issue asks for
+                        sampler = start_sampling(workers[0].pid, seconds - 2, PROFILE_PATH)
+                    used = {part: sum(map(cpu_seconds, pids)) for part, pids in parts.items() if all(pids)}
                     before = (time.monotonic(), offsets.end(settings.rated_topic), offsets.committed(settings.rated_topic),
                               len(probes.latencies))
                     emitted = _emit_step(meter, rate, seconds, probes, calls, sent)
                     meter.flush(30)
                     now, rated, stored = time.monotonic(), offsets.end(settings.rated_topic), offsets.committed(settings.rated_topic)
+                    cores = {part: (sum(map(cpu_seconds, parts[part])) - was) / (now - before[0]) for part, was in used.items()}
                     produced = offsets.end(settings.usage_topic)
                 latencies = probes.latencies[before[3]:]
                 found.append(Step(rate, emitted, (rated - before[1]) / (now - before[0]), (stored - before[2]) / (now - before[0]),
                                   produced - rated, rated - stored, percentile(latencies, 0.5), percentile(latencies, 0.99),
-                                  len(latencies)))
+                                  len(latencies), cores))
     finally:
+        if sampler is not None:
+            sampler.wait(seconds + 30)
         probes.stop()
         offsets.close()
         sink.terminate()
@@ -230,4 +245,30 @@ def main(quick: bool = False) -> list[Figure]:
                     Figure(f"end to end at {s.offered:,}/s offered: freshness p99", s.freshness_p99 * 1000, "ms",
                            target="<= 1,000 ms at 5,000/s" if s.offered == 5_000 else "",
                            met=s.freshness_p99 <= 1 if s.offered == 5_000 else None)]
-    return figures
+    return figures + where_the_time_goes(measured)
+
+
+def where_the_time_goes(measured: list[Step]) -> list[Figure]:
+    """The CPU each part of the pipeline used at each step, and py-spy's sample of a worker."""
+    parts = list(measured[0].cores) if measured else []
+    table = Table(title=f"where the CPU goes: cores used per step, of {os.cpu_count()} (the broker, the emitter and "
+                        f"the sink share them with the workers)")
+    for column in ("offered", *parts, "total"):
+        table.add_column(column, justify="right")
+    for s in measured:
+        table.add_row(f"{s.offered:,}", *(f"{s.cores[part]:.2f}" for part in parts), f"{sum(s.cores.values()):.2f}")
+    console.print(table)
+    figures = [Figure(f"end to end at {s.offered:,}/s offered: cores used by the {part}", s.cores[part], "cores")
+               for s in measured if s.offered == PROFILED_RATE for part in parts]
+    if not PROFILE_PATH.exists():
+        console.print("no profile of a worker: py-spy is not installed, or could not attach")
+        return figures
+    samples, packages, functions = summarize(PROFILE_PATH)
+    table = Table(title=f"one worker at {PROFILED_RATE:,}/s offered: py-spy, {samples:,} samples on a CPU ({PROFILE_PATH})")
+    for column in ("own code of", "share", "meterline function (and what it calls)", "share"):
+        table.add_column(column, justify="right" if column == "share" else "left")
+    for (package, own), (function, within) in zip(packages, functions):
+        table.add_row(package, f"{own:.0%}", function, f"{within:.0%}")
+    console.print(table)
+    return figures + [Figure(f"a worker at {PROFILED_RATE:,}/s: CPU samples in {package}'s own code", own * 100, "%")
+                      for package, own in packages[:6]]

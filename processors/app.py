@@ -22,6 +22,7 @@ from faust.types import EventT, StreamT
 from meterline.auth import resolve_secret
 from meterline.pricing import Rater
 from meterline.pricing.money import EXACT
+from meterline.processors import tables
 from meterline.processors.accounts import Accounts, alert_record
 from meterline.processors.backfill import RecordReader, read_range
 from meterline.processors.batch import BatchProcessor, BatchResult, SourceRecord
@@ -390,20 +391,9 @@ class Engine:
             self.outbox.dead_letter(self.settings.dead_letter_topic, letter)
 
     def _persist(self, table: faust.Table, partition: int, key: bytes, value: bytes | None) -> None:
-        """One table write: to the outbox (the changelog, the truth) and to the in-memory store.
-
-        Not `table[key] = ...`, which would send one record per assignment outside any batch.
-        The store is updated as Faust's recovery would: `_key_partition` is how the memory
-        store drops a revoked partition's keys after a rebalance, so it is kept too.
-        """
+        """One table write: to the outbox (the changelog, the truth) and to the in-memory store."""
         self.outbox.put(table.changelog_topic.get_topic_name(), partition, key, value)
-        store = table.data
-        if value is None:
-            store.data.pop(key, None)
-            store._key_partition.pop(key, None)
-        else:
-            store.data[key] = value
-            store._key_partition[key] = partition
+        tables.put(table, partition, key, value)
 
     async def on_partitions_assigned(self, *_args: Any, **_kwargs: Any) -> None:
         # Another worker may have remembered or forgotten ids while it owned a partition.

@@ -21,6 +21,7 @@ from aiokafka.partitioner import murmur2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from meterline.pricing import PricingError, Rater
+from meterline.processors import tables
 from meterline.processors.accounts import Accounts
 from meterline.pricing.plans import Plan
 from meterline.processors.holds import Closed, Decision, Hold, Holds, Limits, Request, decide
@@ -225,9 +226,7 @@ class Enforcer:
         if partition is None:
             partition = user_partition(key, self.settings.partitions)
         value = holds.to_bytes()
-        store = self.table.data
-        store.data[key] = value
-        store._key_partition[key] = partition  # as Faust's recovery keeps it: a revoked partition's keys are dropped
+        tables.put(self.table, partition, key, value)
         return self.writer.put(self.table.changelog_topic.get_topic_name(), partition, key, value)
 
     def _count(self, decision: Decision) -> None:
