@@ -36,6 +36,7 @@ def start_sampling(pid: int, seconds: float, output: Path) -> subprocess.Popen[b
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+_ENTRY_MODULES = {"__main__", "worker"}  # the worker's start-up frames, under everything its event loop runs
 _PROJECT = Path(__file__).resolve().parents[1]  # an editable install runs the project's own folders
 
 
@@ -66,8 +67,9 @@ def summarize(raw: Path, top: int = 12) -> tuple[int, list[tuple[str, float]], l
         frames = [match for frame in stack.split(";") if (match := _FRAME.match(frame))]
         if not frames:
             continue
-        own[_part(frames[-1]["file"])] += count
-        ours = {f"{_part(m['file'])}.{m['function']}" for m in frames if _part(m["file"]).startswith("meterline")}
+        own[_part(frames[-1]["file"]) or "(no Python frame)"] += count
+        ours = {f"{Path(m['file']).stem}.{m['function']}" for m in frames
+                if _part(m["file"]).startswith("meterline") and Path(m["file"]).stem not in _ENTRY_MODULES}
         for function in ours:
             within[function] += count
     if not samples:
