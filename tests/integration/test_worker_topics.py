@@ -6,7 +6,7 @@ from meterline.processors.app import TABLES, changelog_topic
 from meterline.processors.worker import prepare_topics
 
 
-def test_changelogs_are_created_compacted_with_the_source_partition_count(make_settings):
+def test_changelogs_are_created_compacted_in_small_segments_with_the_source_partition_count(make_settings):
     settings = make_settings()
     prepare_topics(settings)
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
@@ -18,3 +18,5 @@ def test_changelogs_are_created_compacted_with_the_source_partition_count(make_s
         resource = ConfigResource(ConfigResource.Type.TOPIC, name)
         config = admin.describe_configs([resource])[resource].result(timeout=10)
         assert config["cleanup.policy"].value == "compact"
+        # Only closed segments are compacted, and a restart reads the rest whole.
+        assert int(config["segment.bytes"].value) <= 8 * 2**20 and int(config["segment.ms"].value) <= 3_600_000
