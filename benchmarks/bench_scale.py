@@ -39,8 +39,8 @@ from meterline.producers import build_event
 from meterline.settings import Settings, load_settings
 from meterline.stack import free_port, stack_up
 
-EVENTS, QUICK_EVENTS = 1_000_000, 200_000
-USERS, QUICK_USERS = (10_000, 1_000_000), (10_000, 200_000)
+EVENTS, QUICK_EVENTS = 1_000_000, 50_000
+USERS, QUICK_USERS = (10_000, 1_000_000), (1_000, 50_000)
 ORG = "scale"
 POLL_SECONDS = 0.05
 console = Console()

@@ -19,4 +19,4 @@ def test_changelogs_are_created_compacted_in_small_segments_with_the_source_part
         config = admin.describe_configs([resource])[resource].result(timeout=10)
         assert config["cleanup.policy"].value == "compact"
         # Only closed segments are compacted, and a restart reads the rest whole.
-        assert int(config["segment.bytes"].value) <= 8 * 2**20 and int(config["segment.ms"].value) <= 3_600_000
+        assert int(config["segment.bytes"].value) <= 2 * 2**20 and int(config["segment.ms"].value) <= 3_600_000
