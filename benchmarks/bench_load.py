@@ -38,7 +38,7 @@ from meterline.traffic import simulate
 STEPS = (1_000, 2_000, 5_000, 10_000, 15_000, 20_000, 30_000)
 QUICK_STEPS = (1_000, 5_000, 10_000)
 STEP_SECONDS = 20.0
-QUICK_STEP_SECONDS = 8.0
+QUICK_STEP_SECONDS = 5.0
 WORKERS = 2
 USERS = 10_000
 ORG = "load"

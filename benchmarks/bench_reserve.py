@@ -41,6 +41,7 @@ from meterline.traffic import simulate
 STREAM_RATE = 5_000
 RESERVE_RATE = 500
 PHASE_SECONDS = 10
+QUICK_PHASE_SECONDS = 4
 RUNS = 3
 CLIENTS = 4  # processes sharing RESERVE_RATE, as an app's replicas would: one Python client alone cannot offer it
 USERS = 1_000
@@ -123,27 +124,27 @@ def phase(kind: str, settings: Settings, token: str, seconds: float = PHASE_SECO
     return latencies, calls_per_second
 
 
-def measure(settings: Settings, token: str, runs: int = RUNS) -> dict[str, list[tuple[float, float, float]]]:
+def measure(settings: Settings, token: str, runs: int = RUNS, seconds: float = PHASE_SECONDS) -> dict[str, list[tuple[float, float, float]]]:
     results: dict[str, list[tuple[float, float, float]]] = {
         "balance read, under load": [], "reserve(), under load": [], "reserve(), no stream": []}
     context = multiprocessing.get_context("spawn")
     for run in range(runs):
-        stream = context.Process(target=emit_steadily, args=(settings, STREAM_RATE, 2 * PHASE_SECONDS + 15))
+        stream = context.Process(target=emit_steadily, args=(settings, STREAM_RATE, 2 * seconds + 15))
         stream.start()
         time.sleep(5)  # the stream at its rate first
         for kind, name in (("read", "balance read, under load"), ("reserve", "reserve(), under load")):
-            console.log(f"run {run + 1}/{runs}: {name}, {RESERVE_RATE}/s for {PHASE_SECONDS} s")
-            latencies, rate = phase(kind, settings, token)
+            console.log(f"run {run + 1}/{runs}: {name}, {RESERVE_RATE}/s for {seconds:g} s")
+            latencies, rate = phase(kind, settings, token, seconds)
             results[name].append((percentile(latencies, 0.5), percentile(latencies, 0.99), rate))
         stream.join(60)
-    console.log(f"reserve(), no stream, {RESERVE_RATE}/s for {PHASE_SECONDS} s")
-    latencies, rate = phase("reserve", settings, token)
+    console.log(f"reserve(), no stream, {RESERVE_RATE}/s for {seconds:g} s")
+    latencies, rate = phase("reserve", settings, token, seconds)
     results["reserve(), no stream"].append((percentile(latencies, 0.5), percentile(latencies, 0.99), rate))
     return results
 
 
 def main(quick: bool = False) -> list[Figure]:
-    runs = 1 if quick else RUNS
+    runs, seconds = (1, QUICK_PHASE_SECONDS) if quick else (RUNS, PHASE_SECONDS)
     base = load_settings()
     stack_up(base)
     run = uuid.uuid4().hex[:8]
@@ -157,12 +158,12 @@ def main(quick: bool = False) -> list[Figure]:
         try:
             token = org_key(resolve_secret(settings), ORG)
             wait_until_serving(settings.worker_url, token, ORG, timeout=120)
-            results = measure(settings, token, runs)
+            results = measure(settings, token, runs, seconds)
         finally:
             worker.terminate()
             worker.wait(timeout=60)
     baseline = results["balance read, under load"]
-    table = Table(title=f"reserve() round trip, {RESERVE_RATE}/s for {PHASE_SECONDS} s a phase, stream {STREAM_RATE:,} "
+    table = Table(title=f"reserve() round trip, {RESERVE_RATE}/s for {seconds:g} s a phase, stream {STREAM_RATE:,} "
                         f"events/s, {runs} alternating runs, medians (target: p99 <= 5 ms under load)")
     for column in ("call", "calls/s", "p50 ms", "p99 ms", "p99 per run (ms)", "p50 vs read", "p99 vs read"):
         table.add_column(column, justify="left" if column == "call" else "right")
