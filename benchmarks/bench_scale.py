@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meterline.auth import operator_key, org_key, resolve_secret
+from meterline.benchmarks.bench_load import Offsets
 from meterline.benchmarks.bench_pipeline import get_json, handled, worker_settings
 from meterline.benchmarks.results import Figure
 from meterline.client import get_balance
@@ -89,16 +90,6 @@ def on_disk(settings: Settings, topic: str) -> int:
     logs = settings.kafka_data_dir / "logs"
     # Only the segments: the broker preallocates each partition's index files (10 MiB apiece).
     return sum(file.stat().st_size for p in range(settings.partitions) for file in (logs / f"{topic}-{p}").glob("*.log"))
-
-
-def records(settings: Settings, topic: str) -> int:
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "scale-watermarks"})
-    try:
-        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(settings.partitions))
-    finally:
-        consumer.close()
 
 
 def wait_for(condition, deadline: float, what: str) -> float:  # type: ignore[no-untyped-def]
@@ -181,8 +172,12 @@ def measure(base: Settings, users: int, events: int, failover: bool = True) -> C
             join, waits = join_and_kill(first, topic, token, probes) if failover else (float("nan"), [])
         finally:
             _stop(survivor)
-    return Case(users, rate, start_up, memory, records(base, state), on_disk(base, state), records(base, ids), on_disk(base, ids),
-                recovery, memory_restored, join, waits)
+    offsets = Offsets(base)
+    try:
+        return Case(users, rate, start_up, memory, offsets.end(state), on_disk(base, state), offsets.end(ids), on_disk(base, ids),
+                    recovery, memory_restored, join, waits)
+    finally:
+        offsets.close()
 
 
 def join_and_kill(first: Settings, topic: str, token: str, probes: list[str]) -> tuple[float, list[float]]:

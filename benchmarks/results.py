@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -78,7 +79,23 @@ def markdown(started: datetime, quick: bool, figures: dict[str, list[Figure]], a
             ratio = "" if figure.ratio is None else f"{figure.ratio:.2f}x"
             lines.append(f"| {benchmark} | {figure.name} | {_number(figure.value)} | {figure.unit} | {figure.versus} | "
                          f"{ratio} | {figure.target} | {met} |")
+    missed = [(benchmark, figure) for benchmark, found in figures.items() for figure in found if figure.met is False]
+    if missed:
+        lines += ["", "## Targets missed", ""]
+        lines += [f"- {benchmark}: {figure.name}: {_number(figure.value)} {figure.unit} against {figure.target}"
+                  f"{shortfall(figure)}" for benchmark, figure in missed]
+        lines += ["", "Where the time goes: the load benchmark's tables of CPU per part and of a worker's py-spy "
+                      "sample (raw stacks in bench/results/profile-worker.txt)."]
     return "\n".join(lines) + "\n"
+
+
+def shortfall(figure: Figure) -> str:
+    """How far from its target a figure is, as a ratio to the target's number (none found: nothing)."""
+    bound = re.search(r"\d[\d,]*(\.\d+)?", figure.target)
+    if bound is None or not float(bound[0].replace(",", "")):
+        return ""
+    ratio = figure.value / float(bound[0].replace(",", ""))
+    return f" ({ratio:.2f}x the floor)" if figure.target.startswith(">=") else f" ({ratio:.2f}x the limit)"
 
 
 def write(started: datetime, quick: bool, figures: dict[str, list[Figure]], directory: Path = RESULTS_DIR) -> Path:

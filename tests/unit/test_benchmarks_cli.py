@@ -87,3 +87,20 @@ def test_a_failing_benchmark_is_reported_and_the_others_still_run(tmp_path, caps
     out = capsys.readouterr().out
     assert re.search(r"benchmark reports failed after \d+ s: RuntimeError: chDB refused", out) and "failed: reports" in out
     assert "| sink | x |" in (tmp_path / "bench/results/latest.md").read_text()
+
+
+def test_a_missed_target_is_listed_with_how_far_off_it_is() -> None:
+    from datetime import datetime, timezone
+
+    from meterline.benchmarks.results import Figure, markdown
+
+    figures = {"load": [Figure("sustained", 7_000.0, "events/s", target=">= 10,000 events/s", met=False),
+                        Figure("knee", 10_000.0, "events/s")],
+               "reserve": [Figure("p99", 30.0, "ms", target="<= 5 ms at 500/s", met=False),
+                           Figure("read p99", 2.0, "ms", target="<= 5 ms", met=True)]}
+    about = {"cores": 2, "memory_gib": 24, "cpu": "x", "python": "3.11"}
+    text = markdown(datetime(2026, 12, 3, tzinfo=timezone.utc), False, figures, about)
+    missed = text.split("## Targets missed", 1)[1]
+    assert "load: sustained: 7,000 events/s against >= 10,000 events/s (0.70x the floor)" in missed
+    assert "reserve: p99: 30.0 ms against <= 5 ms at 500/s (6.00x the limit)" in missed
+    assert "read p99" not in missed and "knee" not in missed
