@@ -257,7 +257,7 @@ USAGE_RETENTION_MARGIN_SECONDS = 7 * 86_400
 
 # Kafka compacts only closed segments. With its 1 GiB default a changelog's live segment held
 # millions of a busy worker's state writes, every one read back by a restart (Faust's recovery
-# reads ~10,000 records/s here: `python -m meterline.benchmarks scale`). A segment closes at
+# reads ~9,000 records/s here: `python -m meterline.benchmarks scale`). A segment closes at
 # 2 MiB (~7,000 state records) or after an hour, so a restart reads about the latest record per
 # key plus that tail of each partition.
 COMPACTED_TOPIC = {"cleanup.policy": "compact", "segment.bytes": str(2 * 2**20), "segment.ms": str(3_600_000)}
