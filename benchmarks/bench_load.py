@@ -236,7 +236,7 @@ def main(quick: bool = False) -> list[Figure]:
     console.print(f"plot: {path}")
     best = max((s.into_balances for s in measured if bend is None or s.offered < bend.offered), default=float("nan"))
     figures = [Figure("end to end, sustained into balances below the knee", best, "events/s", target=">= 10,000 events/s",
-                      met=best >= 10_000 and not quick),
+                      met=None if quick else best >= 10_000),  # a quick run's steps are too short to sustain
                Figure("end to end, the knee (offered events/s where lag starts to grow)",
                       float("nan") if bend is None else bend.offered, "events/s")]
     for s in measured:

@@ -174,10 +174,21 @@ def measure(base: Settings, users: int, events: int, failover: bool = True) -> C
             _stop(survivor)
     offsets = Offsets(base)
     try:
-        return Case(users, rate, start_up, memory, offsets.end(state), on_disk(base, state), offsets.end(ids), on_disk(base, ids),
+        found = Case(users, rate, start_up, memory, offsets.end(state), on_disk(base, state), offsets.end(ids), on_disk(base, ids),
                     recovery, memory_restored, join, waits)
     finally:
         offsets.close()
+    _delete_topics(base, f"bench-scale-{run}")
+    return found
+
+
+def _delete_topics(settings: Settings, prefix: str) -> None:
+    """The case's topics (the events, the changelogs, the rated records): gigabytes a later run's
+    broker would otherwise keep compacting beside what that run measures."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    names = [name for name in admin.list_topics(timeout=10).topics if name.startswith(prefix)]
+    for future in admin.delete_topics(names).values() if names else []:
+        future.result(30)
 
 
 def join_and_kill(first: Settings, topic: str, token: str, probes: list[str]) -> tuple[float, list[float]]:

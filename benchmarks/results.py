@@ -81,7 +81,7 @@ def markdown(started: datetime, quick: bool, figures: dict[str, list[Figure]], a
                          f"{ratio} | {figure.target} | {met} |")
     missed = [(benchmark, figure) for benchmark, found in figures.items() for figure in found if figure.met is False]
     if missed:
-        lines += ["", "## Targets missed", ""]
+        lines += ["", "## Targets missed" + (" (a quick run: rough figures, judge on a full one)" if quick else ""), ""]
         lines += [f"- {benchmark}: {figure.name}: {_number(figure.value)} {figure.unit} against {figure.target}"
                   f"{shortfall(figure)}" for benchmark, figure in missed]
         lines += ["", "Where the time goes: the load benchmark's tables of CPU per part and of a worker's py-spy "
