@@ -139,8 +139,7 @@ def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 
 def measure(base: Settings, users: int, events: int, failover: bool = True) -> Case:
-    run = uuid.uuid4().hex[:8]
-    topic, app_id = f"bench-scale-{run}", f"bench-scale-{run}"
+    topic = app_id = f"bench-scale-{uuid.uuid4().hex[:8]}"  # so the app's topics (changelogs, rated records) are named after it
     with console.status(f"{users:,} users: filling a topic with {events:,} events..."):
         fill_topic(base, topic, events, users)
     operator, token = operator_key(resolve_secret(base)), org_key(resolve_secret(base), ORG)
@@ -178,7 +177,7 @@ def measure(base: Settings, users: int, events: int, failover: bool = True) -> C
                     recovery, memory_restored, join, waits)
     finally:
         offsets.close()
-    _delete_topics(base, f"bench-scale-{run}")
+    _delete_topics(base, topic)
     return found
 
 
