@@ -28,7 +28,7 @@ from rich.table import Table
 from meterline.auth import org_key, resolve_secret
 from meterline.benchmarks.probes import ProbeWatch
 from meterline.benchmarks.profile import cpu_seconds, start_sampling, summarize
-from meterline.benchmarks.results import RESULTS_DIR, Figure, percentile
+from meterline.benchmarks.results import PROFILE_PATH, RESULTS_DIR, Figure, percentile
 from meterline.processors.worker import spawn_worker
 from meterline.producers import Meter
 from meterline.settings import Settings, load_settings
@@ -47,7 +47,6 @@ PROBE_EVERY = 50
 TICK_SECONDS = 0.005  # the emitter sends what is due each tick: a sleep per event would cost a core
 KNEE_LAG_SHARE = 0.05
 PROFILED_RATE = 10_000  # the step whose first worker py-spy samples: the rate the seeds ask for
-PROFILE_PATH = RESULTS_DIR / "profile-worker.txt"  # raw stacks: flamegraph.pl or speedscope draw them
 WARM_UP_RATE, WARM_UP_SECONDS = 500, 8.0  # not measured: group joins and the first rebalance
 console = Console()
 

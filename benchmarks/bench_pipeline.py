@@ -342,12 +342,12 @@ def main(quick: bool = False) -> list[Figure]:
     return figures + measure_freshness_cases(settings)
 
 
-def measure_freshness_cases(settings: Settings, runs: int = FRESHNESS_RUNS,
-                            cases: tuple[tuple[int, int, bool], ...] = FRESHNESS_CASES) -> list[Figure]:
-    """Every case (events/s, workers, read as a stream) `runs` times, alternating; prints the medians and returns them."""
-    freshness: dict[tuple[int, int, bool], list[tuple[float, float, float, int, int]]] = {case: [] for case in cases}
+def measure_freshness_cases(settings: Settings) -> list[Figure]:
+    """Every case (events/s, workers, read as a stream) FRESHNESS_RUNS times, alternating; prints the medians and returns them."""
+    runs = FRESHNESS_RUNS
+    freshness: dict[tuple[int, int, bool], list[tuple[float, float, float, int, int]]] = {case: [] for case in FRESHNESS_CASES}
     for run in range(runs):
-        for rate, workers, stream in cases:
+        for rate, workers, stream in FRESHNESS_CASES:
             with console.status(f"freshness run {run + 1}/{runs}: {rate:,} events/s, {workers} worker(s), "
                                 f"{'stream' if stream else 'polled'}, {FRESHNESS_SECONDS} s..."):
                 latencies, probes = measure_freshness(settings, rate, workers, stream)

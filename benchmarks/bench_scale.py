@@ -38,7 +38,7 @@ from meterline.processors.enforcement import user_partition
 from meterline.processors.worker import spawn_worker
 from meterline.producers import build_event
 from meterline.settings import Settings, load_settings
-from meterline.stack import free_port, stack_up
+from meterline.stack import free_port, produce_and_wait, stack_up
 
 EVENTS, QUICK_EVENTS = 1_000_000, 20_000
 USERS, QUICK_USERS = (10_000, 1_000_000), (1_000, 20_000)
@@ -125,11 +125,8 @@ def probe_users(partitions: int) -> list[str]:
 
 
 def _emit_probes(settings: Settings, topic: str, users: list[str]) -> None:
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "partitioner": "murmur2_random", "linger.ms": 0})
-    for user in users:
-        event = build_event(ORG, user, "gpt-4o-mini", 100, 10)
-        producer.produce(topic, event.to_json(), event.user_key.encode())
-    producer.flush(30)
+    events = [build_event(ORG, user, "gpt-4o-mini", 100, 10) for user in users]
+    produce_and_wait(settings, topic, [(event.user_key.encode(), event.to_json()) for event in events])
 
 
 def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:

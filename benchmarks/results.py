@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 RESULTS_DIR = Path("bench/results")
+PROFILE_PATH = RESULTS_DIR / "profile-worker.txt"  # a worker's py-spy stacks, raw: flamegraph.pl or speedscope draw them
 
 
 @dataclass(frozen=True)
@@ -85,16 +86,17 @@ def markdown(started: datetime, quick: bool, figures: dict[str, list[Figure]], a
         lines += [f"- {benchmark}: {figure.name}: {_number(figure.value)} {figure.unit} against {figure.target}"
                   f"{shortfall(figure)}" for benchmark, figure in missed]
         lines += ["", "Where the time goes: the load benchmark's tables of CPU per part and of a worker's py-spy "
-                      "sample (raw stacks in bench/results/profile-worker.txt)."]
+                      f"sample (raw stacks in {PROFILE_PATH})."]
     return "\n".join(lines) + "\n"
 
 
 def shortfall(figure: Figure) -> str:
     """How far from its target a figure is, as a ratio to the target's number (none found: nothing)."""
-    bound = re.search(r"\d[\d,]*(\.\d+)?", figure.target)
-    if bound is None or not float(bound[0].replace(",", "")):
+    found = re.search(r"\d[\d,]*(\.\d+)?", figure.target)
+    bound = float(found[0].replace(",", "")) if found else 0.0
+    if not bound:
         return ""
-    ratio = figure.value / float(bound[0].replace(",", ""))
+    ratio = figure.value / bound
     return f" ({ratio:.2f}x the floor)" if figure.target.startswith(">=") else f" ({ratio:.2f}x the limit)"
 
 
