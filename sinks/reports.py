@@ -13,11 +13,14 @@ the cost at position floor(q * n) (0-based, the last one for q * n >= n - 1): Cl
 
 from __future__ import annotations
 
+import gc
 import heapq
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from meterline.pricing.catalogue import Catalogue
@@ -302,13 +305,16 @@ class CycleUsage(NamedTuple):
 
 
 def _usage_in(start: datetime, end: datetime, org_id: str, only: list[str] | None, excluded: list[str]) -> Query:
-    users = " AND user_id IN {only:Array(String)}" if only is not None else " AND user_id NOT IN {excluded:Array(String)}"
+    """Each user's usage totals in the period, in no particular order (Python sorts 100,000 rows in
+    half the time ClickHouse took)."""
+    users = (" AND user_id IN {only:Array(String)}" if only is not None
+             else " AND user_id NOT IN {excluded:Array(String)}" if excluded else "")
     # Money as text: one row per user, and clickhouse-connect made a Decimal(76, 18) into a Decimal
     # ~4x slower than Decimal() parses its text (0.2 s of 0.7 over 100,000 users).
     sql = (f"SELECT user_id, count(), toString(sum(credits)), sum(input_tokens), sum(output_tokens), "
            f"toString(sum(provider_cost_usd)) "
            f"FROM {RATED_EVENTS} FINAL WHERE org_id = {{org:String}} AND event_time >= {{start:DateTime64(3, 'UTC')}} "
-           "AND event_time < {end:DateTime64(3, 'UTC')}" + users + " GROUP BY user_id ORDER BY user_id")
+           "AND event_time < {end:DateTime64(3, 'UTC')}" + users + " GROUP BY user_id")
     return sql, {"org": org_id, "start": _stored(start), "end": _stored(end), "only": only or [], "excluded": excluded}
 
 
@@ -319,6 +325,34 @@ def _entity(name: str, of: CycleTermsOf, cycle: Cycle, users: int, events: int, 
     beyond, revenue = cycle_charge(of.terms, credits)
     return CycleUsage(name, of.plan_id, cycle.start, cycle.end, users, events, credits, input_tokens, output_tokens,
                       Decimal(cost), of.terms.included_credits, beyond, revenue, of.note)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Make a large result without the garbage collector's full passes: each walks every object in
+    the process, and a query's 100,000 rows plus the report's own set off several (0.1 s of 1.1).
+    Rows hold no reference cycles; what else became garbage meanwhile is collected afterwards."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _each_user(org_id: str, of: CycleTermsOf, cycle: Cycle, rows: list[Sequence[Any]]) -> list[CycleUsage]:
+    """Each user's cycle on the same terms, from their rows (user, events, credits, input, output,
+    cost), in user order: `_entity` with what they share looked up once (0.25 s instead of 0.4 over
+    100,000 users)."""
+    terms, plan, note, included, start, end = of.terms, of.plan_id, of.note, of.terms.included_credits, cycle.start, cycle.end
+    found = []
+    for user, events, credits, input_tokens, output_tokens, cost in sorted(rows, key=itemgetter(0)):
+        credits = Decimal(credits)
+        beyond, revenue = cycle_charge(terms, credits)
+        found.append(CycleUsage(f"{org_id}/{user}", plan, start, end, 1, events, credits, input_tokens, output_tokens,
+                                Decimal(cost), included, beyond, revenue, note))
+    return found
 
 
 def _totals(rows: list[Sequence[Any]]) -> tuple[int, int, Decimal, int, int, Decimal]:
@@ -345,8 +379,9 @@ def cycle_usage(warehouse: Warehouse, org_id: str, subscriptions: dict[str, Subs
         default = default_subscription(org_id, None, default_plan)
         cycle = billing_cycle(default, catalogue, at)
         of = cycle_terms(default, catalogue, cycle)  # the same for every user on it
-        for user, *usage in warehouse.query(_usage_in(cycle.start, cycle.end, org_id, None, sorted(own))):
-            found.append(_entity(f"{org_id}/{user}", of, cycle, 1, *usage))
+        with _collector_paused():
+            found.extend(_each_user(org_id, of, cycle, warehouse.query(_usage_in(cycle.start, cycle.end, org_id, None,
+                                                                                 sorted(own)))))
     for user, subscription in sorted(own.items()):
         cycle = billing_cycle(subscription, catalogue, at)
         found.append(_entity(f"{org_id}/{user}", cycle_terms(subscription, catalogue, cycle), cycle,

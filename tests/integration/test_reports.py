@@ -174,6 +174,39 @@ def test_cycle_usage_worked_out_by_hand(report_settings: Settings) -> None:
     assert upgraded.revenue == Decimal("385.00") and "Pro -> Enterprise" in upgraded.note  # $20 x 1/2 + $750 x 1/2
 
 
+def test_cycle_usage_of_many_users_on_the_default_plan(report_settings: Settings) -> None:
+    """Users inserted in random order come back one entity each, in user order, then the user with a
+    plan of their own; each one's charge is what a full invoice of the same credits says."""
+    from meterline.pricing.catalogue import default_catalogue
+    from meterline.pricing.invoice import compute_invoice
+    from meterline.schemas.subscription import Subscription
+    from meterline.sinks.reports import cycle_usage
+
+    warehouse = Warehouse(report_settings)
+    rng = random.Random(11)
+    nov = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    credits_of = {f"u{n:03d}": Decimal(rng.randint(0, 9000)) / 100 for n in range(300)}  # around the free 50
+    rows = []
+    for user, credits in rng.sample(sorted(credits_of.items()), len(credits_of)):
+        row = _row("many", user, f"r-{user}", Decimal("0.001"), nov + timedelta(days=rng.randint(0, 29)))
+        row[RATED_FIELDS.index("credits")] = credits
+        rows.append(row)
+    warehouse.insert_rated(RATED_EVENTS, rows, dedupe_token=uuid.uuid4().hex)
+    warehouse.insert_rated(RATED_EVENTS, rows[:50], dedupe_token=uuid.uuid4().hex)  # a replay: counted once
+    subscriptions = {"many/u007": Subscription(org_id="many", user_id="u007", plan="pro", since=nov)}
+    catalogue = default_catalogue()
+
+    found = cycle_usage(warehouse, "many", subscriptions, catalogue, "free", datetime(2026, 11, 20, tzinfo=timezone.utc))
+    on_default = sorted(user for user in credits_of if user != "u007")
+    assert [usage.entity for usage in found] == [f"many/{user}" for user in on_default] + ["many/u007"]
+    for usage in found:
+        user = usage.entity.partition("/")[2]
+        invoice = compute_invoice(usage.plan, catalogue.plan(usage.plan), credits_of[user])
+        assert (usage.events, usage.credits) == (1, credits_of[user])
+        assert (usage.overage_credits, usage.revenue) == (invoice.beyond_allowance, invoice.total), user
+    assert {usage.plan for usage in found} == {"free", "pro"}
+
+
 def test_the_cycle_report_reads_subscriptions_from_kafka(report_settings: Settings, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     from meterline.cli import main
