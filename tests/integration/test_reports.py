@@ -9,7 +9,6 @@ import json
 import math
 import random
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
