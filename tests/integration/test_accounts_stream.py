@@ -115,7 +115,7 @@ def test_the_org_balance_sums_every_workers_users_and_shows_the_pool(make_settin
     publish(settings, [Subscription(org_id=org, plan="pro", since=pool_since),
                        Subscription(org_id=org, user_id="solo", plan="enterprise", since=pool_since)])
     tokens = {f"p{n}": 1000 * (n + 1) for n in range(10)} | {"solo": 7000}
-    with running_pipeline(settings, with_sink=False) as pipeline, Meter(settings) as meter:
+    with running_pipeline(settings, with_sink=False), Meter(settings) as meter:
         other, process = another_worker(settings)
         try:
             for user, count in tokens.items():
@@ -176,7 +176,7 @@ def test_an_org_pool_carries_over_into_its_next_cycle_and_alerts_once_per_level(
     anchor = anchor.replace(day=min(anchor.day, 28))  # a day every month has: the next cycle starts a month later
     publish(settings, [Subscription(org_id=org, plan="pro", since=anchor)])
     second_cycle = anchor.replace(month=anchor.month + 1) if anchor.month < 12 else anchor.replace(year=anchor.year + 1, month=1)
-    with running_pipeline(settings, with_sink=False) as pipeline, Meter(settings) as meter:
+    with running_pipeline(settings, with_sink=False), Meter(settings) as meter:
         other, process = another_worker(settings)
         try:
             for n in range(6):
