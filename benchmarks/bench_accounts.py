@@ -47,20 +47,20 @@ ORG = "bench"
 console = Console()
 
 
-def make_records() -> list[SourceRecord]:
+def make_records(events: int = EVENTS) -> list[SourceRecord]:
     at = datetime.now(timezone.utc).replace(microsecond=0)
     records = []
-    for offset, call in enumerate(simulate(EVENTS, USERS, resend_ratio=0.0)):
+    for offset, call in enumerate(simulate(events, USERS, resend_ratio=0.0)):
         event = build_event(ORG, call.user_id, call.model, call.input_tokens, call.output_tokens,
                             request_id=f"r{offset}", action=call.action, timestamp=at, source="bench")
         records.append(SourceRecord(0, offset, event.user_key.encode(), event.to_json(), at.timestamp()))
     return records
 
 
-def make_corrections(records: list[SourceRecord]) -> list[SourceRecord]:
+def make_corrections(records: list[SourceRecord], count: int = CORRECTIONS) -> list[SourceRecord]:
     at = datetime.now(timezone.utc).isoformat()
     corrections = []
-    for n, record in enumerate(records[:CORRECTIONS]):
+    for n, record in enumerate(records[:count]):
         event = orjson.loads(record.value or b"")
         corrections.append(SourceRecord(0, len(records) + n, record.key, orjson.dumps({
             "type": "dev.meterline.correction.v1", "id": f"c{n}", "org_id": ORG, "user_id": event["data"]["user_id"],
@@ -117,10 +117,11 @@ def read_back_latencies(reads: int = 300) -> list[float]:
 
 
 def main(quick: bool = False) -> list[Figure]:
-    runs = 1 if quick else RUNS
-    with console.status(f"making {EVENTS:,} events for {USERS:,} users..."):
-        records = make_records()
-        corrections = make_corrections(records)
+    # A quick run: a quarter of the events and amends, over the same users.
+    runs, events, count = (1, EVENTS // 4, CORRECTIONS // 4) if quick else (RUNS, EVENTS, CORRECTIONS)
+    with console.status(f"making {events:,} events for {USERS:,} users..."):
+        records = make_records(events)
+        corrections = make_corrections(records, count)
     catalogue = default_catalogue()
     contenders = {"with accounts (the worker)": lambda: Accounts(catalogue, "free", {}),
                   "without accounts (ceiling)": lambda: NoAccounts(catalogue, "free", {})}
@@ -129,7 +130,7 @@ def main(quick: bool = False) -> list[Figure]:
         for name, make in contenders.items():
             with console.status(f"run {number + 1}/{runs}: {name}..."):
                 timings[name].append(run(make(), records, corrections))
-    table = Table(title=f"BatchProcessor.process: {EVENTS:,} events in batches of {BATCH:,}, then {CORRECTIONS:,} amends; "
+    table = Table(title=f"BatchProcessor.process: {events:,} events in batches of {BATCH:,}, then {count:,} amends; "
                         f"{runs} alternating runs, medians")
     for column in ("contender", "µs per event", "events/s", "vs without accounts", "µs per correction"):
         table.add_column(column, justify="left" if column == "contender" else "right")

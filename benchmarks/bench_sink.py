@@ -53,15 +53,15 @@ DEADLINE = 180.0
 console = Console()
 
 
-def fill_rated_topic(settings: Settings) -> tuple[str, list[bytes]]:
-    """A new rated topic holding ROWS distinct rated records; returns it and the records."""
+def fill_rated_topic(settings: Settings, count: int = ROWS) -> tuple[str, list[bytes]]:
+    """A new rated topic holding `count` distinct rated records; returns it and the records."""
     topic = f"bench-rated-{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     admin.create_topics([NewTopic(topic, settings.partitions, 1)])[topic].result(30)
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20, "compression.type": "lz4"})
     placement = Placement("free", datetime(2026, 12, 1, tzinfo=timezone.utc), False)
     records = []
-    for offset, call in enumerate(simulate(ROWS, USERS, resend_ratio=0.0, seed=5)):
+    for offset, call in enumerate(simulate(count, USERS, resend_ratio=0.0, seed=5)):
         event = build_event("bench", call.user_id, call.model, call.input_tokens, call.output_tokens,
                             latency_ms=call.latency_ms, action=call.action)
         record = rated_record(event, provider_cost_usd=Decimal("0.00123"), credits=Decimal("1.5"), credit_rule="base",
@@ -95,10 +95,10 @@ def run_bare(settings: Settings, method: str, items: list[Any]) -> float:
         began = time.monotonic()
         for start in range(0, len(items), batch):
             insert(RATED_EVENTS, items[start:start + batch], dedupe_token=f"{method}:{start}")
-        return ROWS / (time.monotonic() - began)
+        return len(items) / (time.monotonic() - began)
 
 
-def run_sink(settings: Settings, topic: str) -> float:
+def run_sink(settings: Settings, topic: str, count: int) -> float:
     with fresh_warehouse(settings) as warehouse:
         sink_settings = settings.model_copy(update={"rated_topic": topic, "sink_group": f"bench-sink-{uuid.uuid4().hex[:8]}",
                                                     "sink_report_seconds": 3600.0})
@@ -108,7 +108,7 @@ def run_sink(settings: Settings, topic: str) -> float:
         thread.start()
         began, first, first_rows = time.monotonic(), 0.0, 0
         try:
-            while sink.rows_written < ROWS and time.monotonic() - began < DEADLINE:
+            while sink.rows_written < count and time.monotonic() - began < DEADLINE:
                 if not first and sink.rows_written:
                     first, first_rows = time.monotonic(), sink.rows_written
                 time.sleep(0.005)
@@ -116,9 +116,9 @@ def run_sink(settings: Settings, topic: str) -> float:
         finally:
             stop.set()
             thread.join(60)
-        if sink.rows_written < ROWS or not first or done <= first:
+        if sink.rows_written < count or not first or done <= first:
             return float("nan")
-        return (ROWS - first_rows) / (done - first)
+        return (count - first_rows) / (done - first)
 
 
 def main(quick: bool = False) -> list[Figure]:
@@ -126,14 +126,14 @@ def main(quick: bool = False) -> list[Figure]:
     directory = tempfile.mkdtemp(prefix="meterline-bench-sink-")
     try:
         return measure(load_settings().model_copy(update={"chdb_path": Path(directory), "clickhouse_url": None}),
-                       runs=1 if quick else RUNS)
+                       *((1, ROWS // 3) if quick else (RUNS, ROWS)))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def measure(settings: Settings, runs: int = RUNS) -> list[Figure]:
-    with console.status(f"making {ROWS:,} rated records..."):
-        topic, records = fill_rated_topic(settings)
+def measure(settings: Settings, runs: int = RUNS, count: int = ROWS) -> list[Figure]:
+    with console.status(f"making {count:,} rated records..."):
+        topic, records = fill_rated_topic(settings, count)
         rows = [rated_row(record) for record in records]
     # The harness's own 300,000 decoded rows (~10 million objects) would make every full collection
     # in this process long, the sink's included; out of the collector's sight, as a sink has no such heap.
@@ -141,14 +141,14 @@ def measure(settings: Settings, runs: int = RUNS) -> list[Figure]:
     contenders = {
         "bare JSON insert (ceiling)": lambda: run_bare(settings, "insert_rated_json", records),
         "bare typed insert": lambda: run_bare(settings, "insert_rated", rows),
-        "meterline sink": lambda: run_sink(settings, topic),
+        "meterline sink": lambda: run_sink(settings, topic, count),
     }
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     for run in range(runs):
         for name, contender in contenders.items():
             with console.status(f"run {run + 1}/{runs}: {name}..."):
                 rates[name].append(contender())
-    table = Table(title=f"{ROWS:,} rated rows into embedded chDB, batches of {settings.sink_batch_size:,}, {runs} alternating runs")
+    table = Table(title=f"{count:,} rated rows into embedded chDB, batches of {settings.sink_batch_size:,}, {runs} alternating runs")
     for column in ("contender", "median rows/s", "runs (rows/s)", "vs the ceiling"):
         table.add_column(column, justify="left" if column == "contender" else "right")
     ceiling = rates["bare JSON insert (ceiling)"]
