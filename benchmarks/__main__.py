@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import pkgutil
 import sys
 import time
@@ -19,6 +20,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 import meterline.benchmarks as package
+from meterline.lifetime import stop_with_parent
 from meterline.benchmarks.results import Figure, run_benchmark, write
 
 
@@ -29,7 +31,8 @@ def benchmark_names() -> list[str]:
 def _in_fresh_process(name: str, quick: bool) -> list[Figure]:
     """Each benchmark in a process of its own: chDB opens one data directory per process, and one
     benchmark's threads, heap and producers would weigh on the next one's figures."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=stop_with_parent,
+                             initargs=(os.getpid(),)) as pool:  # a killed runner leaves no benchmark running
         return pool.submit(run_benchmark, name, quick).result()
 
 

@@ -10,6 +10,7 @@ import sys
 
 from faust.web import Request, Response, View
 
+from meterline.lifetime import stop_with_parent
 from meterline.processors.app import create_faust_app, prepare_process
 from meterline.settings import load_settings
 
@@ -17,6 +18,8 @@ from meterline.settings import load_settings
 def main() -> None:
     argv = prepare_process("faust-noop", "warn")  # first: it picks the event loop
     settings = load_settings()
+    if settings.worker_parent_pid is not None:  # spawned by the pipeline benchmark: gone with it
+        stop_with_parent(settings.worker_parent_pid)
     app = create_faust_app(settings)
     topic = app.topic(settings.usage_topic, key_serializer="raw", value_serializer="raw")
     seen = [0]

@@ -136,6 +136,8 @@ class Settings(SdkSettings):
     worker_session_timeout_seconds: float = Field(default=15.0, ge=6.0, description="The broker's minimum is 6 s.")
     # A worker not serving for this long, with its recovery not moving, exits (code 75) to be restarted.
     worker_stuck_seconds: float = Field(default=120.0, gt=0)
+    # Set by `spawn_worker`: the worker stops once the process that started it is gone (lifetime.py).
+    worker_parent_pid: int | None = Field(default=None, gt=0)
 
     # Sink and warehouse. With `clickhouse_url` unset, clickhouse-connect runs chDB on `chdb_path`.
     sink_group: str = "meterline-sink"

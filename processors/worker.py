@@ -10,6 +10,7 @@ import sys
 import time
 
 from meterline.exceptions import MeterlineError
+from meterline.lifetime import stop_with_parent
 from meterline.settings import Settings, load_settings, private_dir
 from meterline.stack import ensure_topics
 from meterline.stack.status import worker_health
@@ -22,7 +23,7 @@ WORKER_SETTINGS = (
     "dedupe_max_ids_per_partition", "worker_batch_size", "worker_batch_seconds", "worker_session_timeout_seconds",
     "worker_stuck_seconds", "prices", "plans", "api_secret_file", "subscriptions_topic", "key_revocations_topic",
     "default_plan", "alerts_topic", "price_books_topic", "pool_usage_topic",
-    "decisions_topic", "reservation_ttl_seconds",
+    "decisions_topic", "reservation_ttl_seconds", "worker_parent_pid",
 )
 
 
@@ -61,6 +62,8 @@ def run_worker(settings: Settings | None = None, loglevel: str = "warn") -> None
 
     settings = settings or load_settings()
     ensure_port_free(settings)
+    if settings.worker_parent_pid is not None:
+        stop_with_parent(settings.worker_parent_pid)
     argv = prepare_process("meterline-worker", loglevel)  # first: it picks the event loop
     app = create_app(settings)
 
@@ -76,11 +79,12 @@ def run_worker(settings: Settings | None = None, loglevel: str = "warn") -> None
 
 def spawn_worker(settings: Settings, log_path: str | None = None,
                  module: str = "meterline.processors") -> subprocess.Popen[bytes]:
-    """Start a worker (`python -m module`) as a child process; return once its web server answers."""
+    """Start a worker (`python -m module`) as a child process; return once its web server answers.
+    The worker stops once this process is gone, however it ended (`worker_parent_pid`)."""
     ensure_port_free(settings)  # else the health check below could be answered by the other one
     prepare_topics(settings)
     env = {name: value for name, value in os.environ.items() if not name.startswith("METERLINE_")}
-    env.update(worker_env(settings))
+    env.update(worker_env(settings.model_copy(update={"worker_parent_pid": os.getpid()})))
     command = [sys.executable, "-m", module]
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its own copy
     try:

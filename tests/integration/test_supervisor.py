@@ -12,7 +12,7 @@ from pathlib import Path
 
 from meterline.auth import org_key
 from meterline.client import get_balance, wait_until_serving
-from meterline.processors.worker import prepare_topics, worker_env
+from meterline.processors.worker import ensure_port_free, prepare_topics, worker_env
 from meterline.producers import Meter
 from meterline.schemas import UsageEvent
 from meterline.settings import Settings
@@ -80,3 +80,36 @@ def test_processes_2_restarts_a_killed_worker_and_stops_on_sigterm(make_settings
         code = supervisor.wait(timeout=90)
     assert code == 0, log.read_text()
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)  # no orphan left behind
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an adopted child's exit may wait for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_workers_of_a_sigkilled_supervisor_stop_and_free_their_ports(make_settings: Callable[..., Settings],
+                                                                        tmp_path: Path) -> None:
+    """Left running, they would hold their ports: the next `meterline worker` would be refused."""
+    settings = make_settings()
+    prepare_topics(settings)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("METERLINE_")}
+    env.update(worker_env(settings))
+    log = tmp_path / "supervisor.out"
+    with open(log, "wb") as output:
+        supervisor = subprocess.Popen([sys.executable, "-m", "meterline.cli", "worker", "--processes", "2"],
+                                      env=env, stdout=output, stderr=subprocess.STDOUT)
+    token = org_key(settings.api_secret.get_secret_value(), "acme")  # type: ignore[union-attr]
+    try:
+        for port in (settings.worker_port, settings.worker_port + 1):
+            wait_until_serving(f"http://{settings.worker_host}:{port}", token, "acme", timeout=120)
+        workers = children_of(supervisor.pid)
+        assert len(workers) == 2, log.read_text()
+    finally:
+        supervisor.kill()
+        supervisor.wait(30)
+    assert wait_for(lambda: not any(_running(pid) for pid in workers), timeout=45), log.read_text()
+    for port in (settings.worker_port, settings.worker_port + 1):
+        ensure_port_free(settings.model_copy(update={"worker_port": port}))  # raises while a worker holds it
