@@ -33,9 +33,8 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
-def test_processes_2_restarts_a_killed_worker_and_stops_on_sigterm(make_settings: Callable[..., Settings],
-                                                                    tmp_path: Path) -> None:
-    settings = make_settings()
+def start_supervisor(settings: Settings, tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """`meterline worker --processes 2` on `settings`; the process, and the file its output goes to."""
     prepare_topics(settings)
     env = {name: value for name, value in os.environ.items() if not name.startswith("METERLINE_")}
     env.update(worker_env(settings))
@@ -43,6 +42,13 @@ def test_processes_2_restarts_a_killed_worker_and_stops_on_sigterm(make_settings
     with open(log, "wb") as output:
         supervisor = subprocess.Popen([sys.executable, "-m", "meterline.cli", "worker", "--processes", "2"],
                                       env=env, stdout=output, stderr=subprocess.STDOUT)
+    return supervisor, log
+
+
+def test_processes_2_restarts_a_killed_worker_and_stops_on_sigterm(make_settings: Callable[..., Settings],
+                                                                    tmp_path: Path) -> None:
+    settings = make_settings()
+    supervisor, log = start_supervisor(settings, tmp_path)
     urls = [f"http://{settings.worker_host}:{settings.worker_port + i}" for i in range(2)]
     token = org_key(settings.api_secret.get_secret_value(), "acme")  # type: ignore[union-attr]
 
@@ -94,13 +100,7 @@ def test_the_workers_of_a_sigkilled_supervisor_stop_and_free_their_ports(make_se
                                                                         tmp_path: Path) -> None:
     """Left running, they would hold their ports: the next `meterline worker` would be refused."""
     settings = make_settings()
-    prepare_topics(settings)
-    env = {name: value for name, value in os.environ.items() if not name.startswith("METERLINE_")}
-    env.update(worker_env(settings))
-    log = tmp_path / "supervisor.out"
-    with open(log, "wb") as output:
-        supervisor = subprocess.Popen([sys.executable, "-m", "meterline.cli", "worker", "--processes", "2"],
-                                      env=env, stdout=output, stderr=subprocess.STDOUT)
+    supervisor, log = start_supervisor(settings, tmp_path)
     token = org_key(settings.api_secret.get_secret_value(), "acme")  # type: ignore[union-attr]
     try:
         for port in (settings.worker_port, settings.worker_port + 1):
