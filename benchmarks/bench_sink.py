@@ -135,7 +135,7 @@ def measure(settings: Settings, runs: int = RUNS, count: int = ROWS) -> list[Fig
     with console.status(f"making {count:,} rated records..."):
         topic, records = fill_rated_topic(settings, count)
         rows = [rated_row(record) for record in records]
-    # The harness's own 300,000 decoded rows (~10 million objects) would make every full collection
+    # The harness's own decoded rows (~10 million objects for 300,000) would make every full collection
     # in this process long, the sink's included; out of the collector's sight, as a sink has no such heap.
     gc.freeze()
     contenders = {
