@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from decimal import localcontext
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -47,6 +48,12 @@ TABLES = (USER_STATE_TABLE, REMEMBERED_IDS_TABLE, HOLDS_TABLE)
 
 def changelog_topic(settings: Settings, table: str) -> str:
     return f"{settings.app_id}-{table}-changelog"  # Faust's own naming
+
+
+def faust_data_dir(settings: Settings) -> Path:
+    """Faust's data directory. With the memory store Faust only makes empty folders in it, so every
+    worker of a home shares one (a folder per port left hundreds behind: benchmarks pick free ports)."""
+    return settings.home / "faust"
 
 
 # Events applied in one synchronous step while reservations are being decided: ~50 us each here,
@@ -115,7 +122,7 @@ def create_faust_app(settings: Settings, app_id: str | None = None) -> faust.App
         # back without a rebalance of the others. Its machine and port name it (one worker a port).
         consumer_group_instance_id=f"{settings.app_id}@{socket.gethostname()}:{settings.worker_port}",
         broker_heartbeat_interval=settings.worker_session_timeout_seconds / 5,
-        datadir=str(settings.home / f"faust-{settings.worker_port}"),
+        datadir=str(faust_data_dir(settings)),
     )
 
 

@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 
 from meterline.client import get_balance
 from meterline.auth import org_key
+from meterline.processors.app import faust_data_dir
 from meterline.processors.worker import spawn_worker
 from meterline.producers import Meter
 from meterline.schemas import UsageEvent
@@ -129,8 +130,8 @@ def test_sigkill_one_of_two_workers_five_times_under_load_loses_nothing(make_set
             for kill in range(5):
                 time.sleep(rng.uniform(0.5, 3.0))
                 stop(other, kill=True)
-                if kill == 4:  # the last time its local data directory goes too
-                    shutil.rmtree(other_settings.home / f"faust-{other_settings.worker_port}", ignore_errors=True)
+                if kill == 4:  # the last time the local data directory goes too (the workers of a home share it)
+                    shutil.rmtree(faust_data_dir(other_settings), ignore_errors=True)
                 other = spawn_worker(other_settings, log_path=str(settings.home / "other-worker.log"))
             sender.join()
             expected = expected_credits(events)

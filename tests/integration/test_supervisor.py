@@ -107,6 +107,8 @@ def test_the_workers_of_a_sigkilled_supervisor_stop_and_free_their_ports(make_se
             wait_until_serving(f"http://{settings.worker_host}:{port}", token, "acme", timeout=120)
         workers = children_of(supervisor.pid)
         assert len(workers) == 2, log.read_text()
+        # The workers of a home share one Faust data folder: one a port left hundreds behind.
+        assert sorted(path.name for path in settings.home.glob("faust*")) == ["faust"]
     finally:
         supervisor.kill()
         supervisor.wait(30)
