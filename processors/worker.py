@@ -83,8 +83,7 @@ def spawn_worker(settings: Settings, log_path: str | None = None,
     The worker stops once this process is gone, however it ended (`worker_parent_pid`)."""
     ensure_port_free(settings)  # else the health check below could be answered by the other one
     prepare_topics(settings)
-    env = {name: value for name, value in os.environ.items() if not name.startswith("METERLINE_")}
-    env.update(worker_env(settings.model_copy(update={"worker_parent_pid": os.getpid()})))
+    env = child_environment(settings.model_copy(update={"worker_parent_pid": os.getpid()}))
     command = [sys.executable, "-m", module]
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its own copy
     try:
@@ -112,6 +111,13 @@ def worker_env(settings: Settings) -> dict[str, str]:
         settings = settings.model_copy(update={"api_secret_file": path})
     values = settings.model_dump(include=set(WORKER_SETTINGS), exclude_none=True)
     return {f"METERLINE_{name.upper()}": str(value) for name, value in values.items()}
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """This process's environment for a child worker (or another meterline command): every
+    METERLINE_ variable replaced by `worker_env(settings)`, so none of ours leaks in."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("METERLINE_")}
+    return env | worker_env(settings)
 
 
 def wait_until_healthy(settings: Settings, process: subprocess.Popen[bytes], timeout: float = 90.0) -> None:

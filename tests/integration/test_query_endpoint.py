@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from confluent_kafka import Producer
 
 from meterline.auth import operator_key
 from meterline.processors.accounts import Placement
-from meterline.processors.worker import worker_env
+from meterline.processors.worker import child_environment
 from meterline.producers import build_event
 from meterline.schemas.rated import rated_record
 from meterline.settings import Settings
@@ -74,8 +73,7 @@ def test_a_running_sink_answers_sql_and_reports_for_others_read_only_and_behind_
     settings = make_settings(chdb_path=tmp_path / "chdb", rated_topic=f"rated-{uuid.uuid4().hex[:8]}")
     ensure_topics(settings)
     cost_of = publish_rated(settings, 300)
-    env = {name: value for name, value in os.environ.items() if not name.startswith("METERLINE_")}
-    env.update(worker_env(settings), METERLINE_CHDB_PATH=str(settings.chdb_dir), METERLINE_SINK_GROUP=settings.sink_group)
+    env = child_environment(settings) | {"METERLINE_CHDB_PATH": str(settings.chdb_dir), "METERLINE_SINK_GROUP": settings.sink_group}
     sink = subprocess.Popen([sys.executable, "-m", "meterline.cli", "sink"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:

@@ -9,15 +9,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from meterline.processors.worker import prepare_topics, spawn_worker, worker_env
+from meterline.processors.worker import child_environment, prepare_topics, spawn_worker
 from meterline.settings import Settings
 
 from tests.integration.pipeline import stop
 
 
 def cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("METERLINE_")}
-    env.update(worker_env(settings))
+    env = child_environment(settings)
     env["METERLINE_CHDB_PATH"] = str(settings.chdb_dir)
     env["METERLINE_SINK_GROUP"] = settings.sink_group
     return subprocess.run([sys.executable, "-m", "meterline.cli", *args], env=env, capture_output=True,

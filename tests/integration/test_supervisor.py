@@ -12,7 +12,7 @@ from pathlib import Path
 
 from meterline.auth import org_key
 from meterline.client import get_balance, wait_until_serving
-from meterline.processors.worker import ensure_port_free, prepare_topics, worker_env
+from meterline.processors.worker import child_environment, ensure_port_free, prepare_topics
 from meterline.producers import Meter
 from meterline.schemas import UsageEvent
 from meterline.settings import Settings
@@ -36,8 +36,7 @@ def children_of(pid: int) -> set[int]:
 def start_supervisor(settings: Settings, tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
     """`meterline worker --processes 2` on `settings`; the process, and the file its output goes to."""
     prepare_topics(settings)
-    env = {name: value for name, value in os.environ.items() if not name.startswith("METERLINE_")}
-    env.update(worker_env(settings))
+    env = child_environment(settings)
     log = tmp_path / "supervisor.out"
     with open(log, "wb") as output:
         supervisor = subprocess.Popen([sys.executable, "-m", "meterline.cli", "worker", "--processes", "2"],
