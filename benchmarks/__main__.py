@@ -10,9 +10,13 @@ import argparse
 import multiprocessing
 import os
 import pkgutil
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 
 from rich.console import Console
@@ -22,6 +26,30 @@ from rich.table import Table
 import meterline.benchmarks as package
 from meterline.lifetime import stop_with_parent
 from meterline.benchmarks.results import Figure, run_benchmark, write
+from meterline.settings import load_settings
+from meterline.stack import free_port, stack_down
+
+
+@contextmanager
+def quick_stack() -> Iterator[None]:
+    """A quick run's own broker, in a home of its own, with no initial rebalance delay (as the tests'):
+    each of its ~15 group joins would otherwise wait Kafka's 3 s for more members. The benchmarks
+    start it (stack_up) and inherit it through the environment; it is stopped and removed at the end."""
+    home = tempfile.mkdtemp(prefix="meterline-bench-quick-")
+    quick = {"METERLINE_HOME": home, "METERLINE_KAFKA_PORT": str(free_port()),
+             "METERLINE_KAFKA_CONTROLLER_PORT": str(free_port()), "METERLINE_KAFKA_INITIAL_REBALANCE_DELAY_MS": "0"}
+    before = {name: os.environ.get(name) for name in quick}
+    os.environ.update(quick)
+    try:
+        yield
+    finally:
+        stack_down(load_settings())
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def benchmark_names() -> list[str]:
@@ -51,12 +79,17 @@ def main(argv: list[str]) -> int:
                                      description="Bounded benchmarks on the local stack; each prints its table, and the "
                                                  "figures go to bench/results/latest.json and latest.md.")
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"which to run (default: all): {', '.join(names)}")
-    parser.add_argument("--quick", action="store_true", help="smaller data and fewer runs: a smoke run of a few minutes, "
-                                                             "its figures rougher")
+    parser.add_argument("--quick", action="store_true", help="smaller data and fewer runs on a broker of its own: a smoke "
+                                                             "run of about 2 minutes, its figures rougher")
     args = parser.parse_args(argv)
     selected = args.names or names
     if unknown := [name for name in selected if name not in names]:
         parser.error(f"no benchmark called {', '.join(map(repr, unknown))} (choose from {', '.join(names)})")
+    with quick_stack() if args.quick else nullcontext():
+        return run(selected, args.quick)
+
+
+def run(selected: list[str], quick: bool) -> int:
     console = Console()
     started, began = datetime.now(timezone.utc), time.monotonic()
     figures: dict[str, list[Figure]] = {}
@@ -65,13 +98,13 @@ def main(argv: list[str]) -> int:
         _where(console, done, len(selected), began, name)
         one_began = time.monotonic()
         try:
-            figures[name] = _in_fresh_process(name, args.quick)
+            figures[name] = _in_fresh_process(name, quick)
             console.print(f"benchmark {name}: {time.monotonic() - one_began:,.0f} s")
         except Exception as error:  # noqa: BLE001 - one benchmark's failure is reported, the others still run
             console.print(f"[red]benchmark {name} failed after {time.monotonic() - one_began:,.0f} s: "
                           f"{type(error).__name__}: {error}[/red]")
             failed.append(name)
-        path = write(started, args.quick, figures)  # after each one: a stopped run keeps what it measured
+        path = write(started, quick, figures)  # after each one: a stopped run keeps what it measured
     console.rule()
     console.print(f"{len(selected)} benchmarks in {time.monotonic() - began:,.0f} s; figures in {path} and {path.with_suffix('.md')}")
     if failed:

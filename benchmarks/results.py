@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 RESULTS_DIR = Path("bench/results")
+QUICK_NOTE = ("A quick run: less data, one run of each, on a broker of its own with no initial rebalance delay "
+              "(a user's broker waits 3 s for more members of a new group: add it to every start-up figure).")
 PROFILE_PATH = RESULTS_DIR / "profile-worker.txt"  # a worker's py-spy stacks, raw: flamegraph.pl or speedscope draw them
 
 
@@ -71,6 +73,7 @@ def _json_value(value: object) -> object:
 
 def markdown(started: datetime, quick: bool, figures: dict[str, list[Figure]], about: dict[str, object]) -> str:
     lines = [f"# meterline benchmarks, {started:%Y-%m-%d %H:%M} UTC{' (--quick)' if quick else ''}", "",
+             *([QUICK_NOTE, ""] if quick else []),
              f"Machine: {about['cores']} cores, {about['memory_gib']} GiB, {about['cpu']}; Python {about['python']}.", "",
              "| benchmark | figure | value | unit | ceiling or peer | ratio | target | met |",
              "|---|---|---:|---|---|---:|---|---|"]
