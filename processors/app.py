@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import suppress
 from decimal import localcontext
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,30 @@ def prepare_process(program: str, loglevel: str) -> list[str]:
     return [program, "worker", "--loglevel", loglevel]
 
 
+class PromptlyStoppingWorker(faust.Worker):
+    """Faust's worker, without the last 2 s of every stop.
+
+    Once `stop()` returned, everything that matters is done: the producer flushed, the offsets
+    committed, the group told. mode's loop shutdown then waits up to 1 s for the tasks still
+    pending, and sleeps 1 s more before it closes the loop, whatever is left. Here what is left is
+    cancelled and awaited, as `asyncio.run` does, and the loop closed: a stop takes ~0.2 s instead
+    of ~2.2 (every deploy, restart and test pays it)."""
+
+    def _shutdown_loop(self) -> None:
+        self.log.info("Gathering service tasks...")
+        with suppress(asyncio.CancelledError):
+            self.loop.run_until_complete(self._gather_futures())
+        pending = asyncio.all_tasks(self.loop)
+        self.log.info("Cancelling %d tasks left...", len(pending))
+        for task in pending:
+            task.cancel()
+        if pending:  # bounded: a task that ignores its cancel does not hold the stop
+            self.loop.run_until_complete(asyncio.wait(pending, timeout=1.0))
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        self.log.info("Closing event loop")
+        self.loop.close()
+
+
 def create_faust_app(settings: Settings, app_id: str | None = None) -> faust.App:
     """The Faust app with the worker's settings (the benchmark's do-nothing agent uses it too)."""
     private_dir(settings.home)  # Faust makes its data directory inside, not the home itself
@@ -123,6 +148,7 @@ def create_faust_app(settings: Settings, app_id: str | None = None) -> faust.App
         consumer_group_instance_id=f"{settings.app_id}@{socket.gethostname()}:{settings.worker_port}",
         broker_heartbeat_interval=settings.worker_session_timeout_seconds / 5,
         datadir=str(faust_data_dir(settings)),
+        Worker=PromptlyStoppingWorker,
     )
 
 
