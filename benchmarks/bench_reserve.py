@@ -42,6 +42,7 @@ STREAM_RATE = 5_000
 RESERVE_RATE = 500
 PHASE_SECONDS = 10
 QUICK_PHASE_SECONDS = 4
+STREAM_FIRST_SECONDS, QUICK_STREAM_FIRST_SECONDS = 5.0, 2.0  # the stream runs alone first, to reach its rate
 RUNS = 3
 CLIENTS = 4  # processes sharing RESERVE_RATE, as an app's replicas would: one Python client alone cannot offer it
 USERS = 1_000
@@ -59,13 +60,13 @@ def unlimited_plans(directory: Path) -> Path:
     return path
 
 
-def emit_steadily(settings: Settings, rate: int, seconds: float) -> None:
-    """In its own process (its own GIL): `rate` events a second for `seconds`."""
+def emit_steadily(settings: Settings, rate: int, stop: Any) -> None:
+    """In its own process (its own GIL): `rate` events a second until `stop` is set."""
     calls = list(simulate(20_000, 10_000, resend_ratio=0.05))
     with Meter(settings) as meter:
         began, sent = time.monotonic(), 0
-        while (elapsed := time.monotonic() - began) < seconds:
-            due = int(elapsed * rate)
+        while not stop.is_set():
+            due = int((time.monotonic() - began) * rate)
             for n in range(sent, due):
                 call = calls[n % len(calls)]
                 meter.emit("bench-stream", call.user_id, call.model, call.input_tokens, call.output_tokens)
@@ -73,78 +74,102 @@ def emit_steadily(settings: Settings, rate: int, seconds: float) -> None:
             time.sleep(0.002)
 
 
-def call_steadily(settings: Settings, token: str, kind: str, rate: float, seconds: float, seed: int,
-                  ready: Any, results: Any) -> None:
-    """In its own process: `rate` calls a second for `seconds` (each due call made as soon as the
-    previous one is answered), from when every client is warm (`ready`, a barrier: a client still
-    importing would take the CPU from the others' measurement); puts (latencies, calls not
-    answered as asked, seconds) on `results`."""
+def _call(meter: Meter, client: httpx.Client, settings: Settings, token: str, kind: str, user: str) -> bool:
+    """One call of `kind`; whether it was answered as asked (allowed, or 200)."""
+    if kind == "reserve":
+        return meter.reserve(ORG, user, "gpt-4o-mini", estimate=Decimal("0.001"), ttl_seconds=5).allowed
+    return client.get(f"{settings.worker_url}/v1/orgs/{ORG}/users/{user}/balance",
+                      headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def serve_calls(settings: Settings, token: str, rate: float, seed: int, ready: Any, phases: Any, results: Any) -> None:
+    """In its own process, for every phase (kind, seconds) taken from `phases` until None: `rate`
+    calls a second (each due call made as soon as the previous one is answered), from when every
+    client is ready (`ready`, a barrier: a client still importing would take the CPU from the
+    others' measurement); puts (latencies, calls not answered as asked, seconds) on `results`."""
     chooser = random.Random(seed)
-    latencies, failed = [], 0
     with Meter(settings, enforcement_url=settings.worker_url, api_key=token) as meter, httpx.Client() as client:
         # Warm: this process's connections, and the worker's holds producer.
         meter.reserve(ORG, "warm-up", "gpt-4o-mini", estimate=Decimal("0.001"), ttl_seconds=1)
         client.get(f"{settings.worker_url}/healthz")
-        ready.wait(120)
-        began = time.perf_counter()
-        for n in range(int(rate * seconds)):
-            pause = began + n / rate - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            user = f"u{chooser.randrange(USERS)}"
-            started = time.perf_counter()
-            if kind == "reserve":
-                answered = meter.reserve(ORG, user, "gpt-4o-mini", estimate=Decimal("0.001"), ttl_seconds=5).allowed
-            else:
-                answered = client.get(f"{settings.worker_url}/v1/orgs/{ORG}/users/{user}/balance",
-                                      headers={"Authorization": f"Bearer {token}"}).status_code == 200
-            latencies.append(time.perf_counter() - started)
-            failed += not answered
-        elapsed = time.perf_counter() - began
-    results.put((latencies, failed, elapsed))
+        while (phase := phases.get()) is not None:
+            kind, seconds = phase
+            latencies, failed = [], 0
+            ready.wait(120)
+            began = time.perf_counter()
+            for n in range(int(rate * seconds)):
+                pause = began + n / rate - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                started = time.perf_counter()
+                failed += not _call(meter, client, settings, token, kind, f"u{chooser.randrange(USERS)}")
+                latencies.append(time.perf_counter() - started)
+            results.put((latencies, failed, time.perf_counter() - began))
 
 
-def phase(kind: str, settings: Settings, token: str, seconds: float = PHASE_SECONDS) -> tuple[list[float], float]:
-    """RESERVE_RATE calls a second from CLIENTS processes; the latencies (s), and the rate achieved."""
-    context = multiprocessing.get_context("spawn")
-    results, ready = context.Queue(), context.Barrier(CLIENTS)
-    clients = [context.Process(target=call_steadily,
-                               args=(settings, token, kind, RESERVE_RATE / CLIENTS, seconds, n, ready, results))
-               for n in range(CLIENTS)]
-    for client in clients:
-        client.start()
-    latencies, calls_per_second = [], 0.0
-    for _ in clients:
-        own, failed, elapsed = results.get(timeout=seconds * 4 + 60)
-        latencies += own
-        calls_per_second += len(own) / elapsed
-        FAILED[kind] = FAILED.get(kind, 0) + failed
-    for client in clients:
-        client.join(30)
-    return latencies, calls_per_second
+class Clients:
+    """CLIENTS processes sharing RESERVE_RATE calls a second, started once for every phase."""
+
+    def __init__(self, settings: Settings, token: str):
+        context = multiprocessing.get_context("spawn")
+        self._results, self._ready = context.Queue(), context.Barrier(CLIENTS)
+        self._phases = [context.Queue() for _ in range(CLIENTS)]
+        self._processes = [context.Process(target=serve_calls, args=(settings, token, RESERVE_RATE / CLIENTS, n, self._ready,
+                                                                     phases, self._results))
+                           for n, phases in enumerate(self._phases)]
+        for process in self._processes:
+            process.start()
+
+    def phase(self, kind: str, seconds: float) -> tuple[list[float], float]:
+        """The latencies (s) of a phase of `kind` calls, and the rate achieved."""
+        for phases in self._phases:
+            phases.put((kind, seconds))
+        latencies, calls_per_second = [], 0.0
+        for _ in self._processes:
+            own, failed, elapsed = self._results.get(timeout=seconds * 4 + 120)
+            latencies += own
+            calls_per_second += len(own) / elapsed
+            FAILED[kind] = FAILED.get(kind, 0) + failed
+        return latencies, calls_per_second
+
+    def close(self) -> None:
+        for phases in self._phases:
+            phases.put(None)
+        for process in self._processes:
+            process.join(30)
 
 
-def measure(settings: Settings, token: str, runs: int = RUNS, seconds: float = PHASE_SECONDS) -> dict[str, list[tuple[float, float, float]]]:
+def measure(settings: Settings, token: str, runs: int = RUNS, seconds: float = PHASE_SECONDS,
+            stream_first: float = STREAM_FIRST_SECONDS) -> dict[str, list[tuple[float, float, float]]]:
     results: dict[str, list[tuple[float, float, float]]] = {
         "balance read, under load": [], "reserve(), under load": [], "reserve(), no stream": []}
     context = multiprocessing.get_context("spawn")
-    for run in range(runs):
-        stream = context.Process(target=emit_steadily, args=(settings, STREAM_RATE, 2 * seconds + 15))
-        stream.start()
-        time.sleep(5)  # the stream at its rate first
-        for kind, name in (("read", "balance read, under load"), ("reserve", "reserve(), under load")):
-            console.log(f"run {run + 1}/{runs}: {name}, {RESERVE_RATE}/s for {seconds:g} s")
-            latencies, rate = phase(kind, settings, token, seconds)
-            results[name].append((percentile(latencies, 0.5), percentile(latencies, 0.99), rate))
-        stream.join(60)
-    console.log(f"reserve(), no stream, {RESERVE_RATE}/s for {seconds:g} s")
-    latencies, rate = phase("reserve", settings, token, seconds)
-    results["reserve(), no stream"].append((percentile(latencies, 0.5), percentile(latencies, 0.99), rate))
+    clients = Clients(settings, token)
+    try:
+        for run in range(runs):
+            stop = context.Event()
+            stream = context.Process(target=emit_steadily, args=(settings, STREAM_RATE, stop))
+            stream.start()
+            time.sleep(stream_first)  # the stream at its rate first
+            try:
+                for kind, name in (("read", "balance read, under load"), ("reserve", "reserve(), under load")):
+                    console.log(f"run {run + 1}/{runs}: {name}, {RESERVE_RATE}/s for {seconds:g} s")
+                    latencies, rate = clients.phase(kind, seconds)
+                    results[name].append((percentile(latencies, 0.5), percentile(latencies, 0.99), rate))
+            finally:
+                stop.set()
+                stream.join(60)
+        console.log(f"reserve(), no stream, {RESERVE_RATE}/s for {seconds:g} s")
+        latencies, rate = clients.phase("reserve", seconds)
+        results["reserve(), no stream"].append((percentile(latencies, 0.5), percentile(latencies, 0.99), rate))
+    finally:
+        clients.close()
     return results
 
 
 def main(quick: bool = False) -> list[Figure]:
-    runs, seconds = (1, QUICK_PHASE_SECONDS) if quick else (RUNS, PHASE_SECONDS)
+    runs, seconds, stream_first = (1, QUICK_PHASE_SECONDS, QUICK_STREAM_FIRST_SECONDS) if quick else (
+        RUNS, PHASE_SECONDS, STREAM_FIRST_SECONDS)
     base = load_settings()
     stack_up(base)
     run = uuid.uuid4().hex[:8]
@@ -158,7 +183,7 @@ def main(quick: bool = False) -> list[Figure]:
         try:
             token = org_key(resolve_secret(settings), ORG)
             wait_until_serving(settings.worker_url, token, ORG, timeout=120)
-            results = measure(settings, token, runs, seconds)
+            results = measure(settings, token, runs, seconds, stream_first)
         finally:
             worker.terminate()
             worker.wait(timeout=60)
