@@ -5,7 +5,8 @@
 The commands run from a virtualenv made for the purpose, with meterline installed from a wheel
 of this checkout with the `cli` extra, as a user installs it (pip's cache or PyPI provide the
 dependencies). A development install is slower to start: its editable-install finder and its
-hundred other packages add ~0.1 s to every command. Each command runs RUNS times, alternating
+hundred other packages add ~0.1 s to every command. A quick run keeps that virtualenv in the
+cache directory until the packaged files change (`installed.cached_install`). Each command runs RUNS times, alternating
 with that virtualenv's `python -c pass` (the floor no command can go under on this machine);
 the table gives medians, and each command's median ratio to the floor over adjacent pairs. The full LiteLLM book is imported from the repository's copy of LiteLLM's
 real map (tests/data/litellm), then quoted twice: once with an empty cache (the first quote
@@ -24,8 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from meterline.benchmarks.installed import ROOT, install_checkout
+from meterline.benchmarks.installed import ROOT, cached_install, install_checkout
 from meterline.benchmarks.results import Figure
+from meterline.settings import load_settings
 
 RUNS = 9
 LITELLM_MAP = ROOT / "tests" / "data" / "litellm" / "model_prices_and_context_window.json"
@@ -41,7 +43,7 @@ def _seconds(command: list[str], env: dict[str, str]) -> float:
 def main(quick: bool = False) -> list[Figure]:
     runs = 3 if quick else RUNS
     with tempfile.TemporaryDirectory() as scratch:
-        bin_dir = install_checkout(Path(scratch), extras="cli") / "bin"
+        bin_dir = (cached_install(load_settings().cache_dir, "cli") if quick else install_checkout(Path(scratch), "cli")) / "bin"
         meterline = str(bin_dir / "meterline")
         floor_command = [str(bin_dir / "python"), "-c", "pass"]
         # A cache of its own, so the first quote of the book really starts cold.

@@ -48,6 +48,7 @@ TICK_SECONDS = 0.005  # the emitter sends what is due each tick: a sleep per eve
 KNEE_LAG_SHARE = 0.05
 PROFILED_RATE = 10_000  # the step whose first worker py-spy samples: the rate the seeds ask for
 WARM_UP_RATE, WARM_UP_SECONDS = 500, 8.0  # not measured: group joins and the first rebalance
+QUICK_WARM_UP_SECONDS = 3.0  # a quick run's broker has no initial rebalance delay
 console = Console()
 
 
@@ -116,7 +117,7 @@ def _emit_step(meter: Meter, rate: int, seconds: float, probes: ProbeWatch, call
     return i / (time.monotonic() - began)
 
 
-def run_steps(settings: Settings, steps: tuple[int, ...], seconds: float) -> list[Step]:
+def run_steps(settings: Settings, steps: tuple[int, ...], seconds: float, warm_up: float = WARM_UP_SECONDS) -> list[Step]:
     workers = [spawn_worker(settings.model_copy(update={"worker_port": port}))
                for port in [settings.worker_port] + [free_port() for _ in range(WORKERS - 1)]]
     sink = multiprocessing.get_context("spawn").Process(target=_run_sink, args=(settings,), daemon=True)
@@ -134,7 +135,7 @@ def run_steps(settings: Settings, steps: tuple[int, ...], seconds: float) -> lis
             calls, sent = iter(simulate(sum(steps) * int(seconds) * 2 + WARM_UP_RATE * 10, USERS, resend_ratio=0.05,
                                         seed=11)), []
             with console.status("warming up: the workers share the partitions, the sink joins..."):
-                _emit_step(meter, WARM_UP_RATE, WARM_UP_SECONDS, probes, calls, sent)
+                _emit_step(meter, WARM_UP_RATE, warm_up, probes, calls, sent)
                 meter.flush(30)
             sampler = None
             parts = {"emitter (SDK)": [os.getpid()], "workers": [worker.pid for worker in workers], "sink": [sink.pid],
@@ -210,7 +211,8 @@ def plot(steps: list[Step], path: Path) -> None:
 def main(quick: bool = False) -> list[Figure]:
     base = load_settings()
     stack_up(base)
-    steps, seconds = (QUICK_STEPS, QUICK_STEP_SECONDS) if quick else (STEPS, STEP_SECONDS)
+    steps, seconds, warm_up = (QUICK_STEPS, QUICK_STEP_SECONDS, QUICK_WARM_UP_SECONDS) if quick else (
+        STEPS, STEP_SECONDS, WARM_UP_SECONDS)
     run = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory() as directory:
         settings = base.model_copy(update={
@@ -218,7 +220,7 @@ def main(quick: bool = False) -> list[Figure]:
             "dead_letter_topic": f"bench-load-dlq-{run}", "sink_group": f"bench-load-sink-{run}", "worker_port": free_port(),
             "chdb_path": Path(directory) / "chdb", "clickhouse_url": None})
         ensure_topics(settings)
-        measured = run_steps(settings, steps, seconds)
+        measured = run_steps(settings, steps, seconds, warm_up)
     table = Table(title=f"end to end, {WORKERS} workers + the sink, {seconds:.0f} s a step, {USERS:,} power-law users, 5 % re-sent")
     # events/s offered and reached; lags in events at the step's end; emit -> balance freshness of the probes
     for column in ("offered", "emitted", "balances", "ClickHouse", "lag", "sink lag", "p50 ms", "p99 ms", "probes"):
