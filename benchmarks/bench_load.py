@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meterline.auth import org_key, resolve_secret
+from meterline.benchmarks.bench_pipeline import delete_topics
 from meterline.benchmarks.probes import ProbeWatch
 from meterline.benchmarks.profile import cpu_seconds, start_sampling, summarize
 from meterline.benchmarks.results import PROFILE_PATH, RESULTS_DIR, Figure, percentile
@@ -221,6 +222,7 @@ def main(quick: bool = False) -> list[Figure]:
             "chdb_path": Path(directory) / "chdb", "clickhouse_url": None})
         ensure_topics(settings)
         measured = run_steps(settings, steps, seconds, warm_up)
+    delete_topics(base)
     table = Table(title=f"end to end, {WORKERS} workers + the sink, {seconds:.0f} s a step, {USERS:,} power-law users, 5 % re-sent")
     # events/s offered and reached; lags in events at the step's end; emit -> balance freshness of the probes
     for column in ("offered", "emitted", "balances", "ClickHouse", "lag", "sink lag", "p50 ms", "p99 ms", "probes"):

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meterline.auth import org_key, resolve_secret
+from meterline.benchmarks.bench_pipeline import delete_topics
 from meterline.benchmarks.results import Figure, percentile
 from meterline.client import wait_until_serving
 from meterline.pricing.config import default_path
@@ -187,6 +188,7 @@ def main(quick: bool = False) -> list[Figure]:
         finally:
             worker.terminate()
             worker.wait(timeout=60)
+    delete_topics(base)
     baseline = results["balance read, under load"]
     table = Table(title=f"reserve() round trip, {RESERVE_RATE}/s for {seconds:g} s a phase, stream {STREAM_RATE:,} "
                         f"events/s, {runs} alternating runs, medians (target: p99 <= 5 ms under load)")

@@ -6,7 +6,7 @@ memory is the same size in both and what differs is the per-user state):
 1. one worker processes the topic from a fresh state: its rate, and its memory (RSS) once done;
 2. the state it wrote: records and bytes on the broker's disk of the user-state and
    remembered-ids changelogs;
-3. a restart: the worker stopped, a new one started; the recovery time is its start -> its first
+3. a restart: the worker stopped (how long its clean stop takes), a new one started; the recovery time is its start -> its first
    balance answer (it reads every changelog record back first), and its memory once restored;
 4. (not in a quick run) a second worker joins (how long until both serve), then is killed with SIGKILL: one probe user
    per partition gets an event right after the kill, and each probe's wait is the kill -> the
@@ -30,7 +30,7 @@ from rich.table import Table
 
 from meterline.auth import operator_key, org_key, resolve_secret
 from meterline.benchmarks.bench_load import Offsets
-from meterline.benchmarks.bench_pipeline import get_json, handled, worker_settings
+from meterline.benchmarks.bench_pipeline import delete_topics, get_json, handled, worker_settings
 from meterline.benchmarks.results import Figure
 from meterline.client import get_balance
 from meterline.processors.app import REMEMBERED_IDS_TABLE, USER_STATE_TABLE, changelog_topic
@@ -57,6 +57,7 @@ class Case:
     state_bytes: int  # on the broker's disk
     id_records: int
     id_bytes: int
+    stop_seconds: float  # SIGTERM -> the process gone (a clean stop: flushed, committed)
     recovery_seconds: float  # a restart: its start -> its first balance answer
     rss_restored: int
     join_seconds: float  # a second worker joins: until both serve
@@ -155,7 +156,9 @@ def measure(base: Settings, users: int, events: int, failover: bool = True) -> C
             wait_for(lambda: all(_answers(first.worker_url, token, user, 1) for user in probes), 60, "the probes' first events")
             memory = rss(worker)
         finally:
+            stopping = time.monotonic()
             _stop(worker)
+            stop = time.monotonic() - stopping
     state, ids = changelog_topic(first, USER_STATE_TABLE), changelog_topic(first, REMEMBERED_IDS_TABLE)
     with console.status(f"{users:,} users: a restart recovers the state..."):
         began = time.monotonic()
@@ -171,20 +174,11 @@ def measure(base: Settings, users: int, events: int, failover: bool = True) -> C
     offsets = Offsets(base)
     try:
         found = Case(users, rate, start_up, memory, offsets.end(state), on_disk(base, state), offsets.end(ids), on_disk(base, ids),
-                    recovery, memory_restored, join, waits)
+                    stop, recovery, memory_restored, join, waits)
     finally:
         offsets.close()
-    _delete_topics(base, topic)
+    delete_topics(base, topic)  # gigabytes a later benchmark's broker would otherwise keep compacting
     return found
-
-
-def _delete_topics(settings: Settings, prefix: str) -> None:
-    """The case's topics (the events, the changelogs, the rated records): gigabytes a later run's
-    broker would otherwise keep compacting beside what that run measures."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    names = [name for name in admin.list_topics(timeout=10).topics if name.startswith(prefix)]
-    for future in admin.delete_topics(names).values() if names else []:
-        future.result(30)
 
 
 def join_and_kill(first: Settings, topic: str, token: str, probes: list[str]) -> tuple[float, list[float]]:
@@ -232,6 +226,7 @@ def main(quick: bool = False) -> list[Figure]:
             "memory once processed, MiB": lambda c: f"{c.rss_after_processing / mib:,.0f}",
             "user-state changelog: records / MiB": lambda c: f"{c.state_records:,} / {c.state_bytes / mib:,.1f}",
             "remembered-ids changelog: records / MiB": lambda c: f"{c.id_records:,} / {c.id_bytes / mib:,.1f}",
+            "a clean stop (SIGTERM -> gone), s": lambda c: f"{c.stop_seconds:.1f}",
             "restart: start -> first answer, s": lambda c: f"{c.recovery_seconds:.1f}",
             "memory once restored, MiB": lambda c: f"{c.rss_restored / mib:,.0f}",
             "a second worker joins: until both serve, s": lambda c: f"{c.join_seconds:.1f}" if c.waits else "-",
@@ -250,6 +245,7 @@ def main(quick: bool = False) -> list[Figure]:
                            c.events_per_second / small.events_per_second if against else None),
                     Figure(f"{case}: worker memory once restored", c.rss_restored / mib, "MiB"),
                     Figure(f"{case}: state on the broker (user states + ids)", (c.state_bytes + c.id_bytes) / mib, "MiB"),
+                    Figure(f"{case}: a clean stop", c.stop_seconds, "s"),
                     Figure(f"{case}: recovery after a restart", c.recovery_seconds, "s")]
         if c.waits:
             figures += [Figure(f"{case}: a second worker joins, until both serve", c.join_seconds, "s"),

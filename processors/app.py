@@ -102,7 +102,7 @@ class PromptlyStoppingWorker(faust.Worker):
     """Faust's worker, without the last 2 s of every stop.
 
     Once `stop()` returned, everything that matters is done: the producer flushed, the offsets
-    committed, the group told. mode's loop shutdown then waits up to 1 s for the tasks still
+    committed, the consumer closed. mode's loop shutdown then waits up to 1 s for the tasks still
     pending, and sleeps 1 s more before it closes the loop, whatever is left. Here what is left is
     cancelled and awaited, as `asyncio.run` does, and the loop closed: a stop takes ~0.2 s instead
     of ~2.2 (every deploy, restart and test pays it)."""
