@@ -109,7 +109,7 @@ def serve_calls(settings: Settings, token: str, rate: float, seed: int, ready: A
 
 
 class Clients:
-    """CLIENTS processes sharing RESERVE_RATE calls a second, started once for every phase."""
+    """CLIENTS processes sharing RESERVE_RATE calls a second: started once, then given each phase in turn."""
 
     def __init__(self, settings: Settings, token: str):
         context = multiprocessing.get_context("spawn")
