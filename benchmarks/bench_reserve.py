@@ -5,10 +5,12 @@ events/s (power-law users); meanwhile CLIENTS processes share RESERVE_RATE calls
 paced (a call due is made as soon as the previous one is answered), through the SDK's Meter:
 - `reserve()`: decided by the user's owner, its hold acknowledged by Kafka before the answer;
 - the baseline: GET of the same users' balances over the same client (httpx, kept-alive
-  connections), the worker's cheapest authenticated answer: routing, key check, one state read.
+  connections), the worker's cheapest authenticated answer: routing, key check, one state read;
+- the floor: one record written with the holds' producer settings straight to the broker, and its
+  acknowledgement awaited - what the durability of a hold alone costs, with no worker in between.
 Alternating phases of PHASE_SECONDS each, RUNS times; the medians of each phase's p50 and p99,
-and the ratio of reserve to the baseline within each run. Then reserve with no stream, once.
-Bounded: about 2 minutes; every wait has a deadline.
+and the ratios of reserve to the baseline and to the floor within each run. Then reserve with no stream, once.
+Bounded: about 2.5 minutes; every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 import httpx
 import yaml
+from confluent_kafka import Producer
 from rich.console import Console
 from rich.table import Table
 
@@ -33,6 +36,7 @@ from meterline.benchmarks.bench_pipeline import delete_topics
 from meterline.benchmarks.results import Figure, percentile
 from meterline.client import wait_until_serving
 from meterline.pricing.config import default_path
+from meterline.processors.outbox import HOLD_PRODUCER_CONFIG
 from meterline.processors.worker import spawn_worker
 from meterline.producers import Meter
 from meterline.settings import Settings, load_settings
@@ -75,10 +79,25 @@ def emit_steadily(settings: Settings, rate: int, stop: Any) -> None:
             time.sleep(0.002)
 
 
-def _call(meter: Meter, client: httpx.Client, settings: Settings, token: str, kind: str, user: str) -> bool:
-    """One call of `kind`; whether it was answered as asked (allowed, or 200)."""
+def writes_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-writes"  # compacted, as the holds' changelog
+
+
+def write_acknowledged(producer: Producer, topic: str, user: str) -> bool:
+    """One record, as a hold is written (keyed by its user), once Kafka acknowledged it."""
+    failures: list[object] = []
+    producer.produce(topic, b'{"hold": "bench"}', user.encode(),
+                     on_delivery=lambda error, _message: failures.append(error) if error else None)
+    return producer.flush(10) == 0 and not failures
+
+
+def _call(meter: Meter, client: httpx.Client, producer: Producer, settings: Settings, token: str, kind: str,
+          user: str) -> bool:
+    """One call of `kind`; whether it was answered as asked (allowed, 200, or acknowledged)."""
     if kind == "reserve":
         return meter.reserve(ORG, user, "gpt-4o-mini", estimate=Decimal("0.001"), ttl_seconds=5).allowed
+    if kind == "write":
+        return write_acknowledged(producer, writes_topic(settings), user)
     return client.get(f"{settings.worker_url}/v1/orgs/{ORG}/users/{user}/balance",
                       headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
@@ -89,10 +108,12 @@ def serve_calls(settings: Settings, token: str, rate: float, seed: int, ready: A
     client is ready (`ready`, a barrier: a client still importing would take the CPU from the
     others' measurement); puts (latencies, calls not answered as asked, seconds) on `results`."""
     chooser = random.Random(seed)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, **HOLD_PRODUCER_CONFIG})
     with Meter(settings, enforcement_url=settings.worker_url, api_key=token) as meter, httpx.Client() as client:
         # Warm: this process's connections, and the worker's holds producer.
         meter.reserve(ORG, "warm-up", "gpt-4o-mini", estimate=Decimal("0.001"), ttl_seconds=1)
         client.get(f"{settings.worker_url}/healthz")
+        write_acknowledged(producer, writes_topic(settings), "warm-up")
         while (phase := phases.get()) is not None:
             kind, seconds = phase
             latencies, failed = [], 0
@@ -103,7 +124,7 @@ def serve_calls(settings: Settings, token: str, rate: float, seed: int, ready: A
                 if pause > 0:
                     time.sleep(pause)
                 started = time.perf_counter()
-                failed += not _call(meter, client, settings, token, kind, f"u{chooser.randrange(USERS)}")
+                failed += not _call(meter, client, producer, settings, token, kind, f"u{chooser.randrange(USERS)}")
                 latencies.append(time.perf_counter() - started)
             results.put((latencies, failed, time.perf_counter() - began))
 
@@ -140,10 +161,13 @@ class Clients:
             process.join(30)
 
 
+WRITE = "Kafka write (a hold's), under load"
+
+
 def measure(settings: Settings, token: str, runs: int = RUNS, seconds: float = PHASE_SECONDS,
             stream_first: float = STREAM_FIRST_SECONDS) -> dict[str, list[tuple[float, float, float]]]:
     results: dict[str, list[tuple[float, float, float]]] = {
-        "balance read, under load": [], "reserve(), under load": [], "reserve(), no stream": []}
+        "balance read, under load": [], WRITE: [], "reserve(), under load": [], "reserve(), no stream": []}
     context = multiprocessing.get_context("spawn")
     clients = Clients(settings, token)
     try:
@@ -153,7 +177,7 @@ def measure(settings: Settings, token: str, runs: int = RUNS, seconds: float = P
             stream.start()
             time.sleep(stream_first)  # the stream at its rate first
             try:
-                for kind, name in (("read", "balance read, under load"), ("reserve", "reserve(), under load")):
+                for kind, name in (("read", "balance read, under load"), ("write", WRITE), ("reserve", "reserve(), under load")):
                     console.log(f"run {run + 1}/{runs}: {name}, {RESERVE_RATE}/s for {seconds:g} s")
                     latencies, rate = clients.phase(kind, seconds)
                     results[name].append((percentile(latencies, 0.5), percentile(latencies, 0.99), rate))
@@ -179,7 +203,7 @@ def main(quick: bool = False) -> list[Figure]:
             "usage_topic": f"bench-reserve-{run}", "app_id": f"bench-reserve-{run}", "worker_port": free_port(),
             "dead_letter_topic": f"bench-reserve-dlq-{run}", "decisions_topic": f"bench-decisions-{run}",
             "plans": unlimited_plans(Path(directory))})
-        ensure_topics(settings)
+        ensure_topics(settings, compacted=(writes_topic(settings),))
         worker = spawn_worker(settings)
         try:
             token = org_key(resolve_secret(settings), ORG)
@@ -208,7 +232,11 @@ def main(quick: bool = False) -> list[Figure]:
         figures += [Figure(f"{name}, p50", p50 * 1000, "ms"),
                     Figure(f"{name}, p99", p99 * 1000, "ms", "balance read, under load" if paired else "", p99_ratio,
                            "<= 5 ms at 500/s under 5,000 events/s" if target else "", p99 <= 0.005 if target else None)]
+    floor = statistics.median(own[1] / write[1] for own, write in zip(results["reserve(), under load"], results[WRITE]))
+    figures.append(Figure("reserve(), under load, p99 vs a bare Kafka write's", floor, "x", WRITE, floor))
     console.print(table)
+    console.print(f"reserve() p99 / an acknowledged Kafka write's p99, under the same load: {floor:.2f}x "
+                  "(a hold is durable before the answer, so no reserve() can be quicker than that write)")
     console.print(f"calls not answered as asked (allowed / 200) after the warm-up: {FAILED or 'none'}")
     return figures
 
