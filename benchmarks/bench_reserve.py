@@ -110,7 +110,7 @@ def serve_calls(settings: Settings, token: str, rate: float, seed: int, ready: A
     chooser = random.Random(seed)
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, **HOLD_PRODUCER_CONFIG})
     with Meter(settings, enforcement_url=settings.worker_url, api_key=token) as meter, httpx.Client() as client:
-        # Warm: this process's connections, and the worker's holds producer.
+        # Warm: this process's connections and producer, and the worker's holds producer.
         meter.reserve(ORG, "warm-up", "gpt-4o-mini", estimate=Decimal("0.001"), ttl_seconds=1)
         client.get(f"{settings.worker_url}/healthz")
         write_acknowledged(producer, writes_topic(settings), "warm-up")
@@ -237,7 +237,7 @@ def main(quick: bool = False) -> list[Figure]:
     console.print(table)
     console.print(f"reserve() p99 / an acknowledged Kafka write's p99, under the same load: {floor:.2f}x "
                   "(a hold is durable before the answer, so no reserve() can be quicker than that write)")
-    console.print(f"calls not answered as asked (allowed / 200) after the warm-up: {FAILED or 'none'}")
+    console.print(f"calls not answered as asked (allowed, 200, acknowledged) after the warm-up: {FAILED or 'none'}")
     return figures
 
 
