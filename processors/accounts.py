@@ -77,7 +77,9 @@ class CycleAccount(NamedTuple):
         return self.subscriber == subscriber and self.start <= at < self.end
 
     def to_json(self) -> dict[str, Any]:
-        return {"subscriber": self.subscriber, "start": self.start.isoformat(), "end": self.end.isoformat(),
+        """For orjson.dumps, which writes the two datetimes itself, as isoformat() would for these UTC
+        instants (every cycle bound is in UTC: pricing/cycles.py), ~2x quicker once per user and batch."""
+        return {"subscriber": self.subscriber, "start": self.start, "end": self.end,
                 "used": str(self.used), "provider_cost": str(self.provider_cost), "events": self.events,
                 "carried": [[str(credits), cycles] for credits, cycles in self.carried],
                 "grants": [[g.grant_id, str(g.credits), g.kind, None if g.expires_at is None else g.expires_at.isoformat()]
@@ -239,8 +241,10 @@ class Accounts:
 
     def _allowance(self, account: CycleAccount, org_id: str, user_id: str) -> Allowance:
         of = self._terms(account, org_id, user_id)
-        allowance = (of.terms.included_credits + sum((credits for credits, _cycles in account.carried), ZERO)
-                     + sum((g.credits for g in account.grants if g.expires_at is None or g.expires_at > account.start), ZERO))
+        allowance = of.terms.included_credits
+        if account.carried or account.grants:  # most accounts have neither: no generators to run
+            allowance += (sum((credits for credits, _cycles in account.carried), ZERO)
+                          + sum((g.credits for g in account.grants if g.expires_at is None or g.expires_at > account.start), ZERO))
         return Allowance(_level(account.used, allowance), of.plan_id, of.plan.hard_cap, account.start, account.used, allowance)
 
     def _terms(self, account: CycleAccount, org_id: str, user_id: str) -> CycleTermsOf:
@@ -263,7 +267,10 @@ class Accounts:
         if now is not None and before is not None and (before.subscriber, before.start, before.carried, before.grants) \
                 == (after.subscriber, after.start, after.carried, after.grants):  # type: ignore[union-attr]
             # The same allowance (the common case): only the usage moved.
-            return alerts_between(now._replace(level=_level(before.used, now.allowance), used=before.used), now)
+            level_before = _level(before.used, now.allowance)
+            if level_before == now.level:  # no level crossed: most batches of most users
+                return []
+            return alerts_between(now._replace(level=level_before, used=before.used), now)
         return alerts_between(self.allowance(org_id, user_id, before), now)
 
     def limits(self, org_id: str, user_id: str, account: CycleAccount | None, now: datetime) -> tuple[Plan, Limits]:
@@ -325,6 +332,7 @@ def cycle_view(of: CycleTermsOf, cycle: Cycle, used: Decimal, events: int, cost:
 
 
 ALERT_LEVELS = (50, 80, 100)  # % of the cycle's allowance (included + carried + grants)
+_HIGHEST_FIRST = sorted(ALERT_LEVELS, reverse=True)
 
 
 class Alert(NamedTuple):
@@ -377,7 +385,11 @@ def alert_record(org_id: str, user_id: str | None, alert: Alert, at: float) -> b
 
 
 def _level(used: Decimal, allowance: Decimal) -> int:
-    return max((level for level in ALERT_LEVELS if used > 0 and used * 100 >= allowance * level), default=0)
+    if used > 0:
+        for level in _HIGHEST_FIRST:  # a loop, not max() over a generator: once or twice per user and batch
+            if used * 100 >= allowance * level:
+                return level
+    return 0
 
 
 def _condition(level: int, hard_cap: bool) -> str:

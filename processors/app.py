@@ -63,6 +63,10 @@ def faust_data_dir(settings: Settings) -> Path:
 # so a reserve() waits ~2 ms for a step in progress instead of a whole batch (~100 ms for 2,000).
 RESERVING_STEP = 32
 
+# Decoded user states kept (processors/state.py, ~1 KB each); all are dropped when full. A batch
+# touches a few hundred users; the heavy users of a power law are back in nearly every batch.
+MAX_DECODED_STATES = 20_000
+
 # Faust builds its aiokafka consumer with fetch_max_wait_ms=1500, and no setting changes it.
 # Measured here (`python -m meterline.benchmarks pipeline`, freshness at 5,000 events/s): balances
 # showed up a steady ~1.6 s late (p50 1,580 ms); with 100 ms, p50 ~90 ms.
@@ -223,9 +227,16 @@ class Engine:
         self._drainer: asyncio.Future[None] | None = None
         self._pools_unconfirmed: list[EventT] = []
         self._pools_confirming: asyncio.Future[None] | None = None
+        # The states this worker wrote, by user, with the bytes stored for them: a batch reads the
+        # user it touches back without decoding (~4 us a user and batch).
+        self._decoded: dict[bytes, tuple[bytes, UserState]] = {}
 
     def state_of(self, user_key: bytes) -> UserState:
-        return UserState.from_bytes(self.states.data.data.get(user_key))
+        raw = self.states.data.data.get(user_key)
+        decoded = self._decoded.get(user_key)
+        if decoded is not None and decoded[0] is raw:  # `is`: any other write (a recovery) stored other bytes
+            return decoded[1]
+        return UserState.from_bytes(raw)
 
     async def consume(self, stream: StreamT) -> None:
         """The agent: gather events into batches; `_flush_when_due` sends a batch that waited long enough.
@@ -443,8 +454,12 @@ class Engine:
                 if key.startswith(prefix) and value)
 
     def _write(self, result: BatchResult) -> None:
+        if len(self._decoded) + len(result.states) > MAX_DECODED_STATES:
+            self._decoded.clear()
         for key, (partition, state) in result.states.items():
-            self._persist(self.states, partition, key, state.to_bytes())
+            stored = self._persist(self.states, partition, key, state.to_bytes())
+            if stored is not None:
+                self._decoded[key] = (stored, state)
         for partition, key, value in result.remembered:
             self._persist(self.remembered, partition, key, value)
         for partition, key in result.forgotten:
@@ -456,15 +471,16 @@ class Engine:
         for letter in result.dead_letters:
             self.outbox.dead_letter(self.settings.dead_letter_topic, letter)
 
-    def _persist(self, table: faust.Table, partition: int, key: bytes, value: bytes | None) -> None:
+    def _persist(self, table: faust.Table, partition: int, key: bytes, value: bytes | None) -> bytes | None:
         """One table write: to the outbox (the changelog, the truth) and to the in-memory store."""
         self.outbox.put(table.changelog_topic.get_topic_name(), partition, key, value)
-        tables.put(table, partition, key, value)
+        return tables.put(table, partition, key, value)
 
     async def on_partitions_assigned(self, *_args: Any, **_kwargs: Any) -> None:
         # Another worker may have remembered or forgotten ids while it owned a partition.
         self.processor.forget_partitions()
         self.positions.clear()
+        self._decoded.clear()  # the revoked users' too
         for key in list(self._watchers):
             self._wake(key)  # each stream checks whether its user's partition is still here
 
