@@ -107,6 +107,10 @@ class PriceBook(BaseModel):
             return self.default_model
         raise UnknownModelError(model, list(self.models))
 
+    def names(self) -> list[str]:
+        """Every model name and alias."""
+        return list(self._canonical)
+
     def knows(self, model: str) -> bool:
         """True when `model` is a name or an alias (the default model does not count)."""
         return model in self._canonical

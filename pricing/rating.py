@@ -45,6 +45,10 @@ class Rater:
         self.rules = credits
         # Per-model credit overrides may name an alias; key them by the canonical name.
         self._per_model = {prices.resolve(name): value for name, value in credits.models.items()}
+        # Every name and alias -> (the model it prices as, its prices, its credits per 1,000 tokens):
+        # one lookup per event instead of three.
+        self._tariffs = {name: (canonical, prices.models[canonical], self.credits_per_1k(canonical))
+                         for name in prices.names() for canonical in (prices.resolve(name),)}
 
     @classmethod
     def from_catalogue(cls, catalogue: Catalogue) -> Rater:
@@ -62,14 +66,8 @@ class Rater:
     def rate(self, event: UsageEvent) -> Rating:
         """Rate a validated usage event; raises `UnknownModelError` or `InvalidUsageError`."""
         data = event.data
-        return self.rate_usage(
-            data.model,
-            data.input_tokens,
-            data.output_tokens,
-            cached_input_tokens=data.cached_input_tokens,
-            action=data.action,
-            reported_cost_usd=data.cost_usd,
-        )
+        return self._rate(data.model, data.input_tokens, data.output_tokens, data.cached_input_tokens, data.action,
+                          data.cost_usd)
 
     def rate_usage(
         self,
@@ -86,14 +84,21 @@ class Rater:
         Exact when run under `money.EXACT`, as the worker's batches and `pricing quote` are: the
         arithmetic uses the caller's Decimal context, so the hot path pays for no context switch.
         """
-        canonical = self.prices.resolve(model)  # unknown model: error, even for action tiers
+        return self._rate(model, input_tokens, output_tokens, cached_input_tokens, action, reported_cost_usd)
+
+    def _rate(self, model: str, input_tokens: int, output_tokens: int, cached_input_tokens: int,
+              action: str | None, reported_cost_usd: Decimal | None) -> Rating:
+        tariff = self._tariffs.get(model)
+        if tariff is None:  # not a name nor an alias: the default model, or UnknownModelError
+            tariff = self._tariffs[self.prices.resolve(model)]  # an error even for action tiers
+        canonical, prices, per_1k = tariff
         # Computed even when a cost is reported: it validates the token figures either way.
-        book_cost = self.prices.models[canonical].cost(input_tokens, output_tokens, cached_input_tokens)
+        book_cost = prices.cost(input_tokens, output_tokens, cached_input_tokens)
         tier = self.rules.actions.get(action) if action is not None else None
         if tier is not None:
             credits, rule = tier.credits, f"action:{action}"
         else:
-            credits, rule = Decimal(input_tokens + output_tokens) / THOUSAND * self.credits_per_1k(canonical), "tokens"
+            credits, rule = Decimal(input_tokens + output_tokens) / THOUSAND * per_1k, "tokens"
         if reported_cost_usd is not None:
             return Rating(reported_cost_usd, credits, rule, canonical, "reported")
         return Rating(book_cost, credits, rule, canonical, "price_book")

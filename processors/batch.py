@@ -16,6 +16,7 @@ from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, localcontext
+from functools import lru_cache
 from typing import NamedTuple
 
 from pydantic import ValidationError
@@ -78,6 +79,9 @@ class BatchResult:
 
 ReadRecord = Callable[[int, int], "bytes | None"]  # (partition, offset) -> that source record's value
 
+# Kafka stamps records in milliseconds: a batch's records share a few hundred instants at most.
+_record_time = lru_cache(maxsize=1024)(record_time)
+
 
 def decode(record: SourceRecord) -> UsageEvent | GrantEvent | CorrectionEvent | DeadLetter:
     """The record's usage event, grant or correction, or why it is a dead letter. Never raises."""
@@ -88,13 +92,13 @@ def decode(record: SourceRecord) -> UsageEvent | GrantEvent | CorrectionEvent | 
         try:
             # "Too far in the future" is judged against the record's Kafka time, not this worker's
             # clock, so a replay after a crash judges it the same way.
-            event = parse_event(record.value, now=record_time(record.timestamp))
+            event = parse_event(record.value, now=_record_time(record.timestamp))
         except InvalidEventError:
             # Only what is not a usage event pays for these checks.
             if GRANT_TYPE_BYTES in record.value:
-                event = parse_grant(record.value, record_time(record.timestamp))
+                event = parse_grant(record.value, _record_time(record.timestamp))
             elif CORRECTION_TYPE_BYTES in record.value:
-                event = parse_correction(record.value, record_time(record.timestamp))
+                event = parse_correction(record.value, _record_time(record.timestamp))
             else:
                 raise
     except InvalidEventError as error:
