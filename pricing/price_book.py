@@ -28,16 +28,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from meterline.pricing.config import default_path, load_cached, read_yaml, read_yaml_text, validate
 from meterline.pricing.exceptions import ConfigError, ConfigProblem, InvalidUsageError, UnknownModelError
-from meterline.pricing.money import CONFIG_DECIMAL_PLACES, EXACT, THOUSAND
+from meterline.pricing.money import CONFIG_DECIMAL_PLACES, EXACT
 
 # USD per 1,000 tokens. The dearest models list well under $1; past $10,000 a price is a typo.
 MAX_PRICE_PER_1K = Decimal(10_000)
 PricePer1k = Field(ge=0, le=MAX_PRICE_PER_1K, decimal_places=CONFIG_DECIMAL_PLACES)
 
 
+_ONE = Decimal(1)
+
+
 def tidy(value: Decimal) -> Decimal:
     """The same number without trailing zeros (0.0030 -> 0.003) and never in exponent form (10, not 1E+1)."""
-    return value.quantize(Decimal(1), context=EXACT) if value == value.to_integral_value() else value.normalize(EXACT)
+    return value.quantize(_ONE, context=EXACT) if value == value.to_integral_value() else value.normalize(EXACT)
 
 
 class ModelPrice(BaseModel):
@@ -59,10 +62,16 @@ class ModelPrice(BaseModel):
                 "cached_input_tokens",
                 f"{cached_input_tokens} is more than input_tokens {input_tokens}; cached tokens are part of the input",
             )
-        cached_rate = self.input_per_1k if self.cached_input_per_1k is None else self.cached_input_per_1k
-        fresh = input_tokens - cached_input_tokens
-        cost = (fresh * self.input_per_1k + cached_input_tokens * cached_rate + output_tokens * self.output_per_1k) / THOUSAND
-        return tidy(cost)
+        per_input, per_cached, per_output = self._per_token
+        return tidy((input_tokens - cached_input_tokens) * per_input + cached_input_tokens * per_cached
+                    + output_tokens * per_output)
+
+    @cached_property
+    def _per_token(self) -> tuple[Decimal, Decimal, Decimal]:
+        """USD per input, cached input and output token: exact (a shift of the decimal point), and no
+        division per event. `tidy` makes the cost the same number, written the same, as per 1,000 / 1,000."""
+        cached = self.input_per_1k if self.cached_input_per_1k is None else self.cached_input_per_1k
+        return (self.input_per_1k.scaleb(-3, EXACT), cached.scaleb(-3, EXACT), self.output_per_1k.scaleb(-3, EXACT))
 
 
 class PriceBook(BaseModel):

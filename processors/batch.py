@@ -14,7 +14,6 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal, localcontext
 from functools import lru_cache
 from typing import NamedTuple
@@ -207,7 +206,8 @@ class BatchProcessor:
         for record in records:
             outcome = decode(record)
             if not isinstance(outcome, DeadLetter):
-                outcome = self._too_late(record, outcome.time, now) or outcome
+                event_time = outcome.time.timestamp()  # epoch seconds, once: judged here, kept in the state
+                outcome = self._too_late(record, event_time, now) or outcome
             if isinstance(outcome, DeadLetter):
                 result.dead_letters.append(outcome)
                 result.counts["dead_lettered"] += 1
@@ -222,7 +222,7 @@ class BatchProcessor:
                     continue
                 rating = self.rater.rate(outcome)
                 self._apply(record, outcome, rating.provider_cost_usd, rating.credits, rating.rule, state_of,
-                            first_seen.setdefault(record.partition, {}), result, now)
+                            first_seen.setdefault(record.partition, {}), result, now, event_time)
             except PricingError as error:  # e.g. a model the price book does not know: never priced at zero
                 field_name = "data.model" if isinstance(outcome, UsageEvent) else "event"
                 result.dead_letters.append(DeadLetter(record, (FieldProblem(field_name, str(error)),)))
@@ -250,14 +250,14 @@ class BatchProcessor:
             result.forgotten.extend((partition, key) for key in ids.expire(now))  # the bound on ids
         return result
 
-    def _too_late(self, record: SourceRecord, event_time: datetime, now: float) -> DeadLetter | None:
+    def _too_late(self, record: SourceRecord, event_time: float, now: float) -> DeadLetter | None:
         """An event (or grant) older than the dedupe window is refused: a re-send could no longer be recognised.
 
         Judged against the record's Kafka time (the worker's clock when it has none), so a replay
         after a crash reaches the same verdict.
         """
         written = record.timestamp if record.timestamp and record.timestamp > 0 else now
-        age = written - event_time.timestamp()
+        age = written - event_time
         if age <= self.window_seconds:
             return None
         return DeadLetter(record, (FieldProblem("time", f"is {age / 86_400:,.1f} days before the record was written; "
@@ -406,7 +406,7 @@ class BatchProcessor:
 
     def _apply(self, record: SourceRecord, event: UsageEvent, cost: Decimal, credits: Decimal, rule: str,
                state_of: Callable[[bytes], UserState], first_seen: dict[int, Seen],
-               result: BatchResult, now: float) -> None:
+               result: BatchResult, now: float, event_time: float) -> None:
         user_key = record.key or b""  # decode() checked that it is the event's org_id/user_id
         partition, offset = record.partition, record.offset
         state = self._state(user_key, state_of, result)
@@ -425,7 +425,7 @@ class BatchProcessor:
             replay = state.has_applied(partition, offset)
             if not replay:
                 # First: if it raises, nothing is recorded.
-                state = state.apply(credits, partition, offset, account, event.time.timestamp(), now)
+                state = state.apply(credits, partition, offset, account, event_time, now)
             if seen is None:
                 # Also for a replay: its state was stored but its batch of ids may have been lost.
                 first_seen[digest] = Seen(offset, fingerprint, self._price_book)

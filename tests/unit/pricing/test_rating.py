@@ -111,3 +111,25 @@ def test_rating_at_the_token_bound_is_exact() -> None:
     assert rating.provider_cost_usd == (Decimal("0.015") + (MAX_TOKENS - 1) * Decimal("0.0015")
                                         + MAX_TOKENS * Decimal("0.075")) / 1000
     assert rating.credits == Decimal(2 * MAX_TOKENS) / 1000 * 5
+
+
+prices_per_1k = st.decimals(min_value=0, max_value=10_000, places=12, allow_nan=False, allow_infinity=False)
+tokens = st.integers(min_value=0, max_value=10**9)
+
+
+@given(prices_per_1k, prices_per_1k | st.none(), prices_per_1k, tokens, tokens, st.integers(min_value=0, max_value=10**9))
+def test_a_cost_priced_per_token_is_the_cost_per_1000_tokens_over_1000_written_the_same(
+        input_per_1k: Decimal, cached_per_1k: Decimal | None, output_per_1k: Decimal, input_tokens: int,
+        output_tokens: int, cached_share: int) -> None:
+    from meterline.pricing.money import EXACT
+    from meterline.pricing.price_book import ModelPrice, tidy
+
+    cached = min(cached_share, input_tokens)
+    price = ModelPrice(input_per_1k=input_per_1k, cached_input_per_1k=cached_per_1k, output_per_1k=output_per_1k)
+    with localcontext(EXACT):
+        cost = price.cost(input_tokens, output_tokens, cached)
+        cached_rate = input_per_1k if cached_per_1k is None else cached_per_1k
+        expected = tidy(((input_tokens - cached) * input_per_1k + cached * cached_rate + output_tokens * output_per_1k)
+                        / Decimal(1000))
+    assert cost == expected
+    assert str(cost) == str(expected)
