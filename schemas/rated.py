@@ -72,16 +72,19 @@ _TIMES = frozenset(name for name, kind in RATED_COLUMNS if kind.startswith("Date
 def rated_record(event: UsageEvent, *, provider_cost_usd: Decimal, credits: Decimal, credit_rule: str,
                  price_version: str, status: Status, partition: int, offset: int, processed_at: float,
                  placement: Placement, revision: int = 0, correction: CorrectionEvent | None = None) -> bytes:
-    data = event.data
+    # The fields read from the models' dicts: an attribute of a pydantic model costs ~3x a plain
+    # one, and the worker makes a record per event.
+    envelope, data = event.__dict__, event.data.__dict__
+    cost = data["cost_usd"]
     record = {
         "status": status,  # first: the sink routes a record by it without parsing (rated_status)
-        "org_id": data.org_id, "user_id": data.user_id, "request_id": event.id,
-        "event_time": event.time, "model": data.model, "action": data.action or "",
-        "input_tokens": data.input_tokens, "output_tokens": data.output_tokens,
-        "cached_input_tokens": data.cached_input_tokens, "latency_ms": data.latency_ms,
-        "reported_cost_usd": None if data.cost_usd is None else str(data.cost_usd),
+        "org_id": data["org_id"], "user_id": data["user_id"], "request_id": envelope["id"],
+        "event_time": envelope["time"], "model": data["model"], "action": data["action"] or "",
+        "input_tokens": data["input_tokens"], "output_tokens": data["output_tokens"],
+        "cached_input_tokens": data["cached_input_tokens"], "latency_ms": data["latency_ms"],
+        "reported_cost_usd": None if cost is None else str(cost),
         "provider_cost_usd": str(provider_cost_usd), "credits": str(credits), "credit_rule": credit_rule,
-        "price_version": price_version, "source": event.source, "metadata": data.metadata,
+        "price_version": price_version, "source": envelope["source"], "metadata": data["metadata"],
         "kafka_partition": partition, "kafka_offset": offset, "processed_at": processed_at,
         "plan": placement.plan, "cycle_start": placement.cycle_start, "late": placement.late,
     }
