@@ -11,7 +11,7 @@ crash point is safe).
 from __future__ import annotations
 
 import itertools
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
@@ -198,7 +198,7 @@ class BatchProcessor:
     def _process(self, records: list[SourceRecord], state_of: Callable[[bytes], UserState],
                  now: float, read: ReadRecord) -> BatchResult:
         result = BatchResult()
-        first_seen: dict[int, dict[int, Seen]] = {}  # partition -> ids first seen in this batch
+        first_seen: defaultdict[int, dict[int, Seen]] = defaultdict(dict)  # partition -> ids first seen in this batch
         for partition in {record.partition for record in records}:
             # Before judging: a copy that arrives after the window is counted again, whichever
             # batch it comes in, so a replay of this batch reaches the same verdict.
@@ -214,15 +214,15 @@ class BatchProcessor:
                 continue
             try:
                 if isinstance(outcome, GrantEvent):
-                    self._grant(record, outcome, state_of, first_seen.setdefault(record.partition, {}), result)
+                    self._grant(record, outcome, state_of, first_seen[record.partition], result)
                     continue
                 if isinstance(outcome, CorrectionEvent):
-                    self._correct(record, outcome, state_of, first_seen.setdefault(record.partition, {}), result,
+                    self._correct(record, outcome, state_of, first_seen[record.partition], result,
                                   read, now)
                     continue
                 rating = self.rater.rate(outcome)
                 self._apply(record, outcome, rating.provider_cost_usd, rating.credits, rating.rule, state_of,
-                            first_seen.setdefault(record.partition, {}), result, now, event_time)
+                            first_seen[record.partition], result, now, event_time)
             except PricingError as error:  # e.g. a model the price book does not know: never priced at zero
                 field_name = "data.model" if isinstance(outcome, UsageEvent) else "event"
                 result.dead_letters.append(DeadLetter(record, (FieldProblem(field_name, str(error)),)))
