@@ -27,7 +27,9 @@ test: install jars tools
 demo: install jars
 	$(BIN)/meterline demo
 
+# valgrind (a Debian package) counts the instructions of the worker's own work (benchmarks/bench_batch.py).
 bench: install jars
+	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
 	$(BIN)/python -m meterline.benchmarks
 
 clean:

@@ -27,7 +27,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
@@ -62,6 +62,19 @@ EMIT_TICK_SECONDS = 0.002
 console = Console()
 
 
+def usage_stream(events: int) -> Iterator[tuple[bytes, bytes, bool]]:
+    """`events` (key, value, re-sent) of power-law users, about 5 % of them a re-send of an earlier one."""
+    sent: list[tuple[bytes, bytes]] = []
+    for call in simulate(events, USERS, seed=11):
+        if call.resend and sent:
+            yield *sent[len(sent) // 2], True
+            continue
+        event = build_event("bench", call.user_id, call.model, call.input_tokens, call.output_tokens,
+                            latency_ms=call.latency_ms, action=call.action)
+        sent.append((event.user_key.encode(), event.to_json()))
+        yield *sent[-1], False
+
+
 def fill_topic(settings: Settings, events: int) -> tuple[str, int]:
     """A new topic holding `events` events (about 5 % re-sent); returns it and the distinct count."""
     topic = f"bench-usage-{uuid.uuid4().hex[:8]}"
@@ -69,15 +82,9 @@ def fill_topic(settings: Settings, events: int) -> tuple[str, int]:
     admin.create_topics([NewTopic(topic, settings.partitions, 1)])[topic].result(30)
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "partitioner": "murmur2_random",
                          "linger.ms": 20, "compression.type": "lz4"})
-    sent: list[tuple[bytes, bytes]] = []
-    for call in simulate(events, USERS, seed=11):
-        if call.resend and sent:
-            key, value = sent[len(sent) // 2]
-        else:
-            event = build_event("bench", call.user_id, call.model, call.input_tokens, call.output_tokens,
-                                latency_ms=call.latency_ms, action=call.action)
-            key, value = event.user_key.encode(), event.to_json()
-            sent.append((key, value))
+    distinct = 0
+    for key, value, resent in usage_stream(events):
+        distinct += not resent
         while True:
             try:
                 producer.produce(topic, value, key)
@@ -85,7 +92,7 @@ def fill_topic(settings: Settings, events: int) -> tuple[str, int]:
             except BufferError:
                 producer.poll(0.1)
     producer.flush(60)
-    return topic, len(sent)
+    return topic, distinct
 
 
 def run_ceiling(settings: Settings, topic: str, events: int) -> float:

@@ -33,7 +33,7 @@ from meterline.processors.batch import BatchProcessor, BatchResult, SourceRecord
 from meterline.processors.enforcement import Enforcer
 from meterline.processors.outbox import Outbox
 from meterline.processors.pools import PoolState, apply_pool_usage, pool_key, read_pool_usage
-from meterline.processors.state import UserState
+from meterline.processors.state import UserState, WrittenStates
 from meterline.processors.views import register_views
 from meterline.processors.watchdog import EXIT_CRASHED, exit_now, watch_recovery
 from meterline.price_books import PriceBookFeed, price_book_record, publish
@@ -62,10 +62,6 @@ def faust_data_dir(settings: Settings) -> Path:
 # Events applied in one synchronous step while reservations are being decided: ~50 us each here,
 # so a reserve() waits ~2 ms for a step in progress instead of a whole batch (~100 ms for 2,000).
 RESERVING_STEP = 32
-
-# Decoded user states kept (processors/state.py, ~1 KB each); all are dropped when full. A batch
-# touches a few hundred users; the heavy users of a power law are back in nearly every batch.
-MAX_DECODED_STATES = 20_000
 
 # Faust builds its aiokafka consumer with fetch_max_wait_ms=1500, and no setting changes it.
 # Measured here (`python -m meterline.benchmarks pipeline`, freshness at 5,000 events/s): balances
@@ -227,16 +223,10 @@ class Engine:
         self._drainer: asyncio.Future[None] | None = None
         self._pools_unconfirmed: list[EventT] = []
         self._pools_confirming: asyncio.Future[None] | None = None
-        # The states this worker wrote, by user, with the bytes stored for them: a batch reads the
-        # user it touches back without decoding (~4 us a user and batch).
-        self._decoded: dict[bytes, tuple[bytes, UserState]] = {}
+        self._written = WrittenStates()  # a batch reads the users it touches back without decoding them
 
     def state_of(self, user_key: bytes) -> UserState:
-        raw = self.states.data.data.get(user_key)
-        decoded = self._decoded.get(user_key)
-        if decoded is not None and decoded[0] is raw:  # `is`: any other write (a recovery) stored other bytes
-            return decoded[1]
-        return UserState.from_bytes(raw)
+        return self._written.read(user_key, self.states.data.data.get(user_key))
 
     async def consume(self, stream: StreamT) -> None:
         """The agent: gather events into batches; `_flush_when_due` sends a batch that waited long enough.
@@ -454,12 +444,10 @@ class Engine:
                 if key.startswith(prefix) and value)
 
     def _write(self, result: BatchResult) -> None:
-        if len(self._decoded) + len(result.states) > MAX_DECODED_STATES:
-            self._decoded.clear()
         for key, (partition, state) in result.states.items():
             stored = self._persist(self.states, partition, key, state.to_bytes())
             if stored is not None:
-                self._decoded[key] = (stored, state)
+                self._written.wrote(key, stored, state)
         for partition, key, value in result.remembered:
             self._persist(self.remembered, partition, key, value)
         for partition, key in result.forgotten:
@@ -480,7 +468,7 @@ class Engine:
         # Another worker may have remembered or forgotten ids while it owned a partition.
         self.processor.forget_partitions()
         self.positions.clear()
-        self._decoded.clear()  # the revoked users' too
+        self._written.clear()  # the revoked users' too
         for key in list(self._watchers):
             self._wake(key)  # each stream checks whether its user's partition is still here
 

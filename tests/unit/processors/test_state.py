@@ -10,11 +10,45 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meterline.processors.state import RememberedIds, Seen, UserState, batch_price_version, decode_batch, encode_batch, id_digest
+from meterline.processors.state import (RememberedIds, Seen, UserState, WrittenStates, batch_price_version, decode_batch,
+                                        encode_batch, id_digest)
 
 HIGH_BIT = 1 << 127
 MAX_DIGEST = 2**128 - 1
 MAX_FINGERPRINT = 2**64 - 1
+
+
+# --- WrittenStates: what a batch reads back ----------------------------------------------------
+
+def test_a_state_read_back_is_the_one_written_while_the_store_holds_its_bytes() -> None:
+    written = WrittenStates()
+    state = UserState().apply(Decimal("2.5"), partition=1, offset=7)
+    stored = bytes(memoryview(state.to_bytes()))
+    written.wrote(b"org/u", stored, state)
+    assert written.read(b"org/u", stored) is state  # not decoded again
+
+
+def test_other_bytes_in_the_store_are_decoded_not_taken_for_the_state_written() -> None:
+    """A recovery (or any other writer) stores other bytes, even equal ones: they are the truth."""
+    written = WrittenStates()
+    mine = UserState().apply(Decimal(1), partition=1, offset=7)
+    written.wrote(b"org/u", bytes(memoryview(mine.to_bytes())), mine)
+    recovered = UserState().apply(Decimal(4), partition=1, offset=9)
+    assert written.read(b"org/u", recovered.to_bytes()) == recovered
+    equal_bytes = bytes(bytearray(mine.to_bytes()))  # the same content, another object
+    assert written.read(b"org/u", equal_bytes) == mine and written.read(b"org/u", equal_bytes) is not mine
+    assert written.read(b"org/u", None) == UserState()  # deleted from the store: a new user's state
+
+
+def test_written_states_stay_within_their_limit() -> None:
+    written = WrittenStates(limit=3)
+    states = {f"org/u{n}".encode(): UserState().apply(Decimal(n), partition=0, offset=n) for n in range(10)}
+    stored = {key: bytes(memoryview(state.to_bytes())) for key, state in states.items()}
+    for key, state in states.items():
+        written.wrote(key, stored[key], state)
+        assert len(written) <= 3
+    for key, state in states.items():  # whatever was dropped is decoded: the same state either way
+        assert written.read(key, stored[key]) == state
 
 
 # --- UserState ---------------------------------------------------------------------------------
