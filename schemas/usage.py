@@ -113,6 +113,8 @@ class UsageData(BaseModel):
     @classmethod
     def _cached_within_input(cls, value: int, info: ValidationInfo) -> int:
         # input_tokens is the total input, cached_input_tokens the part of it served from a cache.
+        if not value:  # none cached, as most events send: the validated fields need not be read
+            return value
         total = info.data.get("input_tokens")
         if isinstance(total, int) and value > total:
             raise ValueError(f"must be at most input_tokens ({total}), got {value}: input_tokens counts cached ones too")
