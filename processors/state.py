@@ -100,14 +100,24 @@ class WrittenStates:
         self._states.clear()
 
 
+# Copied for each digest rather than made: making one parses a dozen parameters, ~20 % of a
+# digest of an event's bytes. Never updated themselves.
+_BLAKE2B_128 = hashlib.blake2b(digest_size=16)
+_BLAKE2B_64 = hashlib.blake2b(digest_size=8)
+
+
 def id_digest(dedupe_key: bytes) -> int:
     """128 bits of BLAKE2b: two distinct ids collide with odds of ~1e-24 among 10^7 remembered."""
-    return int.from_bytes(hashlib.blake2b(dedupe_key, digest_size=16).digest(), "big")
+    digest = _BLAKE2B_128.copy()
+    digest.update(dedupe_key)
+    return int.from_bytes(digest.digest(), "big")
 
 
 def payload_fingerprint(raw: bytes) -> int:
     """64 bits over the event's bytes: a re-send with other bytes is reported as a conflict."""
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+    digest = _BLAKE2B_64.copy()
+    digest.update(raw)
+    return int.from_bytes(digest.digest(), "big")
 
 
 class Seen(NamedTuple):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import struct
 from decimal import Decimal
 
@@ -11,11 +12,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meterline.processors.state import (RememberedIds, Seen, UserState, WrittenStates, batch_price_version, decode_batch,
-                                        encode_batch, id_digest)
+                                        encode_batch, id_digest, payload_fingerprint)
 
 HIGH_BIT = 1 << 127
 MAX_DIGEST = 2**128 - 1
 MAX_FINGERPRINT = 2**64 - 1
+
+
+# --- digests: what remembered-ids records written by any version hold ---------------------------
+
+@given(st.binary(max_size=2000))
+def test_digests_are_blake2b_of_the_bytes_whichever_bytes_came_before(data: bytes) -> None:
+    id_digest(b"something else first"), payload_fingerprint(b"something else first")
+    assert id_digest(data) == int.from_bytes(hashlib.blake2b(data, digest_size=16).digest(), "big")
+    assert payload_fingerprint(data) == int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
 # --- WrittenStates: what a batch reads back ----------------------------------------------------
