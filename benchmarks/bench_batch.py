@@ -1,6 +1,6 @@
 """The worker's own work per event, without Kafka or Faust, in instructions.
 
-    python -m meterline.benchmarks batch      # or `make bench`; ~1.5 minutes (--quick: ~30 s)
+    python -m meterline.benchmarks batch      # or `make bench`; ~70 s (--quick: ~40 s)
 
 `BatchProcessor.process` over the pipeline benchmark's kind of stream (power-law users, re-sent
 ids), in batches of 600 (what the 50 ms timer gathers at ~11,000 events/s), each touched user's
