@@ -24,6 +24,8 @@ what the balances counted. Guarantees, step by step:
 - a stop, or a rebalance that takes partitions away, waits for ClickHouse at most
   REVOKE_SECONDS: then the buffer is dropped uncommitted, and whoever reads those
   partitions next (this sink after a restart, or another member) stores it.
+- a consumer out of its group for `sink_stuck_seconds` while a broker is up (sinks/group_watch.py)
+  is replaced by a new one, its buffer dropped uncommitted in the same way.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from meterline.schemas.decision import DECISION_FIELDS, decision_row
 from meterline.schemas.rated import RATED_FIELDS, rated_row, rated_status
 from meterline.settings import Settings
+from meterline.sinks.group_watch import STATISTICS_SECONDS, GroupWatch
 from meterline.sinks.queries import DECISIONS, TABLES_FOR_STATUS
 from meterline.sinks.warehouse import Warehouse
 
@@ -87,6 +90,7 @@ class ClickHouseSink:
         self._writing: tuple[Batch, Future[int]] | None = None  # handed to the writer, not yet committed
         self._writer: ThreadPoolExecutor | None = None
         self._consumer: Consumer | None = None
+        self._group_watch: GroupWatch | None = None  # the consumer's
         self._stop: threading.Event | None = None  # run()'s, so a revoke during a stop ends at once
         self.rows_written = 0
         self.unreadable_skipped = 0
@@ -96,6 +100,7 @@ class ClickHouseSink:
     @property
     def consumer(self) -> Consumer:
         if self._consumer is None:
+            watch = self._group_watch = GroupWatch(self.settings.sink_stuck_seconds, time.monotonic())
             self._consumer = Consumer(
                 {
                     "bootstrap.servers": self.settings.kafka_bootstrap,
@@ -107,12 +112,16 @@ class ClickHouseSink:
                     # records/s here; 8 MB ones read ~250,000 (a batch is ~12 MB of records anyway).
                     "max.partition.fetch.bytes": 8 << 20,
                     "fetch.max.bytes": 64 << 20,
+                    "statistics.interval.ms": int(STATISTICS_SECONDS * 1000),
+                    "stats_cb": lambda raw: watch.on_statistics(raw, time.monotonic()),
                 }
             )
             self._consumer.subscribe([self.settings.rated_topic, self.settings.decisions_topic], on_revoke=self._on_revoke)
         return self._consumer
 
-    def _on_revoke(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+        if consumer is not self._consumer:
+            return  # a replaced consumer closing: what it held was dropped already
         # Store what we hold before another member takes the partitions over, if ClickHouse lets us
         # within REVOKE_SECONDS; else hand them over uncommitted (nothing is lost, nothing counted twice).
         if not self.flush(self._stop, deadline=time.monotonic() + REVOKE_SECONDS):
@@ -257,7 +266,20 @@ class ClickHouseSink:
         self.batch = Batch()
         self._writing = None
 
+    def _replace_stuck_consumer(self) -> None:
+        """A new consumer instead of the one out of its group; what is held is read again from the
+        last commit (dedupe tokens and one row per request id keep it from counting twice)."""
+        log.warning("the sink's consumer has been out of group %s for %.0f s with the broker up; a new one "
+                    "replaces it (%d buffered record(s) are read again)", self.settings.sink_group,
+                    self.settings.sink_stuck_seconds, self._buffered())
+        stuck, self._consumer = self._consumer, None
+        self._clear_buffer()
+        if stuck is not None:  # its close may wait for the coordinator it cannot find: never the sink's wait
+            threading.Thread(target=stuck.close, name="sink-replaced-consumer", daemon=True).start()
+
     def poll_once(self, timeout: float = 0.2, stop: threading.Event | None = None) -> int:
+        if self._group_watch is not None and self._group_watch.stuck(time.monotonic()):
+            self._replace_stuck_consumer()
         messages = self.consumer.consume(num_messages=self.settings.sink_batch_size, timeout=timeout)
         self.add_many(messages)
         if self._writing is not None and self._writing[1].done():

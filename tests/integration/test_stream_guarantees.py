@@ -154,3 +154,41 @@ def test_a_sink_stops_promptly_while_clickhouse_is_down_and_a_new_one_stores_eve
             thread.join(30)
         stored = {u: c for _o, u, c, _n in pipeline.warehouse.query(queries.credits_per_user("org-outage-stop"))}
         assert stored == expected_credits(events)
+
+
+def test_a_sink_replaces_a_consumer_out_of_its_group_and_stores_every_event_once(make_settings):
+    """The replacement (sinks/group_watch.py) on the real broker: the new consumer starts from the last
+    commit, so what the old one held is stored and what it had stored is not read again."""
+    settings = make_settings(sink_batch_size=100_000, sink_batch_seconds=3600)
+    org = "org-regroup"
+    with running_pipeline(settings, with_sink=False) as pipeline, Meter(settings) as meter:
+        sink = ClickHouseSink(settings, pipeline.warehouse)
+        stored_first = rated_in_stream(pipeline, meter, org, 200, users=6)
+        assert wait_for(lambda: sink.poll_once(timeout=0.5) >= 0 and len(sink.batch) >= 200)
+        assert sink.flush()  # stored and committed
+        held = [meter.build(org, f"u{i % 6}", "gpt-4o", i, 1) for i in range(150)]
+        for event in held:
+            meter.send(event)
+        meter.flush()
+        assert wait_for(balances_match(pipeline, org, expected_credits(stored_first + held)))
+        assert wait_for(lambda: sink.poll_once(timeout=0.5) >= 0 and len(sink.batch) >= 150)
+        first, watch = sink._consumer, sink._group_watch
+        made = watch.steady_at
+        # librdkafka's own statistics of this consumer: a steady member, its broker up.
+        assert wait_for(lambda: sink.poll_once(timeout=0.5) >= 0 and watch.steady_at > made
+                        and watch.broker_up_since is not None, timeout=30)
+        assert not watch.stuck(time.monotonic())
+        # Out of its group that long (as after the broker restart seen in CI): it is replaced.
+        watch.steady_at = watch.broker_up_since = time.monotonic() - settings.sink_stuck_seconds - 1
+        sink.poll_once(timeout=0.5)
+        assert sink._consumer is not first
+        assert wait_for(lambda: sink.poll_once(timeout=0.5) >= 0 and len(sink.batch) >= 150, timeout=60)
+        time.sleep(1)
+        sink.poll_once(timeout=0.5)
+        assert len(sink.batch) == 150, "the new consumer did not start from the last commit"
+        assert sink.flush()
+        sink.close()
+        events = stored_first + held
+        assert pipeline.warehouse.query(queries.count_distinct_events(org))[0][0] == len(events)
+        stored = {u: c for _o, u, c, _n in pipeline.warehouse.query(queries.credits_per_user(org))}
+        assert stored == expected_credits(events)
