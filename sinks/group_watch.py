@@ -1,6 +1,6 @@
 """When a Kafka consumer has been out of its group too long, with a broker there to rejoin through.
 
-Seen here once in 40 runs of tests/integration/test_broker_restart.py, and once in CI: after a broker
+Seen once in about 50 looped runs of tests/integration/test_broker_restart.py, and once in CI: after a broker
 restart, the sink's consumer logged "session timed out ... without a successful response from the
 group coordinator (broker -1)" and stored nothing more, while the workers went on with the same
 broker. librdkafka issues #2944 and #3082 describe consumers that stay so. A new consumer joins in
