@@ -1,10 +1,10 @@
 """When a Kafka consumer has been out of its group too long, with a broker there to rejoin through.
 
-Seen once in about 50 looped runs of tests/integration/test_broker_restart.py, and once in CI: after a broker
-restart, the sink's consumer logged "session timed out ... without a successful response from the
-group coordinator (broker -1)" and stored nothing more, while the workers went on with the same
-broker. librdkafka issues #2944 and #3082 describe consumers that stay so. A new consumer joins in
-seconds, so the sink replaces one that this watch calls stuck.
+Seen once in about 50 looped runs of tests/integration/test_broker_restart.py, and once in CI:
+after a broker restart, the sink's consumer logged "session timed out ... without a successful
+response from the group coordinator (broker -1)" and stored nothing more, while the workers went on
+with the same broker. librdkafka issues #2944 and #3082 describe consumers that stay so. A new
+consumer joins in seconds, so the sink replaces one that this watch calls stuck.
 
 Fed librdkafka's statistics (its `stats_cb`, served inside `consume()`): `cgrp.state` "up" with
 `cgrp.join_state` "steady" is a member holding its assignment; a broker connection "UP" means
