@@ -148,7 +148,7 @@ class Settings(SdkSettings):
     sink_batch_seconds: float = 0.5
     sink_report_seconds: float = Field(default=30.0, gt=0, description="How often the sink logs rows stored and lag.")
     # A sink whose consumer has not been a steady member of its group for this long replaces it
-    # (a consumer can stay without a coordinator after a broker restart: sinks/clickhouse_sink.py).
+    # (a consumer can stay without a coordinator after a broker restart: sinks/group_watch.py).
     sink_stuck_seconds: float = Field(default=60.0, ge=10.0)
     clickhouse_url: SecretStr | None = None
     clickhouse_database: str = "meterline"

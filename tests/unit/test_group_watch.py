@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import orjson
@@ -102,21 +103,21 @@ class _NewConsumer(_StuckConsumer):
 
 def test_the_sink_replaces_a_stuck_consumer_and_drops_what_it_held_uncommitted(monkeypatch: Any, tmp_path: Any) -> None:
     monkeypatch.setattr(clickhouse_sink, "Consumer", _NewConsumer)
+    _NewConsumer.made.clear()
     sink = ClickHouseSink(Settings(home=tmp_path), warehouse=None)  # type: ignore[arg-type]
-    stuck = _StuckConsumer()
-    sink._consumer, sink._group_watch = stuck, GroupWatch(LIMIT, 0.0)  # type: ignore[assignment]
-    sink._group_watch.on_statistics(statistics(state="wait-coord"), 0.0)
+    stuck, now = _StuckConsumer(), time.monotonic()
+    watch = GroupWatch(LIMIT, now)
+    sink._consumer, sink._group_watch = stuck, watch  # type: ignore[assignment]
+    watch.on_statistics(statistics(state="wait-coord"), now - LIMIT - 1)  # out of its group that long, broker up
+    watch.steady_at = now - LIMIT - 1  # and polled all along
     sink.batch.next_offset[("rated", 0)] = 10  # something held, not stored
-    sink._group_watch.stuck(0.0)
-    monkeypatch.setattr(clickhouse_sink.time, "monotonic", lambda: LIMIT + 1)  # type: ignore[attr-defined]
-    sink._group_watch._polled_at = LIMIT  # polled all along
 
     sink.poll_once(timeout=0)
 
     assert stuck.closed.wait(5)  # closed aside: its close may hang
     assert [new.subscribed for new in _NewConsumer.made] == [True] and sink._consumer is _NewConsumer.made[0]
     assert not sink.batch.next_offset  # read again from the last commit by the new member
-    assert sink._group_watch is not None and not sink._group_watch.stuck(LIMIT + 1)
+    assert sink._group_watch is not watch and not sink._group_watch.stuck(time.monotonic())
     assert "stats_cb" in _NewConsumer.made[0].config
     sink._on_revoke(stuck, [])  # type: ignore[arg-type]  # the replaced one's revoke, from its close: ignored
     assert sink._consumer is _NewConsumer.made[0]
