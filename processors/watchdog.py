@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
+import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 
 import faust
 
@@ -42,6 +45,45 @@ class StuckWatch:
         return now - self._since >= self.limit_seconds
 
 
+def await_chain(task: asyncio.Task[object]) -> list[str]:
+    """Where `task` waits: each coroutine it awaits, outermost first, as "file:line function".
+
+    `Task.get_stack` gives only the outermost frame of a suspended coroutine; the chain of awaits
+    down to the future it waits on is what says where a worker is stuck.
+    """
+    places: list[str] = []
+    awaited: object = task.get_coro()
+    while awaited is not None and len(places) < 50:
+        frame = (getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+                 or getattr(awaited, "ag_frame", None))
+        if frame is not None:
+            places.append(_place(frame))
+        awaited = (getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+                   or getattr(awaited, "ag_await", None))
+    return places
+
+
+def _place(frame: FrameType) -> str:
+    return f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}"
+
+
+def where_everything_waits() -> str:
+    """Every asyncio task of this thread's loop by its await chain, and every other thread's top frames."""
+    lines = []
+    for task in sorted(asyncio.all_tasks(), key=lambda task: task.get_name()):
+        lines.append(f"task {task.get_name()}: " + " <- ".join(reversed(await_chain(task))))
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        if ident != threading.get_ident():
+            stack: list[str] = []
+            top: FrameType | None = frame
+            while top is not None and len(stack) < 8:
+                stack.append(_place(top))
+                top = top.f_back
+            lines.append(f"thread {names.get(ident, ident)}: " + " <- ".join(stack))
+    return "\n".join(lines)
+
+
 def exit_now(code: int) -> None:
     """Exit this worker at once, logs flushed: a clean stop would wait for events it cannot finish."""
     logging.shutdown()
@@ -60,6 +102,7 @@ async def watch_recovery(app: faust.App, limit_seconds: float, interval: float =
             # Exiting at any instant is safe: nothing unacknowledged is committed (README.md).
             log.critical("the worker has not served for %.0f s and its recovery does not move "
                          "(rebalancing=%s, in_recovery=%s, %d changelog records to go); it exits so it "
-                         "can be started again", limit_seconds, app.rebalancing, app.in_recovery, remaining)
+                         "can be started again; where it waits:\n%s", limit_seconds, app.rebalancing,
+                         app.in_recovery, remaining, where_everything_waits())
             exit(EXIT_STUCK)
             return

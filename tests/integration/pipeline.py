@@ -21,6 +21,8 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from meterline.auth import operator_key, org_key
 from meterline.client import get_balance, wait_until_serving
+from meterline.exceptions import MeterlineError
+from meterline.processors.watchdog import EXIT_STUCK
 from meterline.processors.worker import spawn_worker
 from meterline.producers import Meter
 from meterline.schemas import UsageEvent
@@ -34,10 +36,19 @@ class Pipeline:
     settings: Settings
     warehouse: Warehouse
     worker: subprocess.Popen[bytes]
+    restarts_when_stuck: int = 0
 
     def start_worker(self) -> None:
         self.worker = spawn_worker(self.settings, log_path=str(self.settings.home / "worker.log"))
         self.wait_until_serving()
+
+    def restart_if_stuck(self) -> None:
+        """Start the worker again if it exited as stuck (code 75), as its supervisor does in production
+        (processors/supervisor.py). Any other exit, a test's own kill or a crash, is left for the test."""
+        if self.worker.poll() == EXIT_STUCK:
+            self.restarts_when_stuck += 1
+            print(f"the worker exited as stuck (code {EXIT_STUCK}); started again, as a supervisor would")
+            self.worker = spawn_worker(self.settings, log_path=str(self.settings.home / "worker.log"))
 
     def wait_until_serving(self) -> None:
         token = org_key(self.settings.api_secret.get_secret_value(), "probe-org")  # type: ignore[union-attr]
@@ -141,21 +152,33 @@ def running_pipeline(settings: Settings, with_sink: bool = True) -> Iterator[Pip
     """A worker child process plus a sink thread in this process (it owns chDB)."""
     ensure_topics(settings)
     warehouse = Warehouse(settings)
-    sink_stop = threading.Event()
+    stopping = threading.Event()
     sink_thread = None
     if with_sink:
-        sink_thread = threading.Thread(target=ClickHouseSink(settings, warehouse).run, args=(sink_stop,), daemon=True)
+        sink_thread = threading.Thread(target=ClickHouseSink(settings, warehouse).run, args=(stopping,), daemon=True)
         sink_thread.start()
     pipeline = Pipeline(settings, warehouse, spawn_worker(settings, log_path=str(settings.home / "worker.log")))
+    keeper = threading.Thread(target=keep_restarting_when_stuck, args=(pipeline, stopping), daemon=True)
+    keeper.start()
     try:
         pipeline.wait_until_serving()
         yield pipeline
     finally:
-        sink_stop.set()
+        stopping.set()
+        keeper.join(timeout=100)
         if pipeline.worker.poll() is None:
             stop(pipeline.worker)
         if sink_thread is not None:
             sink_thread.join(timeout=30)
+
+
+def keep_restarting_when_stuck(pipeline: Pipeline, stopping: threading.Event) -> None:
+    while not stopping.wait(0.5):
+        try:
+            pipeline.restart_if_stuck()
+        except MeterlineError as error:  # it did not come up: the test's own checks fail and say so
+            print(f"the worker did not start again: {error}")
+            return
 
 
 def topic_size(settings: Settings, topic: str, attempts: int = 50) -> int:

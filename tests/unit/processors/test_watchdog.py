@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from meterline.processors.app import create_faust_app
-from meterline.processors.watchdog import EXIT_STUCK, StuckWatch, watch_recovery
+from meterline.processors.watchdog import EXIT_STUCK, StuckWatch, await_chain, watch_recovery, where_everything_waits
 from meterline.settings import Settings
 
 LIMIT = 10.0
@@ -43,3 +43,24 @@ def test_a_worker_that_never_serves_exits_with_75_and_says_why(caplog: pytest.Lo
         asyncio.run(asyncio.wait_for(watch_recovery(app, 0.05, interval=0.01, exit=codes.append), 5))
     assert codes == [EXIT_STUCK]
     assert "has not served" in caplog.text and "0 changelog records to go" in caplog.text
+
+
+def test_a_stuck_worker_says_where_each_task_waits() -> None:
+    async def inner(gate: asyncio.Event) -> None:
+        await gate.wait()
+
+    async def outer(gate: asyncio.Event) -> None:
+        await inner(gate)
+
+    async def main() -> tuple[list[str], str]:
+        gate = asyncio.Event()
+        task = asyncio.create_task(outer(gate), name="the-waiting-task")
+        await asyncio.sleep(0)  # it runs up to its wait
+        chain, everything = await_chain(task), where_everything_waits()
+        gate.set()
+        await task
+        return chain, everything
+
+    chain, everything = asyncio.run(main())
+    assert [place.split()[-1] for place in chain[:3]] == ["outer", "inner", "wait"]
+    assert "task the-waiting-task: " in everything and "inner <- " in everything
