@@ -104,12 +104,15 @@ def _warehouse(settings: Settings, _args: argparse.Namespace) -> int:
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from meterline.processors.worker import prepare_topics, run_worker
+    from meterline.settings import load_settings
 
     if args.processes < 1:
         raise MeterlineError(f"--processes must be at least 1, got {args.processes}")
+    if args.loglevel is not None:  # validated as the variable is
+        settings = load_settings(worker_log_level=args.loglevel)
     prepare_topics(settings)  # with our partition count, before Faust would auto-create them
     if args.processes == 1:
-        run_worker(settings, args.loglevel)
+        run_worker(settings)
         return 0
     from meterline.processors.supervisor import supervise
 
@@ -223,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("action", choices=["up", "down", "status", "fetch"])
     stack.set_defaults(run=_stack)
     worker = commands.add_parser("worker", help="run the Faust processor (dedupe, roll-up, balance API)")
-    worker.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"])
+    worker.add_argument("--loglevel", help="error, warn, info or debug (default: METERLINE_WORKER_LOG_LEVEL, warn)")
     worker.add_argument("--processes", type=int, default=1,
                         help="run N workers on ports METERLINE_WORKER_PORT, +1, ...; each restarted when it exits")
     worker.set_defaults(run=_worker)

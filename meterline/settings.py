@@ -25,6 +25,8 @@ from meterline.exceptions import ConfigurationError
 
 ENV_PREFIX = "METERLINE_"
 S = TypeVar("S", bound="SdkSettings")
+# No "crit": Faust accepts it, but mode then fails to set up its logging (ValueError), and so the worker.
+WorkerLogLevel = Literal["error", "warn", "info", "debug"]
 
 
 def _default_home() -> Path:
@@ -136,6 +138,8 @@ class Settings(SdkSettings):
     worker_session_timeout_seconds: float = Field(default=15.0, ge=6.0, description="The broker's minimum is 6 s.")
     # A worker not serving for this long, with its recovery not moving, exits (code 75) to be restarted.
     worker_stuck_seconds: float = Field(default=120.0, gt=0)
+    # Faust's and the worker's logging; `meterline worker --loglevel` sets it for the workers it starts.
+    worker_log_level: WorkerLogLevel = "warn"
     # Set by `spawn_worker`: the worker stops once the process that started it is gone (lifetime.py).
     worker_parent_pid: int | None = Field(default=None, gt=0)
 

@@ -21,7 +21,7 @@ WORKER_SETTINGS = (
     "home", "bootstrap", "kafka_host", "kafka_port", "usage_topic", "dead_letter_topic", "rated_topic",
     "partitions", "app_id", "worker_host", "worker_port", "dedupe_window_seconds",
     "dedupe_max_ids_per_partition", "worker_batch_size", "worker_batch_seconds", "worker_session_timeout_seconds",
-    "worker_stuck_seconds", "prices", "plans", "api_secret_file", "subscriptions_topic", "key_revocations_topic",
+    "worker_stuck_seconds", "worker_log_level", "prices", "plans", "api_secret_file", "subscriptions_topic", "key_revocations_topic",
     "default_plan", "alerts_topic", "price_books_topic", "pool_usage_topic",
     "decisions_topic", "reservation_ttl_seconds", "worker_parent_pid",
 )
@@ -56,11 +56,12 @@ def ensure_port_free(settings: Settings) -> None:
                          "(METERLINE_WORKER_PORT)")
 
 
-def run_worker(settings: Settings | None = None, loglevel: str = "warn") -> None:
+def run_worker(settings: Settings | None = None) -> None:
     """Run the worker in this process until SIGTERM/SIGINT (Faust handles both cleanly)."""
     from meterline.processors.app import create_app, prepare_process
 
     settings = settings or load_settings()
+    loglevel = settings.worker_log_level
     ensure_port_free(settings)
     if settings.worker_parent_pid is not None:
         stop_with_parent(settings.worker_parent_pid)

@@ -61,6 +61,8 @@ def make_settings(broker_settings: Settings) -> Callable[..., Settings]:
             "worker_port": free_port(),
             "home": broker_settings.home / run,
             "sink_batch_seconds": 0.2,
+            # Faust's recovery and rebalance steps are logged at info: what a failure's message needs.
+            "worker_log_level": "info",
         }
         values.update(overrides)
         settings = broker_settings.model_copy(update=values)

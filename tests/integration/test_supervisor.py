@@ -34,21 +34,21 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
-def start_supervisor(settings: Settings, tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
-    """`meterline worker --processes 2` on `settings`; the process, and the file its output goes to."""
+def start_supervisor(settings: Settings, tmp_path: Path, *options: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """`meterline worker --processes 2 [options]` on `settings`; the process, and the file its output goes to."""
     prepare_topics(settings)
     env = child_environment(settings)
     log = tmp_path / "supervisor.out"
     with open(log, "wb") as output:
-        supervisor = subprocess.Popen([sys.executable, "-m", "meterline.cli", "worker", "--processes", "2"],
+        supervisor = subprocess.Popen([sys.executable, "-m", "meterline.cli", "worker", "--processes", "2", *options],
                                       env=env, stdout=output, stderr=subprocess.STDOUT)
     return supervisor, log
 
 
 def test_processes_2_restarts_a_killed_worker_and_stops_on_sigterm(make_settings: Callable[..., Settings],
                                                                     tmp_path: Path) -> None:
-    settings = make_settings()
-    supervisor, log = start_supervisor(settings, tmp_path)
+    settings = make_settings(worker_log_level="warn")
+    supervisor, log = start_supervisor(settings, tmp_path, "--loglevel", "info")
     urls = [f"http://{settings.worker_host}:{settings.worker_port + i}" for i in range(2)]
     token = org_key(settings.api_secret.get_secret_value(), "acme")  # type: ignore[union-attr]
 
@@ -89,6 +89,8 @@ def test_processes_2_restarts_a_killed_worker_and_stops_on_sigterm(make_settings
         events += emit(seed=6)
         assert wait_for(lambda: balances_right(events), timeout=90)
         assert "exited with code -9" in log.read_text()
+        for port in (settings.worker_port, settings.worker_port + 1):  # --loglevel reached every worker it started
+            assert "[INFO]" in (settings.home / "logs" / f"worker-{port}.log").read_text()
     finally:
         workers = children_of(supervisor.pid)
         supervisor.send_signal(signal.SIGTERM)

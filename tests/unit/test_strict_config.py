@@ -93,3 +93,21 @@ def test_a_worker_with_a_broken_price_book_stops_before_it_wires_anything(monkey
     monkeypatch.setattr(worker, "prepare_topics", must_not_run)
     monkeypatch.setenv("METERLINE_PLANS", str(tmp_path / "missing.yaml"))
     assert main(["worker"]) == 2
+
+
+def test_worker_loglevel_is_the_workers_setting_and_a_bad_one_starts_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import meterline.processors.worker as worker
+
+    ran: list[Settings] = []
+    monkeypatch.setattr(worker, "prepare_topics", lambda _settings: None)
+    monkeypatch.setattr(worker, "run_worker", ran.append)
+    assert main(["worker", "--loglevel", "info"]) == 0
+    assert ran[-1].worker_log_level == "info"  # and so in every worker it spawns: it is one of WORKER_SETTINGS
+    assert "worker_log_level" in worker.WORKER_SETTINGS
+    monkeypatch.setenv("METERLINE_WORKER_LOG_LEVEL", "debug")
+    assert main(["worker"]) == 0 and ran[-1].worker_log_level == "debug"
+    for bad in ("loud", "crit"):  # "crit": Faust takes it, and its logging set-up then fails
+        assert main(["worker", "--loglevel", bad]) == 2
+        assert "'error', 'warn', 'info' or 'debug'" in capsys.readouterr().err
+    assert len(ran) == 2
