@@ -21,8 +21,8 @@ WORKER_SETTINGS = (
     "home", "bootstrap", "kafka_host", "kafka_port", "usage_topic", "dead_letter_topic", "rated_topic",
     "partitions", "app_id", "worker_host", "worker_port", "dedupe_window_seconds",
     "dedupe_max_ids_per_partition", "worker_batch_size", "worker_batch_seconds", "worker_session_timeout_seconds",
-    "worker_stuck_seconds", "worker_log_level", "prices", "plans", "api_secret_file", "subscriptions_topic", "key_revocations_topic",
-    "default_plan", "alerts_topic", "price_books_topic", "pool_usage_topic",
+    "worker_stuck_seconds", "worker_log_level", "prices", "plans", "api_secret_file", "subscriptions_topic",
+    "key_revocations_topic", "default_plan", "alerts_topic", "price_books_topic", "pool_usage_topic",
     "decisions_topic", "reservation_ttl_seconds", "worker_parent_pid",
 )
 
