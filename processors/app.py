@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from contextlib import suppress
 from decimal import localcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.tables import TableManager
-from faust.types import EventT, StreamT
+from faust.types import AppT, ChannelT, EventT, StreamT
 
 from meterline.auth import resolve_secret
 from meterline.pricing import Rater
@@ -240,20 +240,32 @@ class Engine:
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.ensure_future(self._flush_when_due())
         try:
-            unacked = stream.noack()
-            # Not `unacked.events()`: a second async generator around this one, ~2 % of the worker's rate.
-            async for _value in unacked:
-                event = unacked.current_event
-                if event is None:  # as events() does: a value that came without a Kafka message
-                    continue
-                if not self._pending:
-                    self._pending_since = time.monotonic()
-                self._pending.append(event)
-                if len(self._pending) >= self.settings.worker_batch_size:
-                    await self.flush(stream)
+            await self._take_events(stream)
         except Exception:
             self._crashed()
             raise
+
+    async def _take_events(self, stream: StreamT) -> None:
+        """Take every event the stream's channel holds at once, instead of one an event-loop turn.
+
+        Faust's stream iterator gives the event loop a turn before each event (`await sleep(0)`):
+        taking them in bulk raised one worker's rate ~9 % (`python -m meterline.benchmarks
+        pipeline`). Each event gets the checks that iterator makes (`current_events`).
+        """
+        queue, batch_size = cast(ChannelT, stream.channel).queue, self.settings.worker_batch_size
+        while True:
+            events = [await queue.get()]
+            while len(self._pending) + len(events) < batch_size and not queue.empty():
+                events.append(queue.get_nowait())
+            current, stale = current_events(events, stream.app)
+            for event in stale:
+                await stream.ack(event)
+            if current and not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.extend(current)
+            if len(self._pending) >= batch_size:
+                await self.flush(stream)
+            await asyncio.sleep(0)  # one turn a chunk: the web server and the drainer go on
 
     async def consume_pool_usage(self, stream: StreamT) -> None:
         """The pools agent: apply each org's pool usage to its pool's record (processors/pools.py).
@@ -500,6 +512,31 @@ class Engine:
                 "subscriptions": len(self.subscriptions.latest), "subscriptions_unreadable": len(self.subscriptions.unreadable),
                 "key_revocations": len(self.revocations.latest), "key_revocations_unreadable": len(self.revocations.unreadable),
                 "price_books": len(self.price_books.latest), "price_books_unreadable": len(self.price_books.unreadable)}
+
+
+def current_events(events: list[EventT], app: AppT) -> tuple[list[EventT], list[EventT]]:
+    """(the events to apply, each now tracked as unacknowledged; the events to acknowledge unapplied).
+
+    The checks Faust's stream iterator makes on each event (faust/_cython/streams.pyx,
+    `_prepare_event`): an event fetched before a rebalance, or while Faust's flow control is
+    suspended for one, is acknowledged unapplied, as Faust does (its partition is read again from
+    the committed offset, and `Engine._with_skipped` reads any record a commit passed). Every other
+    is tracked, so Faust commits no offset past it and a rebalance waits for its acknowledgement.
+    """
+    if not app.flow_control.is_active():
+        return [], events
+    generation, track = app.consumer_generation_id, app.consumer.track_message
+    current, stale = [], []
+    for event in events:
+        message = event.message
+        if message.generation_id != generation:
+            stale.append(event)
+            continue
+        if not message.tracked:
+            message.tracked = True
+            track(message)
+        current.append(event)
+    return current, stale
 
 
 def _position_key(partition: int) -> bytes:
